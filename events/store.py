@@ -1,0 +1,354 @@
+"""The event store: append with an expected version, read a stream, read the whole log in
+commit-safe order after a checkpoint, and wait for new events."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import Select, func, insert, literal_column, select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from events.catalog import EVENT_TYPES, Event, event_class
+from events.engine import asyncpg_dsn
+from events.envelope import Cursor, Metadata, RecordedEvent, shard_of
+from events.errors import ConcurrencyError, InvalidEventError
+from events.notify import Wakeup, pg_listening
+from events.tables import NOTIFY_CHANNEL, events
+from events.upcasting import upcast
+
+#: how often a waiter re-checks the log when no wake-up arrives (a missed NOTIFY, or a writer
+#: in another process on SQLite)
+SLOW_POLL_SECONDS = {"postgresql": 2.0, "sqlite": 0.25}
+MAX_EVENTS_PER_APPEND = 1000
+
+_COLUMNS = (
+    events.c.position,
+    events.c.tx_id,
+    events.c.stream_id,
+    events.c.stream_version,
+    events.c.event_id,
+    events.c.event_type,
+    events.c.schema_version,
+    events.c.data,
+    events.c.metadata,
+    events.c.recorded_at,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LogHead:
+    """How big the log is: its event count and highest position (0 when empty)."""
+
+    count: int
+    position: int
+
+
+def decode(row: Any) -> RecordedEvent:
+    """A stored row as a `RecordedEvent`, its payload upcast to the current model."""
+    data = upcast(row.event_type, row.schema_version, row.data)
+    cls = event_class(row.event_type)
+    return RecordedEvent(
+        position=row.position,
+        tx_id=row.tx_id,
+        stream_id=row.stream_id,
+        stream_version=row.stream_version,
+        event_id=row.event_id,
+        event_type=row.event_type,
+        schema_version=row.schema_version,
+        event=cls.model_validate(data),
+        metadata=Metadata.model_validate(row.metadata),
+        recorded_at=row.recorded_at,
+    )
+
+
+def _as_uuid(value: Any, what: str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidEventError(f"{what} must be a UUID, got {value!r}") from None
+
+
+def _check_events(items: Sequence[Event]) -> None:
+    if not items:
+        raise InvalidEventError("an append needs at least one event")
+    if len(items) > MAX_EVENTS_PER_APPEND:
+        raise InvalidEventError(f"at most {MAX_EVENTS_PER_APPEND} events per append")
+    for item in items:
+        if not isinstance(item, Event) or EVENT_TYPES.get(type(item).event_type) is not type(item):
+            raise InvalidEventError(f"not an event of the catalog: {item!r}")
+        # frozen models can still be built with model_construct(); validate what is stored
+        try:
+            type(item).model_validate(item.model_dump())
+        except ValidationError as exc:
+            raise InvalidEventError(f"{type(item).event_type}: {exc}") from None
+
+
+class EventStore:
+    """The append-only log of user events.
+
+    Appends are atomic per call. An append that is given `conn` joins the caller's transaction
+    (so that other rows, such as an email reservation, commit with the events); the caller
+    then calls `committed()` once its transaction has committed, to wake in-process waiters.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.wakeup = Wakeup()
+
+    # ------------------------------------------------------------------ writing
+    async def append(
+        self,
+        stream_id: uuid.UUID | str,
+        new_events: Sequence[Event],
+        *,
+        expected_version: int,
+        metadata: Metadata | dict[str, Any] | None = None,
+        conn: AsyncConnection | None = None,
+        recorded_at: datetime | None = None,
+    ) -> list[RecordedEvent]:
+        """Append `new_events` to a stream whose head must be `expected_version` (0: new stream).
+
+        Raises `ConcurrencyError` when the stream is not at `expected_version` and
+        `InvalidEventError` for a malformed request; in both cases nothing is written.
+        """
+        sid = _as_uuid(stream_id, "stream id")
+        if (
+            not isinstance(expected_version, int)
+            or isinstance(expected_version, bool)
+            or expected_version < 0
+        ):
+            raise InvalidEventError(
+                f"expected version must be a whole number >= 0, got {expected_version!r}"
+            )
+        items = list(new_events)
+        _check_events(items)
+        try:
+            meta = metadata if isinstance(metadata, Metadata) else Metadata.model_validate(
+                metadata or {}
+            )
+        except ValidationError as exc:
+            raise InvalidEventError(f"metadata: {exc}") from None
+        when = recorded_at or datetime.now(UTC)
+        if when.tzinfo is None:
+            raise InvalidEventError("recorded_at must be timezone-aware")
+        shard = shard_of(sid)
+        meta_json = meta.as_json()
+        rows = [
+            {
+                "stream_id": sid,
+                "stream_version": expected_version + i,
+                "shard": shard,
+                "event_id": uuid.uuid4(),
+                "event_type": item.event_type,
+                "schema_version": item.schema_version,
+                "data": item.model_dump(mode="json"),
+                "metadata": meta_json,
+                "recorded_at": when,
+            }
+            for i, item in enumerate(items, start=1)
+        ]
+        if conn is not None:
+            return await self._insert(conn, sid, expected_version, rows, items, meta)
+        async with self.engine.begin() as own:
+            recorded = await self._insert(own, sid, expected_version, rows, items, meta)
+        self.committed()
+        return recorded
+
+    async def _insert(
+        self,
+        conn: AsyncConnection,
+        sid: uuid.UUID,
+        expected_version: int,
+        rows: list[dict[str, Any]],
+        items: list[Event],
+        meta: Metadata,
+    ) -> list[RecordedEvent]:
+        stmt = insert(events).values(rows).returning(
+            events.c.position, events.c.tx_id, events.c.stream_version
+        )
+        try:
+            # the INSERT is the transaction's first write: on PostgreSQL that is when the
+            # transaction id (and so the reading order) is assigned, after the stream was read
+            result = await conn.execute(stmt)
+        except IntegrityError as exc:
+            actual = await self._version_after_failure(sid)
+            raise ConcurrencyError(sid, expected_version, actual) from exc
+        returned = {r.stream_version: (r.position, r.tx_id) for r in result}
+        if expected_version > 0:
+            # a stale expectation trips the unique index; one ahead of the stream must not
+            # leave a gap
+            found = await conn.scalar(
+                select(func.count())
+                .select_from(events)
+                .where(events.c.stream_id == sid, events.c.stream_version == expected_version)
+            )
+            if not found:
+                actual = await conn.scalar(
+                    select(func.max(events.c.stream_version)).where(
+                        events.c.stream_id == sid, events.c.stream_version <= expected_version
+                    )
+                )
+                raise ConcurrencyError(sid, expected_version, actual or 0)
+        recorded = []
+        for row, item in zip(rows, items, strict=True):
+            position, tx_id = returned[row["stream_version"]]
+            recorded.append(
+                RecordedEvent(
+                    position=position,
+                    tx_id=tx_id,
+                    stream_id=sid,
+                    stream_version=row["stream_version"],
+                    event_id=row["event_id"],
+                    event_type=row["event_type"],
+                    schema_version=row["schema_version"],
+                    event=item,
+                    metadata=meta,
+                    recorded_at=row["recorded_at"],
+                )
+            )
+        return recorded
+
+    async def _version_after_failure(self, sid: uuid.UUID) -> int | None:
+        with contextlib.suppress(Exception):
+            return await self.stream_version(sid)
+        return None
+
+    def committed(self) -> None:
+        """Wake in-process waiters: call after committing a transaction that appended."""
+        self.wakeup.notify()
+
+    # ------------------------------------------------------------------ reading
+    async def stream_version(
+        self, stream_id: uuid.UUID | str, *, conn: AsyncConnection | None = None
+    ) -> int:
+        """The stream's head version (0 when it has no events)."""
+        sid = _as_uuid(stream_id, "stream id")
+        stmt = select(func.coalesce(func.max(events.c.stream_version), 0)).where(
+            events.c.stream_id == sid
+        )
+        if conn is not None:
+            return int(await conn.scalar(stmt) or 0)
+        async with self.engine.connect() as own:
+            return int(await own.scalar(stmt) or 0)
+
+    async def read_stream(
+        self,
+        stream_id: uuid.UUID | str,
+        *,
+        to_version: int | None = None,
+        until: datetime | None = None,
+        conn: AsyncConnection | None = None,
+    ) -> list[RecordedEvent]:
+        """One stream's events in version order: whole, up to `to_version`, or recorded at or
+        before `until`."""
+        sid = _as_uuid(stream_id, "stream id")
+        stmt = select(*_COLUMNS).where(events.c.stream_id == sid)
+        if to_version is not None:
+            stmt = stmt.where(events.c.stream_version <= to_version)
+        if until is not None:
+            if until.tzinfo is None:
+                raise InvalidEventError("until must be timezone-aware")
+            stmt = stmt.where(events.c.recorded_at <= until)
+        stmt = stmt.order_by(events.c.stream_version)
+        return await self._fetch(stmt, conn)
+
+    def after_statement(
+        self, cursor: Cursor, limit: int, shards: Sequence[int] | None = None
+    ) -> Select[Any]:
+        """The query behind `read_after` (exposed for streaming readers such as replay)."""
+        stmt = select(*_COLUMNS).where(
+            tuple_(events.c.tx_id, events.c.position) > tuple_(cursor.tx_id, cursor.position)
+        )
+        if self.dialect == "postgresql":
+            # Only transactions older than every still-running one: a position taken by a
+            # slower transaction that has not committed yet can never be passed over.
+            stmt = stmt.where(
+                events.c.tx_id
+                < literal_column("(pg_snapshot_xmin(pg_current_snapshot())::text)::bigint")
+            )
+        if shards is not None:
+            stmt = stmt.where(events.c.shard.in_(list(shards)))
+        return stmt.order_by(events.c.tx_id, events.c.position).limit(limit)
+
+    async def read_after(
+        self,
+        cursor: Cursor,
+        *,
+        limit: int = 1000,
+        shards: Sequence[int] | None = None,
+        conn: AsyncConnection | None = None,
+    ) -> list[RecordedEvent]:
+        """Up to `limit` events after `cursor`, in an order that never skips an event.
+
+        On PostgreSQL events are ordered by (writing transaction id, position) and only those
+        written by transactions older than the oldest one still running are returned, so an
+        event whose position was taken before a slower transaction committed is delivered
+        after it commits, never passed over. Each stream's events stay in version order.
+        Pass `shards` to read only the streams of those shards.
+        """
+        return await self._fetch(self.after_statement(cursor, limit, shards), conn)
+
+    async def iter_after(
+        self,
+        cursor: Cursor,
+        *,
+        batch_size: int = 5000,
+        shards: Sequence[int] | None = None,
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        """Batches of events after `cursor` until the (safe) head, in bounded memory."""
+        while True:
+            batch = await self.read_after(cursor, limit=batch_size, shards=shards)
+            if not batch:
+                return
+            yield batch
+            cursor = batch[-1].cursor
+
+    async def _fetch(self, stmt: Select[Any], conn: AsyncConnection | None) -> list[RecordedEvent]:
+        if conn is not None:
+            result = await conn.execute(stmt)
+            return [decode(r) for r in result]
+        async with self.engine.connect() as own:
+            result = await own.execute(stmt)
+            return [decode(r) for r in result]
+
+    async def head(self, *, conn: AsyncConnection | None = None) -> LogHead:
+        """Event count and highest position."""
+        stmt = select(func.count(), func.coalesce(func.max(events.c.position), 0)).select_from(
+            events
+        )
+        if conn is not None:
+            row = (await conn.execute(stmt)).one()
+        else:
+            async with self.engine.connect() as own:
+                row = (await own.execute(stmt)).one()
+        return LogHead(count=int(row[0]), position=int(row[1]))
+
+    # ------------------------------------------------------------------ waiting
+    @property
+    def slow_poll(self) -> float:
+        return SLOW_POLL_SECONDS.get(self.dialect, 1.0)
+
+    async def wait_for_events(self, timeout: float) -> bool:
+        """Sleep until new events may have been committed, or at most `timeout` seconds
+        (never longer than the slow poll). True when woken by a signal. Always re-read after."""
+        return await self.wakeup.wait(min(timeout, self.slow_poll))
+
+    @contextlib.asynccontextmanager
+    async def listening(self) -> AsyncIterator[None]:
+        """While open, commits by other processes wake `wait_for_events` (PostgreSQL NOTIFY on
+        a connection kept out of the pool). On SQLite waiters rely on the slow poll."""
+        if self.dialect != "postgresql":
+            yield
+            return
+        async with pg_listening(asyncpg_dsn(self.engine.url), {NOTIFY_CHANNEL: self.wakeup}):
+            yield
