@@ -1,0 +1,107 @@
+"""The `registry` command line. Each command parses, calls one operation, shapes the output.
+
+Errors go to stderr with a non-zero exit code; `--json` prints data for machines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from registry.settings import Settings, get_settings
+
+T = TypeVar("T")
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    click.echo(f"registry: error: {message}", err=True)
+    sys.exit(code)
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def load_settings() -> Settings:
+    try:
+        return get_settings()
+    except Exception as exc:  # pydantic ValidationError: say which variable is wrong
+        fail(f"invalid configuration: {exc}", EXIT_USAGE)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fastapi-users-eventsourced", prog_name="registry")
+def main() -> None:
+    """An event-sourced user registry for FastAPI Users.
+
+    Configuration comes from REGISTRY_* environment variables; with none set, everything runs
+    on SQLite in ./registry.db.
+    """
+
+
+@main.command()
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+def migrate(revision: str) -> None:
+    """Bring the database schema to the current version (Alembic)."""
+    from events import create_engine
+    from registry.schema import current_revision, migrate as do_migrate
+
+    settings = load_settings()
+
+    async def go() -> str | None:
+        engine = create_engine(settings.database_url)
+        try:
+            await do_migrate(engine, revision)
+            return await current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        current = run(go)
+    except Exception as exc:
+        fail(f"migration failed: {exc}")
+    click.echo(f"database at revision {current}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def status(as_json: bool) -> None:
+    """Event count, head position, and each projection's checkpoint and lag."""
+    from registry.ops import gather_status
+
+    settings = load_settings()
+    try:
+        report = run(lambda: gather_status(settings))
+    except Exception as exc:
+        fail(f"cannot read status from {settings.database_url}: {exc}")
+    if as_json:
+        emit_json(report)
+        return
+    click.echo(f"events:        {report['events']['count']}")
+    click.echo(f"head position: {report['events']['head_position']}")
+    for proj in report.get("projections", []):
+        click.echo(
+            f"projection {proj['name']} partition {proj['partition']}: "
+            f"checkpoint {proj['position']}, lag {proj['lag_events']} events"
+            + (f", {proj['lag_seconds']:.1f}s" if proj.get("lag_seconds") is not None else "")
+            + (f", lease held by {proj['holder']}" if proj.get("holder") else "")
+        )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
