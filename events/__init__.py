@@ -18,6 +18,7 @@ from events.catalog import (
     UserVerified,
     event_class,
 )
+from events.emails import normalise_email
 from events.engine import create_engine, normalise_url
 from events.envelope import Cursor, Metadata, RecordedEvent, shard_of
 from events.errors import ConcurrencyError, EventStoreError, InvalidEventError, UnknownEventTypeError
@@ -52,6 +53,7 @@ __all__ = [
     "Wakeup",
     "create_engine",
     "event_class",
+    "normalise_email",
     "normalise_url",
     "shard_of",
 ]

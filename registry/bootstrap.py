@@ -1,0 +1,69 @@
+"""The composition root: builds engine, store, models, handlers and broker from settings.
+
+Entry points (CLI commands, the API, the bus consumer) get what they need from here and nothing
+else constructs these objects.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from events import EventStore, create_engine
+from registry.settings import Settings
+
+
+def import_object(path: str) -> Any:
+    """`"package.module:Name"` → the object; a clear error when it cannot be found."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"expected 'module:Name', got {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+def load_models(settings: Settings) -> tuple[type[Any], type[Any] | None]:
+    """The user and OAuth account models to project into: the app's, or the defaults."""
+    from projections import OAuthAccount, User
+
+    if settings.user_model:
+        user = import_object(settings.user_model)
+        oauth = import_object(settings.oauth_model) if settings.oauth_model else None
+        return user, oauth
+    return User, OAuthAccount
+
+
+@dataclass
+class Container:
+    """Everything an entry point needs, built once from settings."""
+
+    settings: Settings
+    engine: AsyncEngine
+    store: EventStore
+    user_table: type[Any]
+    oauth_table: type[Any] | None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()
+
+
+def build(settings: Settings) -> Container:
+    engine = create_engine(settings.database_url)
+    user_table, oauth_table = load_models(settings)
+    return Container(
+        settings=settings,
+        engine=engine,
+        store=EventStore(engine),
+        user_table=user_table,
+        oauth_table=oauth_table,
+    )
