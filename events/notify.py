@@ -66,10 +66,11 @@ class PgListener:
                 continue
             backoff = 0.1
             try:
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, _lost=lost: _lost.set())
                 for channel, wakeup in self.channels.items():
                     await conn.add_listener(
-                        channel, lambda *_a, _w=wakeup: _w.notify()  # type: ignore[misc]
+                        channel,
+                        lambda *_a, _w=wakeup: _w.notify(),
                     )
                 self.connected.set()
                 self._wake_all()  # anything committed while we were away

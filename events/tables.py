@@ -102,4 +102,4 @@ FOR EACH STATEMENT EXECUTE FUNCTION registry_notify_events()
 PG_TX_DEFAULT_DDL = f"ALTER TABLE events ALTER COLUMN tx_id SET DEFAULT {PG_TX_DEFAULT}"
 
 for _ddl in (PG_TX_DEFAULT_DDL, PG_NOTIFY_FUNCTION, PG_NOTIFY_TRIGGER):
-    event.listen(events, "after_create", DDL(_ddl).execute_if(dialect="postgresql"))
+    event.listen(events, "after_create", DDL(_ddl).execute_if(dialect="postgresql"))  # type: ignore[no-untyped-call]

@@ -59,7 +59,8 @@ def main() -> None:
 def migrate(revision: str) -> None:
     """Bring the database schema to the current version (Alembic)."""
     from events import create_engine
-    from registry.schema import current_revision, migrate as do_migrate
+    from registry.schema import current_revision
+    from registry.schema import migrate as do_migrate
 
     settings = load_settings()
 

@@ -29,6 +29,7 @@ connection = config.attributes.get("connection")
 if connection is not None:
     _run(connection)
 else:  # pragma: no cover - alembic CLI
+
     async def _main() -> None:
         engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
         async with engine.begin() as conn:
