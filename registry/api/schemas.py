@@ -1,0 +1,89 @@
+"""Response models of the read API. None of them has a field for a password hash or a token."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class OAuthAccountOut(_Out):
+    """A linked OAuth account, without its access and refresh tokens."""
+
+    id: UUID
+    oauth_name: str
+    account_id: str
+    account_email: str
+    expires_at: int | None = None
+
+
+class UserOut(_Out):
+    """A user, without the password hash. `version`: the stream version this state reflects."""
+
+    id: UUID
+    email: str
+    is_active: bool
+    is_superuser: bool
+    is_verified: bool
+    version: int
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    profile: dict[str, Any] = Field(
+        default_factory=dict, description="Values of the app's custom user columns."
+    )
+    oauth_accounts: list[OAuthAccountOut] = Field(default_factory=list)
+
+
+class UserPageOut(_Out):
+    items: list[UserOut]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; null on the last page."
+    )
+
+
+class HistoryEntry(_Out):
+    """One event of a user's stream, its secret fields replaced by "[redacted]"."""
+
+    position: int
+    stream_version: int
+    event_id: UUID
+    event_type: str
+    schema_version: int = Field(description="The schema version the event was stored with.")
+    recorded_at: datetime
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+class HistoryOut(_Out):
+    user_id: UUID
+    version: int
+    events: list[HistoryEntry]
+
+
+class PartitionOut(_Out):
+    name: str
+    partition: int
+    tx_id: int | None = None
+    position: int | None = None
+    head_position: int | None = None
+    lag_events: int | None = None
+    lag_seconds: float | None = None
+    holder: str | None = None
+    lease_expires_at: datetime | None = None
+
+
+class ProjectionsOut(_Out):
+    events: int = Field(description="Events in the log.")
+    head_position: int
+    partitions: list[PartitionOut]
+
+
+class HealthOut(_Out):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)
