@@ -1,0 +1,197 @@
+"""`registry serve`: migrate, then serve the read API with an in-process projector and, when a
+broker is configured, the bus command consumer. SIGTERM or Ctrl+C shuts down cleanly: the
+consumer stops, the projector commits its checkpoint, the process exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy.engine import make_url
+
+from registry.api.app import Lifespan, create_app
+from registry.api.auth import load_or_create_token
+from registry.api.metrics import counting
+from registry.bootstrap import Container, build
+from registry.logs import configure_logging
+from registry.settings import Settings
+
+Echo = Callable[[str], None]
+
+
+def build_handlers(container: Container) -> Any:
+    """The command handlers for `container`'s models (inline projection when configured);
+    with an app model, profile keys are checked against its custom columns."""
+    from projections import User as DefaultUser
+    from projections import UserProjection
+    from registry.handlers import CommandHandlers, profile_fields_of
+
+    inline = None
+    if container.settings.projection_mode == "inline":
+        inline = UserProjection(container.user_table, container.oauth_table)
+    builtin = frozenset(c.key for c in DefaultUser.__table__.columns)
+    custom = container.settings.user_model is not None
+    return CommandHandlers(
+        container.engine,
+        container.store,
+        profile_fields=profile_fields_of(container.user_table, builtin) if custom else None,
+        inline_projection=inline,
+    )
+
+
+@asynccontextmanager
+async def consuming(container: Container) -> AsyncIterator[None]:
+    """The bus command consumer, connected for as long as the context is open."""
+    from registry.bus.brokers import create_broker
+    from registry.bus.consumer import CommandConsumer
+
+    settings = container.settings
+    assert settings.broker_url is not None
+    handlers = build_handlers(container)
+    consumer = CommandConsumer(
+        create_broker(settings.broker_url),
+        counting(lambda command: str(command.name), handlers.handle),
+        max_payload_bytes=settings.max_payload_bytes,
+    )
+    await consumer.start()
+    try:
+        yield
+    finally:
+        await consumer.stop()
+
+
+def background(container: Container) -> Lifespan:
+    """The app's lifespan: the in-process projector, then the bus consumer (stopped first)."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        from registry.lifespan import run_projector
+
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(
+                run_projector(
+                    container.engine,
+                    container.user_table,
+                    container.oauth_table,
+                    settings=container.settings,
+                )
+            )
+            if container.settings.broker_url:
+                await stack.enter_async_context(consuming(container))
+            yield
+
+    return lifespan
+
+
+def with_token(settings: Settings, echo: Echo) -> Settings:
+    """Settings with an API token: the configured ones, or one kept in `token_file` (0600)."""
+    if settings.api_tokens:
+        echo("API token: from REGISTRY_API_TOKENS")
+        return settings
+    token, created = load_or_create_token(settings.token_file)
+    where = settings.token_file.resolve()
+    echo(f"API token ({'generated, ' if created else ''}kept in {where}): {token}")
+    return settings.model_copy(update={"api_tokens": [token]})
+
+
+@dataclass
+class _Stop:
+    requested: bool = False
+    server: uvicorn.Server | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        if self.server is not None:
+            self.server.should_exit = True
+
+
+async def _announce(server: uvicorn.Server, settings: Settings, echo: Echo) -> None:
+    while not server.started:  # noqa: ASYNC110 - uvicorn only offers this flag
+        await asyncio.sleep(0.02)
+    host, port = settings.host, settings.port
+    for srv in server.servers:
+        for sock in srv.sockets:
+            host, port = sock.getsockname()[:2]
+            break
+    base = f"http://{host}:{port}"
+    db = make_url(settings.database_url).render_as_string(hide_password=True)
+    echo(f"database: {db}; bus: {settings.broker_url or 'off (REGISTRY_BROKER_URL unset)'}")
+    echo(f"API docs: {base}/docs")
+    echo(f"listening on {base}")
+
+
+async def create_missing_tables(container: Container) -> None:
+    """The write side's tables, where no migration made them yet (the read model's are made by
+    `run_projector`, which knows the app's models)."""
+    from sqlalchemy import MetaData
+
+    found: list[MetaData] = []
+    for module in ("registry.tables",):
+        try:
+            found.append(__import__(module, fromlist=["metadata"]).metadata)
+        except ImportError:  # pragma: no cover - a side that has not landed
+            continue
+    async with container.engine.begin() as conn:
+        for md in found:
+            await conn.run_sync(md.create_all)
+
+
+async def serve(settings: Settings, stop: _Stop, echo: Echo) -> int:
+    from registry.schema import migrate
+
+    settings = with_token(settings, echo)
+    container = build(settings)
+    try:
+        await migrate(container.engine)
+        await create_missing_tables(container)
+        if stop.requested:
+            return 0
+        app = create_app(container, lifespan=background(container))
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+        server = uvicorn.Server(config)
+        stop.server = server
+        if stop.requested:
+            return 0
+        announcer = asyncio.create_task(_announce(server, settings, echo))
+        try:
+            await server.serve()
+        finally:
+            announcer.cancel()
+        return 0 if server.started else 1
+    finally:
+        await container.aclose()
+
+
+def run_server(settings: Settings, echo: Echo) -> int:
+    """Run `registry serve` in this (main) thread; the process exit code."""
+    configure_logging(settings.log_level, settings.log_format)
+    stop = _Stop()
+    # uvicorn re-raises the signal it caught once it has shut down; with these handlers in
+    # place that ends here, so SIGTERM is a clean exit 0 instead of a kill
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return asyncio.run(serve(settings, stop, echo))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def echo_stdout(line: str) -> None:
+    print(f"registry: {line}", flush=True)
+    sys.stdout.flush()
