@@ -9,6 +9,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -177,6 +178,73 @@ def import_users(source: str, user_table: str, oauth_table: str, as_json: bool) 
             )
     if summary.failures:
         sys.exit(EXIT_ERROR)
+
+
+@main.command()
+@click.option("--no-relay", is_flag=True, help="Consume commands only; do not relay events.")
+def consume(no_relay: bool) -> None:
+    """Consume commands from the bus (REGISTRY_BROKER_URL) and relay committed events to
+    <prefix>.events.<EventType>, until SIGTERM or Ctrl+C."""
+    from registry.bus.commands import consume as do_consume
+    from registry.logs import configure_logging
+
+    settings = load_settings()
+    if not settings.broker_url:
+        fail("no broker configured: set REGISTRY_BROKER_URL", EXIT_USAGE)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        run(lambda: do_consume(settings, relay=not no_relay))
+    except Exception as exc:
+        fail(f"consumer failed: {exc}")
+
+
+@main.command()
+@click.argument("command")
+@click.argument("payload")
+@click.option("--timeout", type=float, default=None, help="Seconds [REGISTRY_REQUEST_TIMEOUT].")
+def send(command: str, payload: str, timeout: float | None) -> None:
+    """Send COMMAND (register, update, delete, link-oauth, update-oauth) with a JSON PAYLOAD
+    over the bus and print the reply as JSON.
+
+    A command_id is added when the payload has none (printed in the reply; send it again to
+    retry safely). Exit codes: 0 accepted, 3 rejected, 4 no reply in time, 1 bus error,
+    2 usage error.
+    """
+    from registry.bus.client import ReplyTimeoutError
+    from registry.bus.commands import EXIT_TIMEOUT
+    from registry.bus.commands import send as do_send
+    from registry.commands import COMMANDS
+
+    settings = load_settings()
+    if not settings.broker_url:
+        fail("no broker configured: set REGISTRY_BROKER_URL", EXIT_USAGE)
+    if command not in COMMANDS:
+        fail(f"unknown command {command!r}; known: {', '.join(sorted(COMMANDS))}", EXIT_USAGE)
+    wait = timeout if timeout is not None else settings.request_timeout
+    try:
+        code, reply = run(lambda: do_send(settings, command, payload, wait))
+    except ReplyTimeoutError as exc:
+        fail(f"{exc} (is `registry consume` running?)", EXIT_TIMEOUT)
+    except Exception as exc:
+        fail(f"cannot send over {settings.broker_url.split('@')[-1]}: {exc}")
+    emit_json(reply)
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--yaml", "as_yaml", is_flag=True, help="YAML instead of JSON.")
+def asyncapi(output: Path | None, as_yaml: bool) -> None:
+    """Write the AsyncAPI document of the bus channels (for REGISTRY_BROKER_URL's broker
+    kind; NATS when unset) to --output or stdout."""
+    from registry.bus.commands import write_asyncapi
+
+    settings = load_settings()
+    text = write_asyncapi(settings, output, "yaml" if as_yaml else "json")
+    if output is None:
+        click.echo(text)
+    else:
+        click.echo(f"AsyncAPI document written to {output}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,8 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./registry.db"
     #: message bus; the scheme picks it (nats://, amqp://, redis://, kafka://); unset: no bus
     broker_url: str | None = None
+    #: first word of every bus name: <prefix>.users.<command>, <prefix>.events.<type>
+    bus_prefix: str = Field(default="registry", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
     #: bearer tokens accepted by the read API, comma-separated
     api_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: where `registry serve` keeps the token it generates when none is configured

@@ -1,0 +1,106 @@
+"""Running the bus: the command consumer and the event relay on one broker connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from registry.bus.brokers import create_broker
+from registry.bus.channels import Channels
+from registry.bus.consumer import CommandConsumer
+from registry.bus.relay import RELAY_NAME, EventPublisher, EventRelay
+from registry.bus.replies import Handle
+
+log = logging.getLogger("registry.bus")
+
+
+@dataclass
+class BusRuntime:
+    broker: Any
+    consumer: CommandConsumer
+    publisher: EventPublisher
+    relay: EventRelay | None
+
+
+def command_handlers(container: Any) -> Any:
+    """The container's `CommandHandlers` (the one write path), built once and cached."""
+    handlers = container.extras.get("handlers")
+    if handlers is None:
+        from registry.handlers import CommandHandlers
+
+        handlers = CommandHandlers(container.engine, container.store)
+        container.extras["handlers"] = handlers
+    return handlers
+
+
+@contextlib.asynccontextmanager
+async def relaying(container: Any, relay: EventRelay) -> AsyncIterator[None]:
+    """Run `relay` on the projection worker machinery (one partition: global log order)."""
+    from projections.worker import ProjectionWorker
+
+    settings = container.settings
+    worker = ProjectionWorker(
+        container.engine,
+        container.store,
+        relay,
+        partitions=1,
+        batch_size=min(settings.projection_batch_size, 500),
+        lease_ttl=settings.lease_ttl,
+    )
+    task = asyncio.create_task(worker.run(), name=f"{relay.name}-worker")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def running_bus(
+    container: Any,
+    *,
+    broker: Any | None = None,
+    handle: Handle | None = None,
+    channels: Channels | None = None,
+    relay: bool = True,
+    relay_name: str = RELAY_NAME,
+    max_workers: int = 8,
+    ack_wait: float = 30.0,
+) -> AsyncIterator[BusRuntime]:
+    """Consume commands (and relay events) until the block exits. `broker` defaults to one
+    built from `settings.broker_url`."""
+    settings = container.settings
+    if broker is None:
+        if not settings.broker_url:
+            raise ValueError("no broker configured: set REGISTRY_BROKER_URL")
+        broker = create_broker(settings.broker_url)
+    ch = channels or Channels(getattr(settings, "bus_prefix", "registry"))
+    consumer = CommandConsumer(
+        broker,
+        handle or command_handlers(container).handle,
+        channels=ch,
+        max_payload_bytes=settings.max_payload_bytes,
+        max_workers=max_workers,
+        ack_wait=ack_wait,
+    )
+    publisher = EventPublisher(broker, ch)
+    await broker.connect()
+    try:
+        await consumer.prepare()
+        await publisher.prepare()
+        await broker.start()
+        log.info("bus consumer started", extra={"prefix": ch.prefix, "broker": consumer.kind})
+        if not relay:
+            yield BusRuntime(broker, consumer, publisher, None)
+            return
+        event_relay = EventRelay(publisher, relay_name)
+        async with relaying(container, event_relay):
+            yield BusRuntime(broker, consumer, publisher, event_relay)
+    finally:
+        await broker.stop()
+        log.info("bus consumer stopped")

@@ -1,0 +1,58 @@
+"""A FastStream broker from a URL: the scheme picks NATS, RabbitMQ, Redis or Kafka."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+Kind = Literal["nats", "rabbit", "redis", "kafka"]
+
+SCHEMES: dict[str, Kind] = {
+    "nats": "nats",
+    "tls": "nats",
+    "amqp": "rabbit",
+    "amqps": "rabbit",
+    "redis": "redis",
+    "rediss": "redis",
+    "kafka": "kafka",
+}
+
+
+def broker_kind(url: str) -> Kind:
+    scheme = urlsplit(url).scheme.lower()
+    try:
+        return SCHEMES[scheme]
+    except KeyError:
+        raise ValueError(
+            f"unsupported broker URL scheme {scheme!r}: use nats://, amqp://, redis:// or kafka://"
+        ) from None
+
+
+def create_broker(url: str, **options: Any) -> Any:
+    """A new, unconnected FastStream broker for `url` (`options` go to its constructor)."""
+    kind = broker_kind(url)
+    if kind == "nats":
+        from faststream.nats import NatsBroker
+
+        return NatsBroker(url, **options)
+    if kind == "rabbit":
+        from faststream.rabbit import RabbitBroker
+
+        return RabbitBroker(url, **options)
+    if kind == "redis":
+        from faststream.redis import RedisBroker
+
+        return RedisBroker(url, **options)
+    from faststream.kafka import KafkaBroker
+
+    parts = urlsplit(url)
+    servers = [s for s in (parts.netloc.split("@")[-1]).split(",") if s] or ["localhost:9092"]
+    return KafkaBroker(servers, **options)
+
+
+def broker_kind_of(broker: Any) -> str:
+    module = type(broker).__module__
+    for kind in ("nats", "rabbit", "redis", "kafka"):
+        if f"faststream.{kind}." in module:
+            return kind
+    raise TypeError(f"not a FastStream NATS/RabbitMQ/Redis/Kafka broker: {broker!r}")
