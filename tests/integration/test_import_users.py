@@ -1,0 +1,261 @@
+"""`registry import-users`: a database written by fastapi-users-db-sqlalchemy itself moves into
+the log through the command handlers, and the example app then logs its users in with their
+old passwords. Re-running imports nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+from fastapi_users.password import PasswordHelper
+from fastapi_users_db_sqlalchemy import (
+    SQLAlchemyBaseOAuthAccountTableUUID,
+    SQLAlchemyBaseUserTableUUID,
+    SQLAlchemyUserDatabase,
+)
+from sqlalchemy import String, select
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from events import create_engine
+from events.tables import events
+from examples.fastapi_users_app import User, create_app
+from registry.cli import main
+from registry.settings import get_settings
+
+
+class OldBase(DeclarativeBase):
+    pass
+
+
+class OldOAuthAccount(SQLAlchemyBaseOAuthAccountTableUUID, OldBase):
+    pass
+
+
+class OldUser(SQLAlchemyBaseUserTableUUID, OldBase):
+    first_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    oauth_accounts: Mapped[list[OldOAuthAccount]] = relationship("OldOAuthAccount", lazy="joined")
+
+
+@dataclass(frozen=True)
+class OldUserRow:
+    id: uuid.UUID
+    email: str
+    password: str
+    first_name: str | None
+    is_verified: bool
+    is_superuser: bool
+    oauth: tuple[tuple[str, str], ...]  # (oauth_name, account_id)
+
+
+#: sorts after every uuid4 (the import goes in id order), so the original Dora wins
+LAST_ID = uuid.UUID("ffffffff-ffff-4fff-bfff-ffffffffffff")
+
+SPECS = [
+    ("dora@example.com", "Dora", True, False, (("google", "g-1"), ("github", "gh-1"))),
+    ("Erin.Mixed@Example.com", "Erin", False, True, ()),
+    ("frank@example.com", None, False, False, (("google", "g-2"),)),
+]
+
+
+async def write_old_database(url: str) -> list[OldUserRow]:
+    """Users written the way an existing FastAPI Users app wrote them: SQLAlchemyUserDatabase."""
+    engine = create_async_engine(url)
+    helper = PasswordHelper()
+    written = []
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(OldBase.metadata.create_all)
+        async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+            db = SQLAlchemyUserDatabase(session, OldUser, OldOAuthAccount)
+            for i, (email, first_name, verified, superuser, oauth) in enumerate(SPECS):
+                password = f"old password {i}"
+                user = await db.create(
+                    {
+                        "email": email,
+                        "hashed_password": helper.hash(password),
+                        "first_name": first_name,
+                        "is_verified": verified,
+                        "is_superuser": superuser,
+                    }
+                )
+                for name, account_id in oauth:
+                    user = await db.add_oauth_account(
+                        user,
+                        {
+                            "oauth_name": name,
+                            "access_token": f"secret-access-{account_id}",
+                            "refresh_token": None,
+                            "expires_at": 1_900_000_000,
+                            "account_id": account_id,
+                            "account_email": email,
+                        },
+                    )
+                written.append(
+                    OldUserRow(user.id, email, password, first_name, verified, superuser, oauth)
+                )
+    finally:
+        await engine.dispose()
+    return written
+
+
+def invoke(*args: str, database_url: str) -> Result:
+    """`registry ...` in a thread (the command runs its own event loop)."""
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(
+            main, list(args), env={"REGISTRY_DATABASE_URL": database_url}, catch_exceptions=False
+        )
+    finally:
+        get_settings.cache_clear()
+
+
+async def import_cli(source: str, target: str) -> dict[str, object]:
+    result = await asyncio.to_thread(
+        invoke, "import-users", "--from", source, "--json", database_url=target
+    )
+    assert result.exit_code == 0, result.output
+    summary: dict[str, object] = json.loads(result.stdout)
+    return summary
+
+
+async def log_rows(target: str) -> list[tuple[str, uuid.UUID, dict[str, object]]]:
+    engine = create_engine(target)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                select(events.c.event_type, events.c.stream_id, events.c.metadata).order_by(
+                    events.c.position
+                )
+            )
+            return [(t, s, m) for t, s, m in rows]
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def old_sqlite(tmp_path: Path) -> AsyncIterator[tuple[str, list[OldUserRow]]]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old_app.db'}"
+    yield url, await write_old_database(url)
+
+
+async def check_app_logs_them_in(target: str, old: list[OldUserRow]) -> None:
+    app = create_app(target, secret="import-test")
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            for row in old:
+                # the in-process projector catches up with the imported log
+                deadline = time.monotonic() + 15
+                while True:
+                    response = await client.post(
+                        "/auth/jwt/login",
+                        data={"username": row.email.lower(), "password": row.password},
+                    )
+                    if response.status_code == 200 or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.05)
+                assert response.status_code == 200, (row.email, response.text)
+                auth = {"Authorization": f"Bearer {response.json()['access_token']}"}
+                me = (await client.get("/users/me", headers=auth)).json()
+                assert me["id"] == str(row.id)
+                assert me["email"] == row.email
+                assert me["first_name"] == row.first_name
+                assert (me["is_verified"], me["is_superuser"]) == (
+                    row.is_verified,
+                    row.is_superuser,
+                )
+                bad = await client.post(
+                    "/auth/jwt/login", data={"username": row.email, "password": "not it"}
+                )
+                assert bad.status_code == 400
+        async with app.state.session_maker() as session:
+            for row in old:
+                user = await session.get(User, row.id)
+                assert user is not None
+                linked = {(a.oauth_name, a.account_id) for a in user.oauth_accounts}
+                assert linked == set(row.oauth)
+                assert all(a.access_token.startswith("secret-access-") for a in user.oauth_accounts)
+
+
+async def test_import_then_old_passwords_log_in_and_rerun_imports_nothing(
+    old_sqlite: tuple[str, list[OldUserRow]], database_url: str
+) -> None:
+    source, old = old_sqlite
+    n_oauth = sum(len(r.oauth) for r in old)
+
+    summary = await import_cli(source, database_url)
+    assert summary["users"] == {"total": 3, "imported": 3, "already": 0, "failed": 0}
+    assert summary["oauth_accounts"] == {
+        "total": n_oauth,
+        "imported": n_oauth,
+        "already": 0,
+        "failed": 0,
+    }
+    assert summary["profile_columns"] == ["first_name"]
+    assert summary["failures"] == []
+
+    log = await log_rows(database_url)
+    assert sorted(t for t, _, _ in log) == sorted(
+        ["UserRegistered"] * 3 + ["OAuthAccountLinked"] * n_oauth
+    )
+    assert {s for t, s, _ in log if t == "UserRegistered"} == {r.id for r in old}
+    assert all(m.get("imported") is True and m["command_id"].startswith("import:") for *_, m in log)
+
+    again = await import_cli(source, database_url)
+    assert again["users"] == {"total": 3, "imported": 0, "already": 3, "failed": 0}
+    assert again["oauth_accounts"]["already"] == n_oauth  # type: ignore[index]
+    assert await log_rows(database_url) == log
+
+    await check_app_logs_them_in(database_url, old)
+
+
+async def test_import_from_postgresql_source(pg_url: str, tmp_path: Path) -> None:
+    """A PostgreSQL source (native UUID columns) into a SQLite registry."""
+    old = await write_old_database(pg_url)
+    target = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
+    summary = await import_cli(pg_url, target)
+    assert summary["users"]["imported"] == 3  # type: ignore[index]
+    await check_app_logs_them_in(target, old)
+
+
+async def test_rows_the_registry_refuses_are_reported_and_the_rest_imported(
+    tmp_path: Path, database_url: str
+) -> None:
+    source = f"sqlite+aiosqlite:///{tmp_path / 'dupes.db'}"
+    old = await write_old_database(source)
+    engine = create_async_engine(source)
+    try:  # upstream's unique index is case-sensitive: a second "DORA@…" row can exist there
+        async with async_sessionmaker(engine)() as session:
+            await SQLAlchemyUserDatabase(session, OldUser).create(
+                {"id": LAST_ID, "email": "DORA@example.com", "hashed_password": "x"}
+            )
+    finally:
+        await engine.dispose()
+
+    result = await asyncio.to_thread(
+        invoke, "import-users", "--from", source, "--json", database_url=database_url
+    )
+    assert result.exit_code == 1
+    summary = json.loads(result.stdout)
+    assert summary["users"]["imported"] == 3 and summary["users"]["failed"] == 1
+    [failure] = summary["failures"]
+    assert (failure["id"], failure["code"]) == (str(LAST_ID), "EMAIL_ALREADY_REGISTERED")
+    assert len([r for r in await log_rows(database_url) if r[0] == "UserRegistered"]) == len(old)
+
+
+async def test_missing_user_table_is_a_clear_error(tmp_path: Path, database_url: str) -> None:
+    empty = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    result = await asyncio.to_thread(
+        invoke, "import-users", "--from", empty, database_url=database_url
+    )
+    assert result.exit_code == 1
+    assert "no 'user' table" in result.stderr
