@@ -227,7 +227,11 @@ async def test_verify_and_reset_password_with_mailed_tokens(http: Harness) -> No
 
 async def test_50_concurrent_registrations_of_one_address(http: Harness) -> None:
     emails = [
-        "race@example.com" if i % 2 == 0 else "Race@example.com" if i % 4 == 1 else "RACE@EXAMPLE.COM"
+        "race@example.com"
+        if i % 2 == 0
+        else "Race@example.com"
+        if i % 4 == 1
+        else "RACE@EXAMPLE.COM"
         for i in range(50)
     ]
     responses = await asyncio.gather(*(http.register(email) for email in emails))
