@@ -1,0 +1,183 @@
+"""Shared pieces of the bus tests (no tests here): real brokers on 127.0.0.1, a unique bus
+prefix per test so runs never share a stream or a queue, and cleanup afterwards.
+
+A broker that is not running makes the tests FAIL (connection errors), never skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from events import EventStore
+from events.tables import events as events_table
+from events.tables import metadata as events_metadata
+from registry.bootstrap import Container
+from registry.bus import Channels, Reply, create_broker, request, running_bus
+from registry.settings import Settings
+
+BROKER_URLS = {
+    "nats": "nats://127.0.0.1:4222",
+    "rabbit": "amqp://guest:guest@127.0.0.1:5672/",
+    "redis": "redis://127.0.0.1:6379",
+}
+BROKERS = list(BROKER_URLS)
+MAX_PAYLOAD = 4096
+TIMEOUT = 10.0
+
+
+def unique_prefix() -> str:
+    return f"bt{uuid.uuid4().hex[:10]}"
+
+
+async def create_tables(engine: AsyncEngine) -> None:
+    from registry.tables import metadata as registry_metadata
+
+    async with engine.begin() as conn:
+        await conn.run_sync(events_metadata.create_all)
+        await conn.run_sync(registry_metadata.create_all)
+
+
+def make_container(engine: AsyncEngine, url: str, prefix: str) -> Container:
+    settings = Settings(
+        database_url=str(engine.url.render_as_string(False)),
+        broker_url=url,
+        bus_prefix=prefix,
+        max_payload_bytes=MAX_PAYLOAD,
+        lease_ttl=2.0,
+    )
+    return Container(
+        settings=settings,
+        engine=engine,
+        store=EventStore(engine),
+        user_table=None,  # type: ignore[arg-type]
+        oauth_table=None,
+    )
+
+
+async def event_count(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(select(func.count()).select_from(events_table)) or 0)
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class BusClient:
+    """A sender on its own connection: request/reply and fire-and-forget publish."""
+
+    def __init__(self, kind: str, channels: Channels) -> None:
+        self.kind = kind
+        self.channels = channels
+        self.broker = create_broker(BROKER_URLS[kind])
+
+    async def __aenter__(self) -> BusClient:
+        await self.broker.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.broker.stop()
+
+    async def send(self, name: str, payload: Any, timeout: float = TIMEOUT) -> Reply:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        return await request(self.broker, name, body, timeout=timeout, channels=self.channels)
+
+    async def publish(self, name: str, payload: Any) -> None:
+        """Publish without a reply address (what a fire-and-forget sender does)."""
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        ch = self.channels
+        if self.kind == "nats":
+            await self.broker.publish(body, ch.command(name), stream=ch.nats_command_stream)
+        elif self.kind == "rabbit":
+            from faststream.rabbit import ExchangeType, RabbitExchange
+
+            exchange = RabbitExchange(ch.exchange, type=ExchangeType.TOPIC, durable=True)
+            await self.broker.publish(
+                body, routing_key=ch.command(name), exchange=exchange, persist=True
+            )
+        else:
+            await self.broker.publish(body, stream=ch.command(name))
+
+
+@contextlib.asynccontextmanager
+async def consumer(
+    container: Container, kind: str, *, relay: bool = False, ack_wait: float = 30.0
+) -> AsyncIterator[Any]:
+    broker = create_broker(BROKER_URLS[kind])
+    async with running_bus(
+        container,
+        broker=broker,
+        channels=Channels(container.settings.bus_prefix),
+        relay=relay,
+        ack_wait=ack_wait,
+    ) as runtime:
+        yield runtime
+
+
+async def cleanup(kind: str, channels: Channels) -> None:
+    """Remove what a test declared on the broker."""
+    if kind == "nats":
+        import nats
+
+        nc = await nats.connect(BROKER_URLS["nats"])
+        try:
+            js = nc.jetstream()
+            for name in (channels.nats_command_stream, channels.nats_event_stream):
+                with contextlib.suppress(Exception):
+                    await js.delete_stream(name)
+        finally:
+            await nc.close()
+    elif kind == "rabbit":
+        import aio_pika
+
+        conn = await aio_pika.connect(BROKER_URLS["rabbit"])
+        try:
+            for queue in (channels.queue, channels.dead_letter_queue):
+                ch = await conn.channel()
+                with contextlib.suppress(Exception):
+                    await ch.queue_delete(queue)
+            for exchange in (
+                channels.exchange,
+                channels.dead_letter_exchange,
+                channels.event_exchange,
+            ):
+                ch = await conn.channel()
+                with contextlib.suppress(Exception):
+                    await ch.exchange_delete(exchange)
+        finally:
+            await conn.close()
+    else:
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(BROKER_URLS["redis"])
+        try:
+            keys = [k async for k in client.scan_iter(match=f"{channels.prefix}.*")]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
+
+
+def register_payload(email: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "email": email or f"u{uuid.uuid4().hex[:8]}@example.com",
+        "password": "correct horse battery staple",
+        **extra,
+    }
