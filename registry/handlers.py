@@ -1,0 +1,212 @@
+"""Command handlers: the one write path (adapter, bus consumer and import tool all use it).
+
+`CommandHandlers.handle(command)` reads the user's stream, decides, and in ONE transaction
+appends the events (first), then takes/moves/releases reservations, records the command_id
+and, in inline mode, projects. On any error nothing is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy import insert, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from events import ConcurrencyError, EventStore, Metadata, RecordedEvent
+from registry.commands import Command, LinkOAuthAccount, RegisterUser
+from registry.decisions import decide, fold
+from registry.errors import RegistryError, VersionConflictError
+from registry.passwords import PasswordHasher, prepare
+from registry.tables import processed_commands
+from registry.uniqueness import reserve
+
+log = logging.getLogger("registry.handlers")
+
+#: attempts of read-decide-append when the stream moved under us and no expected_version was
+#: stated (the command is re-decided against the new state each time)
+MAX_ATTEMPTS = 30
+
+
+class InlineProjection(Protocol):
+    """What inline mode needs of a projection (projections.UserProjection fits)."""
+
+    name: str
+
+    async def apply(self, conn: AsyncConnection, batch: Sequence[RecordedEvent]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command did: the user's stream version after it and the events it appended
+    (none for a command that changed nothing). `duplicate`: this command_id was seen before
+    and this is the first outcome again."""
+
+    user_id: uuid.UUID
+    version: int
+    events: tuple[RecordedEvent, ...]
+    duplicate: bool = False
+
+
+class _Retry(Exception):
+    """The stream moved (or the database chose us as a deadlock victim): decide again."""
+
+
+def _user_id(command: Command) -> uuid.UUID:
+    value = getattr(command, "user_id", None)
+    assert isinstance(value, uuid.UUID)
+    return value
+
+
+class CommandHandlers:
+    """Carries out commands against the log. See the module docstring for the transaction."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        store: EventStore,
+        *,
+        profile_fields: frozenset[str] | None = None,
+        inline_projection: InlineProjection | None = None,
+        password_helper: PasswordHasher | None = None,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        #: the user model's custom columns; None: any profile key is accepted
+        self.profile_fields = profile_fields
+        self.inline_projection = inline_projection
+        self.password_helper = password_helper
+
+    async def handle(self, command: Command, *, imported: bool = False) -> Outcome:
+        """Carry out `command`; raises a RegistryError subclass (nothing written) on refusal.
+
+        The same `command_id` again returns the first outcome with `duplicate=True`. With an
+        `expected_version` that is not the user's version: VersionConflictError. Without one,
+        a concurrent change to the same user makes this command be decided again.
+        """
+        command = await prepare(command, self.profile_fields, self.password_helper)
+        if isinstance(command, RegisterUser) and command.user_id is None:
+            command = command.model_copy(update={"user_id": uuid.uuid4()})
+        if isinstance(command, LinkOAuthAccount) and command.oauth_account_id is None:
+            command = command.model_copy(update={"oauth_account_id": uuid.uuid4()})
+        metadata = Metadata(
+            command_id=command.command_id,
+            correlation_id=command.correlation_id,
+            causation_id=command.causation_id,
+            actor=command.actor,
+            imported=True if imported else None,
+        )
+        if command.command_id is not None:
+            prior = await self._prior(command.command_id)
+            if prior is not None:
+                return prior
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                outcome = await self._attempt(command, metadata)
+            except (_Retry, RegistryError) as exc:
+                if command.command_id is not None:
+                    prior = await self._prior(command.command_id)
+                    if prior is not None:
+                        return prior
+                if isinstance(exc, RegistryError):
+                    raise
+                if command.expected_version is not None:
+                    raise VersionConflictError(str(exc.__cause__ or exc)) from None
+                if attempt == MAX_ATTEMPTS - 1:
+                    raise VersionConflictError(
+                        f"user {_user_id(command)} kept changing; gave up after "
+                        f"{MAX_ATTEMPTS} attempts"
+                    ) from None
+                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            if outcome.events:
+                self.store.committed()
+            log.debug(
+                "command %s user=%s version=%s events=%d",
+                command.name,
+                outcome.user_id,
+                outcome.version,
+                len(outcome.events),
+            )
+            return outcome
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(self, command: Command, metadata: Metadata) -> Outcome:
+        user_id = _user_id(command)
+        try:
+            async with self.engine.begin() as conn:
+                state = fold(user_id, await self.store.read_stream(user_id, conn=conn))
+                if (
+                    command.expected_version is not None
+                    and command.expected_version != state.version
+                ):
+                    raise VersionConflictError(
+                        f"user {user_id} is at version {state.version}, "
+                        f"the command expected {command.expected_version}"
+                    )
+                new_events = decide(state, command)
+                recorded: list[RecordedEvent] = []
+                if new_events:
+                    # events FIRST: on PostgreSQL the transaction id is assigned here
+                    recorded = await self.store.append(
+                        user_id,
+                        new_events,
+                        expected_version=state.version,
+                        metadata=metadata,
+                        conn=conn,
+                    )
+                    await reserve(conn, state, recorded)
+                version = recorded[-1].stream_version if recorded else state.version
+                if command.command_id is not None:
+                    await self._record(conn, command, user_id, state.version, version)
+                if recorded and self.inline_projection is not None:
+                    await self.inline_projection.apply(conn, recorded)
+        except ConcurrencyError as exc:
+            raise _Retry(str(exc)) from exc
+        except IntegrityError as exc:  # the command_id raced with itself
+            raise _Retry(str(exc)) from exc
+        except DBAPIError as exc:
+            if "deadlock" in str(exc).lower():
+                raise _Retry("deadlock") from exc
+            raise
+        return Outcome(user_id=user_id, version=version, events=tuple(recorded))
+
+    async def _record(
+        self, conn: AsyncConnection, command: Command, user_id: uuid.UUID, before: int, after: int
+    ) -> None:
+        await conn.execute(
+            insert(processed_commands).values(
+                command_id=command.command_id,
+                command=command.name,
+                user_id=user_id,
+                from_version=before,
+                to_version=after,
+                processed_at=datetime.now(UTC),
+            )
+        )
+
+    async def _prior(self, command_id: str) -> Outcome | None:
+        """The first outcome of a command_id already processed, or None."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(processed_commands).where(processed_commands.c.command_id == command_id)
+                )
+            ).first()
+            if row is None:
+                return None
+            stream = await self.store.read_stream(row.user_id, to_version=row.to_version, conn=conn)
+        recorded = tuple(e for e in stream if e.stream_version > row.from_version)
+        return Outcome(row.user_id, row.to_version, recorded, duplicate=True)
+
+
+def profile_fields_of(user_table: Any, builtin: frozenset[str]) -> frozenset[str]:
+    """The custom columns of a user model: its columns minus the built-in ones."""
+    return frozenset(c.key for c in user_table.__table__.columns) - builtin
