@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
-from fastapi import Request
+from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from registry.api.errors import ApiProblem
@@ -33,8 +33,9 @@ class BearerAuth:
     def __init__(self, tokens: Sequence[str]) -> None:
         self.tokens = tuple(t for t in tokens if t)
 
-    async def __call__(self, request: Request) -> None:
-        credentials: HTTPAuthorizationCredentials | None = await bearer(request)
+    async def __call__(
+        self, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+    ) -> None:
         if credentials is None or not token_matches(credentials.credentials, self.tokens):
             raise ApiProblem(
                 401,

@@ -69,6 +69,15 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ApiError, "description": _DESCRIPTIONS[s]} for s in statuses}
 
 
+def json_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The same, for a route whose own media type is not JSON (`/metrics`)."""
+    schema = {"$ref": "#/components/schemas/ApiError"}
+    return {
+        s: {"description": _DESCRIPTIONS[s], "content": {"application/json": {"schema": schema}}}
+        for s in statuses
+    }
+
+
 def _json(
     status: int,
     code: str,

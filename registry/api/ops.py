@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
 from registry.api import metrics
-from registry.api.errors import responses
+from registry.api.errors import json_responses, responses
 from registry.api.schemas import HealthOut, ProjectionsOut
 from registry.bootstrap import Container
 
@@ -95,8 +95,11 @@ def ops_router(container: Container, auth: DependsParam) -> APIRouter:
         "/metrics",
         response_class=PlainTextResponse,
         responses={
-            200: {"content": {"text/plain": {}}, "description": "Prometheus text format."},
-            **responses(401),
+            200: {
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+                "description": "Prometheus text format.",
+            },
+            **json_responses(401),
         },
         dependencies=[auth],
         summary="Prometheus metrics: events appended, projection lag, command outcomes",
