@@ -1,0 +1,173 @@
+"""The command line as a user runs it: `registry send` (exit 0 accepted, 3 rejected, 4 no
+reply in time, 2 usage), `registry asyncapi`, and `registry consume` until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+from test_bus_helpers import (
+    BROKER_URLS,
+    BusClient,
+    cleanup,
+    consumer,
+    create_tables,
+    event_count,
+    make_container,
+    register_payload,
+    unique_prefix,
+    wait_until,
+)
+
+from registry.bus import Channels
+
+pytestmark = pytest.mark.broker
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+REGISTRY = str(Path(sys.executable).with_name("registry"))
+
+
+async def cli(*args: str, env: dict[str, str], timeout: float = 30) -> tuple[int, Any, str]:
+    proc = await asyncio.create_subprocess_exec(
+        REGISTRY,
+        *args,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    text = out.decode()
+    try:
+        data = json.loads(text) if text.strip() else None
+    except ValueError:
+        data = text
+    return proc.returncode or 0, data, err.decode()
+
+
+@pytest.fixture
+async def nats_env(engine: AsyncEngine) -> AsyncIterator[tuple[dict[str, str], Any]]:
+    await create_tables(engine)
+    prefix = unique_prefix()
+    env = {"REGISTRY_BROKER_URL": BROKER_URLS["nats"], "REGISTRY_BUS_PREFIX": prefix}
+    container = make_container(engine, BROKER_URLS["nats"], prefix)
+    try:
+        yield env, container
+    finally:
+        await cleanup("nats", Channels(prefix))
+
+
+@sqlite_only
+async def test_send_prints_the_reply_and_exits_by_outcome(
+    nats_env: tuple[dict[str, str], Any], engine: AsyncEngine
+) -> None:
+    env, container = nats_env
+    async with consumer(container, "nats"):
+        code, reply, _ = await cli("send", "register", json.dumps(register_payload()), env=env)
+        assert code == 0, reply
+        assert reply["status"] == "accepted" and reply["version"] == 1
+        assert reply["command_id"]  # added by `send`, so a retry is deduplicated
+
+        code, again, _ = await cli(
+            "send",
+            "update",
+            json.dumps({"user_id": str(uuid.uuid4()), "is_active": False}),
+            env=env,
+        )
+        assert (code, again["code"]) == (3, "USER_NOT_FOUND")
+
+        code, bad, _ = await cli("send", "delete", "{oops", env=env)
+        assert (code, bad["code"]) == (3, "INVALID_COMMAND")
+
+        code, _, err = await cli("send", "rename", "{}", env=env)
+        assert code == 2 and "unknown command" in err
+    assert await event_count(engine) == 1
+
+    # nobody consuming any more: no reply in time
+    code, _, err = await cli(
+        "send", "register", json.dumps(register_payload()), "--timeout", "1", env=env
+    )
+    assert code == 4, err
+    assert "no reply" in err
+
+
+async def test_send_without_a_broker_is_a_usage_error() -> None:
+    code, _, err = await cli("send", "register", "{}", env={"REGISTRY_BROKER_URL": ""})
+    assert code == 2 and "REGISTRY_BROKER_URL" in err
+
+
+@pytest.mark.parametrize("url", [BROKER_URLS["nats"], BROKER_URLS["rabbit"], "kafka://k:9092"])
+async def test_asyncapi_documents_every_channel(url: str, tmp_path: Path) -> None:
+    out = tmp_path / "asyncapi.json"
+    code, _, err = await cli("asyncapi", "--output", str(out), env={"REGISTRY_BROKER_URL": url})
+    assert code == 0, err
+    doc = json.loads(out.read_text())
+    assert doc["asyncapi"].startswith("3.")
+    channels = {c["address"] for c in doc["channels"].values()}
+    for name in ("register", "update", "delete", "link-oauth", "update-oauth"):
+        assert f"registry.users.{name}" in channels
+    assert "registry.events.UserRegistered" in channels
+    schemas = doc["components"]["schemas"]
+    assert "RegisterUser" in schemas and "PublishedEvent" in schemas
+    assert "role" not in schemas["RegisterUser"]["properties"]
+    if url.startswith("kafka"):
+        assert "registry.replies" in channels
+
+
+@sqlite_only
+async def test_consume_serves_until_sigterm(
+    nats_env: tuple[dict[str, str], Any], engine: AsyncEngine, tmp_path: Path
+) -> None:
+    env, container = nats_env
+    env = {
+        **env,
+        "REGISTRY_DATABASE_URL": container.settings.database_url,
+        "REGISTRY_LOG_FORMAT": "json",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        REGISTRY,
+        "consume",
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    try:
+        channels = Channels(env["REGISTRY_BUS_PREFIX"])
+
+        async def subscribed() -> bool:
+            import nats
+
+            assert proc.returncode is None, (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+            nc = await nats.connect(BROKER_URLS["nats"])
+            try:
+                js = nc.jetstream()
+                await js.consumer_info(channels.nats_command_stream, channels.durable)
+            except Exception:
+                return False
+            finally:
+                await nc.close()
+            return True
+
+        await wait_until(subscribed, timeout=30, what="`registry consume` to subscribe")
+        async with BusClient("nats", channels) as client:
+            reply = await client.send("register", register_payload())
+        assert reply is not None and reply.accepted, reply
+        assert await event_count(engine) == 1
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 20)
+        assert code == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    err = (await proc.stderr.read()).decode() if proc.stderr else ""
+    assert "correct horse" not in err
+    assert "bus consumer started" in err
