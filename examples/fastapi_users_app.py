@@ -57,7 +57,7 @@ class OAuthAccount(BaseOAuthAccountTableUUID, Base):
 class User(BaseUserTableUUID, Base):
     first_name: Mapped[str | None] = mapped_column(String(255), default=None)
     oauth_accounts: Mapped[list[OAuthAccount]] = relationship(
-        "OAuthAccount", lazy="selectin", order_by=OAuthAccount.id
+        "OAuthAccount", lazy="selectin", order_by=OAuthAccount.link_order
     )
 
 
