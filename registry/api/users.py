@@ -20,6 +20,12 @@ from registry.errors import ProjectionTimeoutError, UserNotFoundError
 _CURSOR_PREFIX = "u1:"
 
 
+class VersionNotFound(UserNotFoundError):
+    """`min_version` is beyond the user's stream: nothing will ever be there to wait for."""
+
+    code = "VERSION_NOT_FOUND"
+
+
 def encode_cursor(after: UUID) -> str:
     return base64.urlsafe_b64encode((_CURSOR_PREFIX + after.hex).encode()).decode().rstrip("=")
 
@@ -48,10 +54,10 @@ def users_router(container: Container, read_model: ReadModel) -> APIRouter:
 
     async def wait_for(user_id: UUID, version: int) -> None:
         nonlocal projection
-        from projections.errors import ProjectionTimeout
         from projections.worker import wait_for_version
 
         from projections import UserProjection
+        from projections.errors import ProjectionTimeout
 
         if projection is None:
             projection = UserProjection(container.user_table, container.oauth_table)
@@ -89,6 +95,12 @@ def users_router(container: Container, read_model: ReadModel) -> APIRouter:
         async with engine.connect() as conn:
             user = await read_model.get_user(conn, user_id)
         if min_version is not None and (user is None or user["version"] < min_version):
+            written = await container.store.stream_version(user_id)
+            if written < min_version:  # no write will bring it: the client's mistake
+                raise VersionNotFound(
+                    f"user {user_id} has no version {min_version} in the log "
+                    f"(its stream is at version {written})"
+                )
             await wait_for(user_id, min_version)
             async with engine.connect() as conn:
                 user = await read_model.get_user(conn, user_id)

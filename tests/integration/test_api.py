@@ -132,6 +132,15 @@ async def test_min_version_without_a_projector_times_out_clearly(api: Api) -> No
     assert ok.status_code == 200 and ok.json()["version"] == 1
 
 
+async def test_min_version_beyond_the_log_is_refused_at_once(api: Api) -> None:
+    user_id = await api.register("ahead@example.com")
+    response = await api.client.get(f"/users/{user_id}", params={"min_version": 5})
+    assert (response.status_code, response.json()["code"]) == (404, "VERSION_NOT_FOUND")
+    assert "stream is at version 1" in response.json()["message"]
+    response = await api.client.get(f"/users/{uuid.uuid4()}", params={"min_version": 1})
+    assert (response.status_code, response.json()["code"]) == (404, "VERSION_NOT_FOUND")
+
+
 async def test_min_version_waits_for_the_running_projector(api: Api) -> None:
     from registry.lifespan import run_projector
 
