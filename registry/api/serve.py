@@ -147,9 +147,9 @@ async def create_missing_tables(container: Container) -> None:
 async def serve(settings: Settings, stop: _Stop, echo: Echo) -> int:
     from registry.schema import migrate
 
-    settings = with_token(settings, echo)
     container = build(settings)
     try:
+        container.settings = settings = with_token(settings, echo)
         await migrate(container.engine)
         await create_missing_tables(container)
         if stop.requested:

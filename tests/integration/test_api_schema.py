@@ -73,11 +73,49 @@ CHECKS = [
 ]
 
 
+def exercise(
+    operation: Any,
+    mode: GenerationMode,
+    client: asgi.ASGIClient,
+    ids: list[uuid.UUID],
+    turn: Iterator[int],
+) -> None:
+    """Up to 15 generated requests to one operation: never a 5xx, never a secret, and
+    (for valid requests) status, content type and body as the schema documents."""
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=15,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def check(case: Any) -> None:
+        if case.path_parameters and "user_id" in case.path_parameters:
+            # every other case asks for a seeded user (random ids are only ever 404)
+            n = next(turn)
+            if n % 2 == 0:
+                case.path_parameters["user_id"] = str(ids[(n // 2) % len(ids)])
+        response = case.call(session=client, headers=auth())
+        assert_no_secrets(response.text)
+        assert response.status_code < 500, (case.as_curl_command(), response.text)
+        if mode is GenerationMode.POSITIVE:
+            case.validate_response(response, checks=CHECKS, headers=auth())
+
+    if mode is GenerationMode.NEGATIVE:
+        # routes without parameters have no invalid request to make
+        with contextlib.suppress(Unsatisfiable):
+            check()
+    else:
+        check()
+
+
 def test_read_api_conforms_and_leaks_nothing(
     seeded: tuple[FastAPI, list[uuid.UUID]], client: asgi.ASGIClient
 ) -> None:
     # schemathesis' pytest plugin (lazy schemas) does not run under pytest 9: drive each
-    # operation's hypothesis strategy directly, positive and negative cases
+    # operation's hypothesis strategy directly, valid and invalid requests
     app, ids = seeded
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     turn = itertools.count()
@@ -85,30 +123,4 @@ def test_read_api_conforms_and_leaks_nothing(
     assert len(operations) == 7  # users, user, history, projections, health, ready, metrics
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-
-            @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(
-                max_examples=15,
-                deadline=None,
-                derandomize=True,
-                database=None,
-                suppress_health_check=list(HealthCheck),
-            )
-            def check(case: Any, positive: bool = mode is GenerationMode.POSITIVE) -> None:
-                if case.path_parameters and "user_id" in case.path_parameters:
-                    # every other case asks for a seeded user (random ids are only ever 404)
-                    n = next(turn)
-                    if n % 2 == 0:
-                        case.path_parameters["user_id"] = str(ids[(n // 2) % len(ids)])
-                response = case.call(session=client, headers=auth())
-                assert_no_secrets(response.text)
-                assert response.status_code < 500, (case.as_curl_command(), response.text)
-                if positive:
-                    case.validate_response(response, checks=CHECKS, headers=auth())
-
-            if mode is GenerationMode.NEGATIVE:
-                # routes without parameters have no invalid request to make
-                with contextlib.suppress(Unsatisfiable):
-                    check()
-            else:
-                check()
+            exercise(operation, mode, client, ids, turn)

@@ -1,0 +1,254 @@
+"""`registry serve` as a user runs it: a subprocess in an empty directory with no configuration.
+
+It migrates SQLite, generates a token (file mode 0600) and prints it, serves the API; users
+written through the command handlers against the same file show up over HTTP; SIGTERM ends it
+with exit code 0, no traceback, and the projection's checkpoint committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from events import EventStore, create_engine
+from registry.commands import LinkOAuthAccount, RegisterUser, UpdateUser
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+REGISTRY = Path(sys.executable).with_name("registry")
+START_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    # the checkout under test, whatever an older editable install of it maps
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        for stream, sink in ((self.proc.stdout, self.lines), (self.proc.stderr, self.stderr)):
+            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(stream: object, sink: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            sink.append(line)
+
+    def wait_for_line(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                found = re.search(pattern, line)
+                if found:
+                    return found
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(
+            f"no line matching {pattern!r}; stdout={self.lines} stderr={''.join(self.stderr)}"
+        )
+
+    def stop(self, timeout: float = 30.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[object]:
+    started: list[Server] = []
+
+    def run(*args: str, **env: str) -> Server:
+        proc = subprocess.Popen(
+            [str(REGISTRY), "serve", *args],
+            cwd=tmp_path,
+            env=clean_env(**env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        server = Server(proc)
+        started.append(server)
+        return server
+
+    yield run
+    for server in started:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(10)
+
+
+async def write_users(db: Path) -> list[tuple[str, int]]:
+    """Register, update and link through the command handlers, on the server's SQLite file."""
+    from registry.handlers import CommandHandlers
+
+    engine = create_engine(f"sqlite+aiosqlite:///{db}")
+    try:
+        handlers = CommandHandlers(engine, EventStore(engine))
+        out = []
+        for i in range(3):
+            outcome = await handlers.handle(
+                RegisterUser(email=f"User{i}@Example.com", password=f"pw-{i}-secret-value")
+            )
+            out.append((str(outcome.user_id), outcome.version))
+        user_id = out[0][0]
+        await handlers.handle(UpdateUser(user_id=user_id, is_verified=True))  # type: ignore[arg-type]
+        linked = await handlers.handle(
+            LinkOAuthAccount(
+                user_id=user_id,  # type: ignore[arg-type]
+                oauth_name="github",
+                access_token="gho_SECRET_access",  # type: ignore[arg-type]
+                account_id="42",
+                account_email="user0@example.com",
+            )
+        )
+        out[0] = (user_id, linked.version)
+        return out
+    finally:
+        await engine.dispose()
+
+
+async def lag_after_exit(db: Path) -> list[int]:
+    from projections.status import projection_status
+
+    engine = create_engine(f"sqlite+aiosqlite:///{db}")
+    try:
+        return [s.lag_events for s in await projection_status(engine, EventStore(engine))]
+    finally:
+        await engine.dispose()
+
+
+def test_serve_from_an_empty_directory(start: object, tmp_path: Path) -> None:
+    port = free_port()
+    server = start(REGISTRY_PORT=str(port))  # type: ignore[operator]
+    token = server.wait_for_line(r"API token \(generated, kept in (.+)\): (\S+)").group(2)
+    base = server.wait_for_line(r"listening on (http://\S+)").group(1)
+    assert base == f"http://127.0.0.1:{port}"
+    server.wait_for_line(rf"API docs: {re.escape(base)}/docs")
+
+    token_file = tmp_path / ".registry-token"
+    assert token_file.read_text().strip() == token
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    db = tmp_path / "registry.db"
+    assert db.exists()
+
+    written = asyncio.run(write_users(db))
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=base, timeout=20) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/users").status_code == 401
+        for user_id, version in written:
+            r = client.get(f"/users/{user_id}", params={"min_version": version}, headers=headers)
+            assert r.status_code == 200, r.text
+            assert r.json()["version"] == version
+            assert "hashed_password" not in r.text and "SECRET" not in r.text
+        first = client.get(f"/users/{written[0][0]}", headers=headers).json()
+        assert first["is_verified"] is True and first["oauth_accounts"][0]["account_id"] == "42"
+        page = client.get("/users", params={"email": "user1@example.COM"}, headers=headers)
+        assert [u["email"] for u in page.json()["items"]] == ["User1@Example.com"]
+        history = client.get(f"/users/{written[0][0]}/history", headers=headers)
+        assert history.status_code == 200 and "SECRET" not in history.text
+        assert "$argon2" not in history.text
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        metrics = client.get("/metrics", headers=headers).text
+        assert "registry_events_appended_total 5" in metrics
+        assert client.get("/docs").status_code == 200
+
+    assert server.stop() == 0
+    assert "Traceback" not in "".join(server.stderr), "".join(server.stderr)
+    assert asyncio.run(lag_after_exit(db)) and all(
+        lag == 0 for lag in asyncio.run(lag_after_exit(db))
+    )
+
+
+def test_serve_reuses_its_token_and_honours_configured_tokens(
+    start: object, tmp_path: Path
+) -> None:
+    (tmp_path / ".registry-token").write_text("kept-token-123\n")
+    (tmp_path / ".registry-token").chmod(0o644)
+    server = start("--port", str(free_port()))  # type: ignore[operator]
+    found = server.wait_for_line(r"API token \(kept in .+\): (\S+)")
+    assert found.group(1) == "kept-token-123"
+    assert stat.S_IMODE((tmp_path / ".registry-token").stat().st_mode) == 0o600
+    server.wait_for_line("listening on")
+    assert server.stop() == 0
+
+    port = free_port()
+    server = start(REGISTRY_PORT=str(port), REGISTRY_API_TOKENS="configured-1,configured-2")  # type: ignore[operator]
+    server.wait_for_line("API token: from REGISTRY_API_TOKENS")
+    base = server.wait_for_line(r"listening on (http://\S+)").group(1)
+    with httpx.Client(base_url=base, timeout=20) as client:
+        for token, status in (("configured-2", 200), ("kept-token-123", 401)):
+            r = client.get("/users", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == status
+    assert server.stop() == 0
+    assert "Traceback" not in "".join(server.stderr)
+
+
+def test_serve_reports_a_bad_configuration(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(REGISTRY), "serve"],
+        cwd=tmp_path,
+        env=clean_env(REGISTRY_DATABASE_URL="mysql://nope/db"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "registry: error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_compose_runs_only_real_commands() -> None:
+    """Every command docker-compose.yml runs is a `registry` command that exists."""
+    from click.testing import CliRunner
+
+    from registry.cli import main
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"postgres", "nats", "migrate", "serve", "consume"} <= set(services)
+    assert sum(1 for s in services.values() if s.get("command") == ["worker"]) == 2
+    runner = CliRunner()
+    for name, service in services.items():
+        if "build" not in service:
+            continue
+        command = service["command"]
+        result = runner.invoke(main, [*command, "--help"])
+        assert result.exit_code == 0, (name, command, result.output)
+        env = service["environment"]
+        assert env["REGISTRY_DATABASE_URL"].startswith("postgresql+asyncpg://")
+    assert services["serve"]["depends_on"]["migrate"]["condition"] == (
+        "service_completed_successfully"
+    )
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
