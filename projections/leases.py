@@ -1,0 +1,199 @@
+"""Partitions, checkpoints and leases (a lease table with expiry on the database's clock, so it
+works the same on SQLite and PostgreSQL).
+
+A partition is a set of shards (`shard % partitions == partition`): each stream lives in
+exactly one, so its events stay in order. One worker at a time holds a partition's lease; a
+batch renews the lease in its own transaction (locking the lease row on PostgreSQL) before it
+writes, so a worker whose lease expired cannot commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, delete, func, literal_column, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from events import Cursor
+from events.envelope import SHARDS, shard_of
+from projections.errors import ProjectionError
+from projections.tables import (
+    projection_checkpoints,
+    projection_leases,
+    projection_workers,
+    utcnow,
+)
+
+cp, leases, workers = projection_checkpoints, projection_leases, projection_workers
+
+
+def shards_of(partition: int, partitions: int) -> list[int]:
+    return [s for s in range(SHARDS) if s % partitions == partition]
+
+
+def partition_of(stream_id: uuid.UUID, partitions: int) -> int:
+    return shard_of(stream_id) % partitions
+
+
+def db_now(conn: AsyncConnection) -> ColumnElement[float]:
+    """Now, in epoch seconds, on the database's clock."""
+    if conn.dialect.name == "postgresql":
+        return literal_column("extract(epoch from clock_timestamp())::float8")
+    return literal_column("((julianday('now') - 2440587.5) * 86400.0)")
+
+
+def _insert(conn: AsyncConnection) -> Any:
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    partition: int
+    partitions: int
+    cursor: Cursor
+
+
+async def ensure_partitions(conn: AsyncConnection, name: str, partitions: int) -> None:
+    """Create the checkpoint and lease rows of `name`'s partitions. A projection stored with
+    another partition count is re-partitioned (every new partition starts at the lowest old
+    checkpoint; re-applying is harmless) when no worker holds a live lease on it."""
+    rows = (await conn.execute(select(cp).where(cp.c.name == name))).all()
+    counts = {r.partitions for r in rows}
+    if rows and (counts != {partitions} or len(rows) != partitions):
+        holders = await live_holders(conn, name)
+        if holders:
+            raise ProjectionError(
+                f"projection {name!r} runs with {sorted(counts)} partition(s) held by "
+                f"{sorted(set(holders.values()))}; stop those workers or use the same "
+                f"partition count ({partitions} requested)"
+            )
+        low = min(rows, key=lambda r: (r.tx_id, r.position))
+        await conn.execute(delete(cp).where(cp.c.name == name))
+        await conn.execute(delete(leases).where(leases.c.name == name))
+        start = Cursor(low.tx_id, low.position)
+    else:
+        start = Cursor.start()
+    ins = _insert(conn)
+    values = [
+        {
+            "name": name,
+            "partition": p,
+            "partitions": partitions,
+            "tx_id": start.tx_id,
+            "position": start.position,
+            "updated_at": utcnow(),
+        }
+        for p in range(partitions)
+    ]
+    await conn.execute(ins(cp).values(values).on_conflict_do_nothing())
+    lease_rows = [{"name": name, "partition": p, "expires_at": 0.0} for p in range(partitions)]
+    await conn.execute(ins(leases).values(lease_rows).on_conflict_do_nothing())
+
+
+async def read_checkpoint(
+    conn: AsyncConnection, name: str, partition: int, *, lock: bool = False
+) -> Cursor | None:
+    stmt = select(cp.c.tx_id, cp.c.position).where(cp.c.name == name, cp.c.partition == partition)
+    if lock and conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    row = (await conn.execute(stmt)).first()
+    return Cursor(row.tx_id, row.position) if row else None
+
+
+async def write_checkpoint(conn: AsyncConnection, name: str, partition: int, at: Cursor) -> None:
+    await conn.execute(
+        update(cp)
+        .where(cp.c.name == name, cp.c.partition == partition)
+        .values(tx_id=at.tx_id, position=at.position, updated_at=utcnow())
+    )
+
+
+async def renew(conn: AsyncConnection, name: str, partition: int, holder: str, ttl: float) -> bool:
+    """Extend our live lease (and lock its row until commit). False: it is not ours anymore."""
+    now = db_now(conn)
+    result = await conn.execute(
+        update(leases)
+        .where(
+            leases.c.name == name,
+            leases.c.partition == partition,
+            leases.c.holder == holder,
+            leases.c.expires_at > now,
+        )
+        .values(expires_at=now + ttl)
+    )
+    return bool(result.rowcount)
+
+
+async def acquire(
+    conn: AsyncConnection, name: str, partition: int, holder: str, ttl: float
+) -> bool:
+    """Take a free, expired or already-ours lease."""
+    now = db_now(conn)
+    result = await conn.execute(
+        update(leases)
+        .where(
+            leases.c.name == name,
+            leases.c.partition == partition,
+            or_(leases.c.holder.is_(None), leases.c.holder == holder, leases.c.expires_at <= now),
+        )
+        .values(holder=holder, expires_at=now + ttl)
+    )
+    return bool(result.rowcount)
+
+
+async def release(conn: AsyncConnection, name: str, partitions: list[int], holder: str) -> None:
+    if partitions:
+        await conn.execute(
+            update(leases)
+            .where(
+                leases.c.name == name,
+                leases.c.partition.in_(partitions),
+                leases.c.holder == holder,
+            )
+            .values(holder=None, expires_at=0.0)
+        )
+
+
+async def heartbeat(conn: AsyncConnection, name: str, worker_id: str, ttl: float) -> int:
+    """Record that this worker is alive; the number of live workers on `name`."""
+    now = db_now(conn)
+    ins = _insert(conn)
+    stmt = ins(workers).values(name=name, worker_id=worker_id, expires_at=now + ttl)
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[workers.c.name, workers.c.worker_id],
+            set_={"expires_at": stmt.excluded.expires_at},
+        )
+    )
+    await conn.execute(delete(workers).where(workers.c.name == name, workers.c.expires_at < now))
+    count = await conn.scalar(
+        select(func.count()).select_from(workers).where(workers.c.name == name)
+    )
+    return int(count or 1)
+
+
+async def leave(conn: AsyncConnection, name: str, worker_id: str) -> None:
+    await conn.execute(
+        delete(workers).where(workers.c.name == name, workers.c.worker_id == worker_id)
+    )
+
+
+async def live_holders(conn: AsyncConnection, name: str) -> dict[int, str]:
+    """Partition → holder, for the live leases of `name`."""
+    rows = await conn.execute(
+        select(leases.c.partition, leases.c.holder).where(
+            and_(
+                leases.c.name == name,
+                leases.c.holder.is_not(None),
+                leases.c.expires_at > db_now(conn),
+            )
+        )
+    )
+    return {r.partition: r.holder for r in rows}
+
+
+async def partition_count(conn: AsyncConnection, name: str) -> int | None:
+    return await conn.scalar(select(func.max(cp.c.partitions)).where(cp.c.name == name))

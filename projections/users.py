@@ -1,0 +1,198 @@
+"""The user projection: folds each batch per stream in memory and writes the net result with a
+few set-based statements (deletes, inserts and updates grouped by column set)."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from events import RecordedEvent
+from projections.folding import Folder, StreamChange
+from projections.tables import projection_tombstones
+
+#: ids per IN (...) list
+CHUNK = 1000
+
+
+def table_of(model: Any) -> Table:
+    """The `Table` behind a mapped class (or the table itself)."""
+    table = getattr(model, "__table__", model)
+    if not isinstance(table, Table):
+        raise TypeError(f"not a mapped class or table: {model!r}")
+    return table
+
+
+def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class UserProjection:
+    """Projects user streams into a user table (and optionally an OAuth account table).
+
+    `apply` is idempotent: every event at or below the version a row (or a deletion
+    tombstone) already reflects is skipped, so a batch applied twice changes nothing and an
+    older event applied after `UserDeleted` never brings the row back.
+    """
+
+    def __init__(self, user_table: Any, oauth_table: Any = None, *, name: str = "users") -> None:
+        self.name = name
+        self.user_model = user_table
+        self.oauth_model = oauth_table
+        self.user_table = table_of(user_table)
+        self.oauth_table = table_of(oauth_table) if oauth_table is not None else None
+        self.folder = Folder(
+            frozenset(self.user_table.c.keys()),
+            frozenset(self.oauth_table.c.keys()) if self.oauth_table is not None else None,
+        )
+
+    def with_tables(
+        self, user_table: Table, oauth_table: Table | None, name: str
+    ) -> UserProjection:
+        """The same projection writing into other tables (a replay's next generation)."""
+        return UserProjection(user_table, oauth_table, name=name)
+
+    # ------------------------------------------------------------------ applying
+    async def apply(self, conn: AsyncConnection, batch: Sequence[RecordedEvent]) -> None:
+        """Apply `batch` (any streams, each stream's events in version order) in `conn`'s
+        transaction."""
+        if not batch:
+            return
+        changes = await self.load(conn, {r.stream_id for r in batch})
+        self.fold(changes, batch)
+        await self.write(conn, changes.values())
+
+    async def handle(self, conn: AsyncConnection, batch: Sequence[RecordedEvent]) -> None:
+        """The `Subscriber` protocol of the worker machinery."""
+        await self.apply(conn, batch)
+
+    def fold(self, changes: dict[uuid.UUID, StreamChange], batch: Iterable[RecordedEvent]) -> None:
+        apply = self.folder.apply
+        for recorded in batch:
+            change = changes.get(recorded.stream_id)
+            if change is None:
+                change = changes[recorded.stream_id] = StreamChange(recorded.stream_id)
+            apply(change, recorded)
+
+    async def load(
+        self, conn: AsyncConnection, stream_ids: Iterable[uuid.UUID]
+    ) -> dict[uuid.UUID, StreamChange]:
+        """The applied version of each stream, from its row or its tombstone."""
+        ids = list(stream_ids)
+        changes = {sid: StreamChange(sid) for sid in ids}
+        user, tomb = self.user_table, projection_tombstones
+        for part in chunks(ids):
+            rows = await conn.execute(select(user.c.id, user.c.version).where(user.c.id.in_(part)))
+            for sid, version in rows:
+                change = changes[sid]
+                change.in_db, change.version = True, version
+            rows = await conn.execute(
+                select(tomb.c.stream_id, tomb.c.version).where(
+                    tomb.c.projection == self.name, tomb.c.stream_id.in_(part)
+                )
+            )
+            for sid, version in rows:
+                change = changes[sid]
+                if version > change.version:
+                    change.deleted, change.version = True, version
+        return changes
+
+    # ------------------------------------------------------------------ writing
+    async def write(self, conn: AsyncConnection, changes: Iterable[StreamChange]) -> None:
+        """Write the net result of folded changes: a few statements per batch."""
+        wipe: list[uuid.UUID] = []
+        tombstones: list[StreamChange] = []
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        oauth_inserts: list[dict[str, Any]] = []
+        oauth_updates: list[dict[str, Any]] = []
+        for c in changes:
+            if not c.applied:
+                continue
+            if c.wipe:
+                wipe.append(c.stream_id)
+            if c.tombstone_dirty:
+                tombstones.append(c)
+            if c.insert is not None:
+                inserts.append(c.insert)
+            elif c.update and not c.deleted:
+                updates.append({**c.update, "_id": c.stream_id})
+            oauth_inserts.extend(c.oauth_insert.values())
+            oauth_updates.extend({**v, "_id": k} for k, v in c.oauth_update.items())
+        user, oauth, tomb = self.user_table, self.oauth_table, projection_tombstones
+        for part in chunks(wipe):
+            if oauth is not None:
+                await conn.execute(delete(oauth).where(oauth.c.user_id.in_(part)))
+            await conn.execute(delete(user).where(user.c.id.in_(part)))
+        for part in chunks(tombstones):
+            await conn.execute(
+                delete(tomb).where(
+                    tomb.c.projection == self.name,
+                    tomb.c.stream_id.in_([c.stream_id for c in part]),
+                )
+            )
+            rows = [
+                {"projection": self.name, "stream_id": c.stream_id, "version": c.version}
+                for c in part
+                if c.deleted
+            ]
+            if rows:
+                await conn.execute(insert(tomb), rows)
+        await _insert_grouped(conn, user, inserts)
+        await _update_grouped(conn, user, updates, guard_version=True)
+        if oauth is not None:
+            await _insert_grouped(conn, oauth, oauth_inserts)
+            await _update_grouped(conn, oauth, oauth_updates, guard_version=False)
+
+
+def _key(row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(sorted(row))
+
+
+async def _insert_grouped(conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Multi-row INSERTs, one per distinct column set (executemany needs uniform keys)."""
+    for _, group in itertools.groupby(sorted(rows, key=_key), key=_key):
+        for part in chunks(list(group), 5000):
+            await conn.execute(insert(table), list(part))
+
+
+async def _update_grouped(
+    conn: AsyncConnection, table: Table, rows: list[dict[str, Any]], *, guard_version: bool
+) -> None:
+    """Executemany UPDATEs by id, one statement per distinct column set. With
+    `guard_version` a row already at or past the new version is left alone (another writer,
+    such as an inline projection, got there first)."""
+    for cols, group in itertools.groupby(sorted(rows, key=_key), key=_key):
+        names = [c for c in cols if c != "_id"]
+        # bind names must differ from column names in an UPDATE's SET clause
+        stmt = (
+            update(table)
+            .where(table.c.id == bindparam("_id"))
+            .values({n: bindparam(f"_v_{n}") for n in names})
+        )
+        if guard_version and "version" in names:
+            stmt = stmt.where(table.c.version < bindparam("_v_version"))
+        params = [{("_id" if k == "_id" else f"_v_{k}"): v for k, v in r.items()} for r in group]
+        await conn.execute(stmt, params)
+
+
+async def projected_version(
+    conn: AsyncConnection, projection: UserProjection, stream_id: uuid.UUID
+) -> int:
+    """The stream version the projection reflects for a user (0 if none): its row's version,
+    or the version of its deletion."""
+    user, tomb = projection.user_table, projection_tombstones
+    found = await conn.scalar(select(user.c.version).where(user.c.id == stream_id))
+    if found is not None:
+        return int(found)
+    found = await conn.scalar(
+        select(tomb.c.version).where(
+            tomb.c.projection == projection.name, tomb.c.stream_id == stream_id
+        )
+    )
+    return int(found or 0)

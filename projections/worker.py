@@ -1,0 +1,235 @@
+"""Checkpointed subscribers: read the log after a checkpoint in batches, hand each batch to a
+subscriber, and commit what it wrote together with the new checkpoint.
+
+Work is split into partitions (sets of shards, so each stream's events stay in order); one
+lease per partition. Several workers (tasks or processes) share the partitions fairly and take
+over the partitions of one that died once its lease expires. The user projection and the bus
+event relay both run on this machinery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from events import EventStore, RecordedEvent
+from projections import leases
+from projections.errors import LeaseLost
+from projections.signals import PROJECTIONS_CHANNEL, projection_wakeup
+from projections.waiting import wait_for_version
+
+__all__ = ["ProjectionWorker", "Subscriber", "wait_for_version"]
+
+log = logging.getLogger("registry.projections")
+
+
+class Subscriber(Protocol):
+    """Anything that consumes the log in order, exactly once in effect: `handle` runs inside
+    the transaction that then commits the checkpoint (raise to have the batch retried)."""
+
+    name: str
+
+    async def handle(self, conn: AsyncConnection, batch: Sequence[RecordedEvent]) -> None: ...
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class ProjectionWorker:
+    """Runs one subscriber over the partitions whose leases it holds, until cancelled."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        store: EventStore,
+        subscriber: Subscriber,
+        *,
+        partitions: int = 4,
+        batch_size: int = 500,
+        lease_ttl: float = 5.0,
+        worker_id: str | None = None,
+        listen: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.subscriber = subscriber
+        self.name = subscriber.name
+        self.partitions = partitions
+        self.batch_size = batch_size
+        self.lease_ttl = lease_ttl
+        self.worker_id = worker_id or default_worker_id()
+        self.listen = listen
+        self.held: set[int] = set()
+        self.applied = 0
+        self._dirty = asyncio.Event()
+        self._is_pg = engine.dialect.name == "postgresql"
+        self._shards = {p: leases.shards_of(p, partitions) for p in range(partitions)}
+
+    # ------------------------------------------------------------------ the loop
+    async def run(self) -> None:
+        """Project until cancelled; on the way out the leases are released."""
+        async with contextlib.AsyncExitStack() as stack:
+            if self.listen:
+                await stack.enter_async_context(self.store.listening())
+            forward = asyncio.create_task(self._forward_wakeups(), name=f"{self.name}-wakeups")
+            stack.callback(forward.cancel)
+            async with self.engine.begin() as conn:
+                await leases.ensure_partitions(conn, self.name, self.partitions)
+            log.info(
+                "projector started",
+                extra={
+                    "projection": self.name,
+                    "worker": self.worker_id,
+                    "partitions": self.partitions,
+                    "batch_size": self.batch_size,
+                },
+            )
+            try:
+                await self._loop()
+            finally:
+                await asyncio.shield(self._leave())
+
+    async def _loop(self) -> None:
+        interval = self.lease_ttl / 3
+        next_maintenance = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_maintenance:
+                await self._maintain()
+                next_maintenance = now + interval
+            self._dirty.clear()
+            progressed = False
+            for partition in sorted(self.held):
+                try:
+                    progressed = await self.run_batch(partition) > 0 or progressed
+                except LeaseLost:
+                    self.held.discard(partition)
+                    log.warning(
+                        "lease lost", extra={"projection": self.name, "partition": partition}
+                    )
+                except Exception:
+                    log.exception(
+                        "batch failed; retrying",
+                        extra={"projection": self.name, "partition": partition},
+                    )
+                    await asyncio.sleep(0.5)
+                    progressed = True
+            if not progressed:
+                timeout = max(0.0, next_maintenance - time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dirty.wait(), timeout)
+
+    async def _forward_wakeups(self) -> None:
+        # the store's wait returns on a commit signal or after its slow poll: either way,
+        # look again (a missed NOTIFY, or a writer in another process on SQLite)
+        while True:
+            await self.store.wait_for_events(3600)
+            self._dirty.set()
+
+    async def _maintain(self) -> None:
+        """Heartbeat, renew our leases, and take or give partitions towards a fair share."""
+        async with self.engine.begin() as conn:
+            members = await leases.heartbeat(conn, self.name, self.worker_id, self.lease_ttl)
+            fair = math.ceil(self.partitions / max(members, 1))
+            kept = set()
+            for p in sorted(self.held):
+                if await leases.renew(conn, self.name, p, self.worker_id, self.lease_ttl):
+                    kept.add(p)
+            extra = sorted(kept)[fair:]
+            if extra:
+                await leases.release(conn, self.name, extra, self.worker_id)
+                kept -= set(extra)
+            gained = []
+            offset = hash(self.worker_id) % self.partitions
+            for i in range(self.partitions):
+                if len(kept) >= fair:
+                    break
+                p = (offset + i) % self.partitions
+                if p not in kept and await leases.acquire(
+                    conn, self.name, p, self.worker_id, self.lease_ttl
+                ):
+                    kept.add(p)
+                    gained.append(p)
+        if gained or extra or kept != self.held:
+            log.info(
+                "partitions assigned",
+                extra={
+                    "projection": self.name,
+                    "worker": self.worker_id,
+                    "held": sorted(kept),
+                    "gained": gained,
+                    "released": extra,
+                    "workers": members,
+                },
+            )
+        if gained:
+            self._dirty.set()
+        self.held = kept
+
+    async def _leave(self) -> None:
+        with contextlib.suppress(Exception):
+            async with self.engine.begin() as conn:
+                await leases.release(conn, self.name, sorted(self.held), self.worker_id)
+                await leases.leave(conn, self.name, self.worker_id)
+        self.held.clear()
+        log.info("projector stopped", extra={"projection": self.name, "worker": self.worker_id})
+
+    # ------------------------------------------------------------------ one batch
+    async def run_batch(self, partition: int) -> int:
+        """Apply the next batch of `partition`; the number of events applied (0: caught up).
+        Raises `LeaseLost` when the lease is no longer ours (nothing was committed)."""
+        started = time.perf_counter()
+        async with self.engine.connect() as conn:
+            cursor = await leases.read_checkpoint(conn, self.name, partition)
+            if cursor is None:
+                raise LeaseLost(f"no checkpoint row for partition {partition}")
+            batch = await self.store.read_after(
+                cursor, limit=self.batch_size, shards=self._shards[partition], conn=conn
+            )
+            if not batch:
+                await conn.rollback()
+                return 0
+            # writes start here: the lease renewal is the transaction's first write
+            if not await leases.renew(conn, self.name, partition, self.worker_id, self.lease_ttl):
+                await conn.rollback()
+                raise LeaseLost(f"partition {partition} of {self.name}")
+            if await leases.read_checkpoint(conn, self.name, partition, lock=True) != cursor:
+                await conn.rollback()  # someone else moved it while we read: read again
+                return 1
+            await self.subscriber.handle(conn, batch)
+            await leases.write_checkpoint(conn, self.name, partition, batch[-1].cursor)
+            if self._is_pg:
+                await conn.execute(
+                    text("SELECT pg_notify(:channel, :name)"),
+                    {"channel": PROJECTIONS_CHANNEL, "name": self.name},
+                )
+            await conn.commit()
+        projection_wakeup(self.engine).notify()
+        self.applied += len(batch)
+        lag = (datetime.now(UTC) - batch[-1].recorded_at).total_seconds()
+        log.log(
+            logging.INFO if len(batch) >= self.batch_size else logging.DEBUG,
+            "batch applied",
+            extra={
+                "projection": self.name,
+                "partition": partition,
+                "events": len(batch),
+                "position": batch[-1].position,
+                "lag_seconds": round(lag, 3),
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
+        return len(batch)
