@@ -74,6 +74,8 @@ class ProjectionWorker:
         self.listen = listen
         self.held: set[int] = set()
         self.applied = 0
+        #: the task running `run()`, when started by `registry.lifespan.run_projector`
+        self.task: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()
         self._is_pg = engine.dialect.name == "postgresql"
         self._shards = {p: leases.shards_of(p, partitions) for p in range(partitions)}

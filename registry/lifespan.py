@@ -1,0 +1,165 @@
+"""Running projectors: `run_projector` for an app's lifespan, `run_worker` for `registry worker`.
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async with run_projector(engine, User, OAuthAccount):
+            yield
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import Connection, Table, inspect, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.schema import AddColumn  # type: ignore[attr-defined]
+
+from events import EventStore
+from projections.tables import metadata as projections_metadata
+from projections.users import UserProjection, table_of
+from projections.worker import ProjectionWorker
+from registry.settings import Settings, get_settings
+
+log = logging.getLogger("registry.lifespan")
+
+#: PostgreSQL advisory lock key held while one process creates the schema
+SCHEMA_LOCK_KEY = 0x7265_6769_7374
+
+
+def _bookkeeping_tables() -> list[Table]:
+    """The projector's own tables (not the default user/oauth_account models)."""
+    from projections.models import OAuthAccount, User
+
+    models = {User.__table__.name, OAuthAccount.__table__.name}
+    return [t for t in projections_metadata.sorted_tables if t.name not in models]
+
+
+def _create(sync_conn: Connection, tables: list[Table]) -> None:
+    """create_all for `tables`, then add the nullable columns an existing table lacks (an
+    app's custom columns on a table created earlier from the default model)."""
+    for table in tables:
+        table.create(sync_conn, checkfirst=True)
+        have = {c["name"] for c in inspect(sync_conn).get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            if not column.nullable or column.primary_key:
+                raise RuntimeError(
+                    f"table {table.name!r} exists without column {column.name!r}, which is "
+                    "NOT NULL: add it with a migration"
+                )
+            sync_conn.execute(AddColumn(table, column))  # type: ignore[no-untyped-call]
+
+
+async def ensure_schema(
+    engine: AsyncEngine, user_table: Any, oauth_table: Any = None, *, migrate: bool = True
+) -> None:
+    """The registry's tables (Alembic), the projector's bookkeeping, and the app's models."""
+    from registry.schema import migrate as alembic_migrate
+
+    tables = _bookkeeping_tables() + [table_of(user_table)]
+    if oauth_table is not None:
+        tables.append(table_of(oauth_table))
+    is_pg = engine.dialect.name == "postgresql"
+    async with contextlib.AsyncExitStack() as stack:
+        if is_pg:  # one process at a time (several workers may start together)
+            lock = await stack.enter_async_context(engine.connect())
+            await lock.execute(text(f"SELECT pg_advisory_lock({SCHEMA_LOCK_KEY})"))
+            await lock.commit()
+        for attempt in range(3):
+            try:
+                if migrate:
+                    await alembic_migrate(engine)
+                async with engine.begin() as conn:
+                    await conn.run_sync(_create, tables)
+                break
+            except Exception:
+                if attempt == 2:  # SQLite: another process created a table at the same time
+                    raise
+                await asyncio.sleep(0.2)
+        if is_pg:
+            await lock.execute(text(f"SELECT pg_advisory_unlock({SCHEMA_LOCK_KEY})"))
+            await lock.commit()
+
+
+def make_worker(
+    engine: AsyncEngine,
+    user_table: Any,
+    oauth_table: Any = None,
+    *,
+    settings: Settings,
+    worker_id: str | None = None,
+) -> ProjectionWorker:
+    return ProjectionWorker(
+        engine,
+        EventStore(engine),
+        UserProjection(user_table, oauth_table),
+        partitions=settings.projection_partitions,
+        batch_size=settings.projection_batch_size,
+        lease_ttl=settings.lease_ttl,
+        worker_id=worker_id,
+    )
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("projector stopped on an error", exc_info=task.exception())
+
+
+@contextlib.asynccontextmanager
+async def run_projector(
+    engine: AsyncEngine,
+    user_table: Any,
+    oauth_table: Any = None,
+    *,
+    migrate: bool = True,
+    settings: Settings | None = None,
+) -> AsyncIterator[ProjectionWorker]:
+    """Project the log into `user_table` (and `oauth_table`) in this process until the block
+    exits. With `migrate` (the default) the registry's tables and the app's model tables are
+    created when missing first. Several processes may each run one: they share partitions."""
+    settings = settings or get_settings()
+    await ensure_schema(engine, user_table, oauth_table, migrate=migrate)
+    worker = make_worker(engine, user_table, oauth_table, settings=settings)
+    task = worker.task = asyncio.create_task(worker.run(), name="projector")
+    task.add_done_callback(_report_crash)
+    try:
+        yield worker
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+async def run_worker(settings: Settings, *, migrate: bool = True) -> None:
+    """`registry worker`: project until SIGTERM or SIGINT, then release the leases and exit."""
+    from registry.bootstrap import build
+
+    container = build(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with run_projector(
+            container.engine,
+            container.user_table,
+            container.oauth_table,
+            migrate=migrate,
+            settings=settings,
+        ) as worker:
+            waiter = asyncio.create_task(stop.wait())
+            projector = worker.task
+            assert projector is not None
+            await asyncio.wait({waiter, projector}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if projector.done() and not projector.cancelled() and projector.exception():
+                raise projector.exception()  # type: ignore[misc]
+            log.info("shutting down", extra={"worker": worker.worker_id})
+    finally:
+        await container.aclose()
