@@ -173,7 +173,10 @@ async def serve(settings: Settings, stop: _Stop, echo: Echo) -> int:
             await server.serve()
         finally:
             announcer.cancel()
-        return 0 if server.started else 1
+        if not server.started and not stop.requested:
+            print("registry: error: the server did not start (see the log above)", file=sys.stderr)
+            return 1
+        return 0
     finally:
         await container.aclose()
 
