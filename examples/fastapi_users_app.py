@@ -100,7 +100,7 @@ def create_app(
 
     `app.state.engine` and `app.state.session_maker` are exposed for tests and scripts.
     """
-    secret = secret or os.environ.get("APP_SECRET", "SECRET-change-me")
+    jwt_secret: str = secret or os.environ.get("APP_SECRET", "SECRET-change-me")
     engine = create_engine(database_url or database_url_from_env())
     session_maker = async_sessionmaker(engine, expire_on_commit=False)
 
@@ -114,8 +114,8 @@ def create_app(
         yield EventSourcedUserDatabase(session, User, OAuthAccount)
 
     class UserManager(UUIDIDMixin, BaseUserManager[User, uuid.UUID]):
-        reset_password_token_secret = secret
-        verification_token_secret = secret
+        reset_password_token_secret = jwt_secret
+        verification_token_secret = jwt_secret
 
         async def on_after_register(self, user: User, request: Request | None = None) -> None:
             log.info("user %s has registered", user.id)
@@ -142,7 +142,7 @@ def create_app(
         yield UserManager(user_db)
 
     def get_jwt_strategy() -> JWTStrategy[User, uuid.UUID]:
-        return JWTStrategy(secret=secret, lifetime_seconds=3600)
+        return JWTStrategy(secret=jwt_secret, lifetime_seconds=3600)
 
     auth_backend = AuthenticationBackend(
         name="jwt",

@@ -148,7 +148,7 @@ async def _pages(conn: AsyncConnection, table: Table) -> AsyncIterator[Mapping[s
             stmt = stmt.where(table.c.id > last)
         rows = (await conn.execute(stmt)).mappings().all()
         for row in rows:
-            yield row
+            yield dict(row)
         if len(rows) < PAGE:
             return
         last = rows[-1]["id"]
