@@ -49,23 +49,14 @@ def build_handlers(container: Container) -> Any:
 
 @asynccontextmanager
 async def consuming(container: Container) -> AsyncIterator[None]:
-    """The bus command consumer, connected for as long as the context is open."""
-    from registry.bus.brokers import create_broker
-    from registry.bus.consumer import CommandConsumer
+    """The bus command consumer and event relay (H-bus's `running_bus`), with each command's
+    outcome counted for `/metrics`."""
+    from registry.bus.app import running_bus
 
-    settings = container.settings
-    assert settings.broker_url is not None
-    handlers = build_handlers(container)
-    consumer = CommandConsumer(
-        create_broker(settings.broker_url),
-        counting(lambda command: str(command.name), handlers.handle),
-        max_payload_bytes=settings.max_payload_bytes,
-    )
-    await consumer.start()
-    try:
+    handlers = container.extras.setdefault("handlers", build_handlers(container))
+    handle = counting(lambda command: str(command.name), handlers.handle)
+    async with running_bus(container, handle=handle):
         yield
-    finally:
-        await consumer.stop()
 
 
 def background(container: Container) -> Lifespan:

@@ -8,6 +8,8 @@ with exit code 0, no traceback, and the projection's checkpoint committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import re
 import signal
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +36,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = Path(sys.executable).with_name("registry")
 START_TIMEOUT = 60.0
+NATS_URL = os.environ.get("REGISTRY_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
 
 def free_port() -> int:
@@ -190,6 +194,69 @@ def test_serve_from_an_empty_directory(start: object, tmp_path: Path) -> None:
     assert asyncio.run(lag_after_exit(db)) and all(
         lag == 0 for lag in asyncio.run(lag_after_exit(db))
     )
+
+
+def send(prefix: str, command: str, payload: dict[str, object]) -> tuple[int, dict]:  # type: ignore[type-arg]
+    result = subprocess.run(
+        [str(REGISTRY), "send", command, json.dumps(payload)],
+        env=clean_env(REGISTRY_BROKER_URL=NATS_URL, REGISTRY_BUS_PREFIX=prefix),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.returncode, json.loads(result.stdout)
+
+
+async def drop_streams(prefix: str) -> None:
+    import nats
+
+    from registry.bus.channels import Channels
+
+    ch = Channels(prefix)
+    nc = await nats.connect(NATS_URL)
+    try:
+        js = nc.jetstream()
+        for name in (ch.nats_command_stream, ch.nats_event_stream):
+            with contextlib.suppress(Exception):
+                await js.delete_stream(name)
+    finally:
+        await nc.close()
+
+
+def test_serve_with_nats_consumes_commands_and_counts_outcomes(
+    start: object, tmp_path: Path
+) -> None:
+    prefix = f"e2e{uuid.uuid4().hex[:8]}"  # private subjects and streams on the shared server
+    server = start(  # type: ignore[operator]
+        REGISTRY_PORT=str(free_port()),
+        REGISTRY_BROKER_URL=NATS_URL,
+        REGISTRY_BUS_PREFIX=prefix,
+        REGISTRY_API_TOKENS="bus-token",
+    )
+    try:
+        base = server.wait_for_line(r"listening on (http://\S+)").group(1)
+        server.wait_for_line(r"bus: nats://")
+        code, reply = send(prefix, "register", {"email": "Bus@Example.com", "password": "pw-1"})
+        assert (code, reply["status"]) == (0, "accepted"), reply
+        code, again = send(prefix, "register", {"email": "bus@example.COM", "password": "pw-2"})
+        assert (code, again["code"]) == (3, "EMAIL_ALREADY_REGISTERED"), again
+        headers = {"Authorization": "Bearer bus-token"}
+        with httpx.Client(base_url=base, timeout=20, headers=headers) as client:
+            r = client.get(f"/users/{reply['user_id']}", params={"min_version": reply["version"]})
+            assert r.status_code == 200, r.text
+            assert r.json()["email"] == "Bus@Example.com"
+            metrics = client.get("/metrics").text
+        assert 'registry_commands_total{command="register",outcome="accepted",code=""} 1' in (
+            metrics
+        )
+        assert (
+            'registry_commands_total{command="register",outcome="rejected",'
+            'code="EMAIL_ALREADY_REGISTERED"} 1'
+        ) in metrics
+        assert server.stop() == 0
+        assert "Traceback" not in "".join(server.stderr), "".join(server.stderr)
+    finally:
+        asyncio.run(drop_streams(prefix))
 
 
 def test_serve_reuses_its_token_and_honours_configured_tokens(

@@ -145,7 +145,9 @@ async def test_min_version_waits_for_the_running_projector(api: Api) -> None:
     from registry.lifespan import run_projector
 
     c = api.container
-    async with run_projector(c.engine, c.user_table, c.oauth_table, settings=c.settings):
+    async with run_projector(
+        c.engine, c.user_table, c.oauth_table, migrate=False, settings=c.settings
+    ):
         user_id = uuid.uuid4()
         from events import UserRegistered
 
