@@ -247,5 +247,59 @@ def asyncapi(output: Path | None, as_yaml: bool) -> None:
         click.echo(f"AsyncAPI document written to {output}", err=True)
 
 
+def _with_models(settings: Settings, user_model: str | None, oauth_model: str | None) -> Settings:
+    updates = {k: v for k, v in (("user_model", user_model), ("oauth_model", oauth_model)) if v}
+    return settings.model_copy(update=updates) if updates else settings
+
+
+@main.command()
+@click.option("--user-model", default=None, metavar="MOD:CLASS", help="[REGISTRY_USER_MODEL]")
+@click.option("--oauth-model", default=None, metavar="MOD:CLASS", help="[REGISTRY_OAUTH_MODEL]")
+@click.option("--no-migrate", is_flag=True, help="Do not create missing tables first.")
+def worker(user_model: str | None, oauth_model: str | None, no_migrate: bool) -> None:
+    """Run a projector worker until SIGTERM or Ctrl+C. Run several: they share the
+    partitions (REGISTRY_PROJECTION_PARTITIONS) and take over from one that dies."""
+    from registry.lifespan import run_worker
+    from registry.logs import configure_logging
+
+    settings = _with_models(load_settings(), user_model, oauth_model)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        run(lambda: run_worker(settings, migrate=not no_migrate))
+    except Exception as exc:
+        fail(f"worker failed: {exc}")
+
+
+@main.command()
+@click.argument("projection", default="users")
+@click.option("--in-place", is_flag=True, help="Rebuild the live tables (offline: no workers).")
+@click.option("--abandon", is_flag=True, help="Drop an interrupted replay's tables and stop.")
+@click.option("--batch-size", type=int, default=10_000, show_default=True)
+@click.option("--user-model", default=None, metavar="MOD:CLASS", help="[REGISTRY_USER_MODEL]")
+@click.option("--oauth-model", default=None, metavar="MOD:CLASS", help="[REGISTRY_OAUTH_MODEL]")
+def replay(
+    projection: str,
+    in_place: bool,
+    abandon: bool,
+    batch_size: int,
+    user_model: str | None,
+    oauth_model: str | None,
+) -> None:
+    """Rebuild PROJECTION from the log into new tables while the live ones keep serving, then
+    swap them in atomically (blue/green). An interrupted replay resumes when run again."""
+    from registry.lifespan import run_replay
+
+    if projection != "users":
+        fail(f"unknown projection {projection!r} (known: users)", EXIT_USAGE)
+    settings = _with_models(load_settings(), user_model, oauth_model)
+    try:
+        message = run(
+            lambda: run_replay(settings, in_place=in_place, abandon=abandon, batch_size=batch_size)
+        )
+    except Exception as exc:
+        fail(f"replay failed: {exc}")
+    click.echo(message)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

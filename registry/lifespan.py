@@ -1,9 +1,9 @@
 """Running projectors: `run_projector` for an app's lifespan, `run_worker` for `registry worker`.
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        async with run_projector(engine, User, OAuthAccount):
-            yield
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    async with run_projector(engine, User, OAuthAccount):
+        yield
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ async def ensure_schema(
     """The registry's tables (Alembic), the projector's bookkeeping, and the app's models."""
     from registry.schema import migrate as alembic_migrate
 
-    tables = _bookkeeping_tables() + [table_of(user_table)]
+    tables = [*_bookkeeping_tables(), table_of(user_table)]
     if oauth_table is not None:
         tables.append(table_of(oauth_table))
     is_pg = engine.dialect.name == "postgresql"
@@ -161,5 +161,57 @@ async def run_worker(settings: Settings, *, migrate: bool = True) -> None:
             if projector.done() and not projector.cancelled() and projector.exception():
                 raise projector.exception()  # type: ignore[misc]
             log.info("shutting down", extra={"worker": worker.worker_id})
+    finally:
+        await container.aclose()
+
+
+async def run_replay(
+    settings: Settings, *, in_place: bool = False, abandon: bool = False, batch_size: int = 10_000
+) -> str:
+    """`registry replay`: rebuild the user projection with a progress bar (events/s, ETA)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from projections.replay import Replay
+    from registry.bootstrap import build
+
+    container = build(settings)
+    try:
+        await ensure_schema(container.engine, container.user_table, container.oauth_table)
+        job_args: dict[str, Any] = {
+            "in_place": in_place,
+            "partitions": settings.projection_partitions,
+            "batch_size": batch_size,
+        }
+        projection = UserProjection(container.user_table, container.oauth_table)
+        if abandon:
+            found = await Replay(container.engine, projection, **job_args).abandon()
+            return "replay abandoned" if found else "no replay in progress"
+        bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>9,.0f} events/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with bar:
+            task = bar.add_task("replay", total=None, rate=0.0)
+
+            def show(p: Any) -> None:
+                bar.update(task, description=p.phase, completed=p.done, total=p.total, rate=p.rate)
+
+            result = await Replay(container.engine, projection, on_progress=show, **job_args).run()
+        mode = "rebuilt in place" if in_place else "swapped in"
+        return (
+            f"replayed {result.events} events in {result.seconds:.1f}s "
+            f"({result.rate:,.0f} events/s); {result.users} users; {mode}"
+        )
     finally:
         await container.aclose()

@@ -1,0 +1,414 @@
+"""Replay: rebuild a projection from the log.
+
+Blue/green (the default): build `user__next` / `oauth_account__next` while the live tables keep
+serving and live workers keep running, then swap them in atomically. In two phases:
+
+1. Bulk: fix a safe head H; for each shard, read its events up to H in batches and fold them
+   in memory per stream (streams never span shards, so only per-shard order matters), writing
+   the final rows of a group of shards at once, with the group's progress rows, in one
+   transaction. Memory is bounded by the group size; an interrupted run resumes per shard.
+2. Catch-up: from H, apply the log in commit-safe order with the same projection code, then,
+   in ONE transaction that locks out live projectors and readers, apply the last events,
+   drop the live tables, rename the new ones into place and move the checkpoints.
+
+`in_place=True` rebuilds the live tables directly (offline: refused while a worker holds a
+lease). `abandon()` drops an interrupted replay's tables.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import MetaData, Table, delete, func, insert, literal_column, select, text, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from events import Cursor, EventStore, RecordedEvent
+from events.catalog import event_class
+from events.envelope import SHARDS, Metadata
+from events.store import _COLUMNS
+from events.tables import events
+from events.upcasting import upcast
+from projections import leases
+from projections.errors import ReplayError
+from projections.folding import StreamChange
+from projections.generations import NEXT, clone, foreign_referrers, swap
+from projections.tables import projection_checkpoints, projection_tombstones, utcnow
+from projections.users import UserProjection
+
+cp = projection_checkpoints
+#: flush the bulk phase's folded rows after this many streams
+FLUSH_STREAMS = 20_000
+
+
+@dataclass
+class Progress:
+    phase: str  # "bulk", "catch-up", "swap", "done"
+    done: int  # events read
+    total: int  # events to read (an estimate while writes continue)
+    started: float
+
+    @property
+    def rate(self) -> float:
+        return self.done / max(time.monotonic() - self.started, 1e-6)
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    events: int
+    seconds: float
+    users: int
+    cursor: Cursor
+
+    @property
+    def rate(self) -> float:
+        return self.events / max(self.seconds, 1e-6)
+
+
+OnProgress = Callable[[Progress], None]
+
+
+def fast_decode(row: Any) -> RecordedEvent:
+    """A stored row as an event without re-validating it (it was validated when appended)."""
+    data = upcast(row.event_type, row.schema_version, row.data)
+    return RecordedEvent(
+        position=row.position,
+        tx_id=row.tx_id,
+        stream_id=row.stream_id,
+        stream_version=row.stream_version,
+        event_id=row.event_id,
+        event_type=row.event_type,
+        schema_version=row.schema_version,
+        event=event_class(row.event_type).model_construct(**data),
+        metadata=Metadata.model_construct(),
+        recorded_at=row.recorded_at,
+    )
+
+
+async def safe_head(conn: AsyncConnection) -> Cursor:
+    """The newest cursor below which no event can still appear (commit-safe on PostgreSQL)."""
+    stmt = select(events.c.tx_id, events.c.position)
+    if conn.dialect.name == "postgresql":
+        xmin = literal_column("(pg_snapshot_xmin(pg_current_snapshot())::text)::bigint")
+        stmt = stmt.where(events.c.tx_id < xmin)
+    row = (
+        await conn.execute(stmt.order_by(events.c.tx_id.desc(), events.c.position.desc()).limit(1))
+    ).first()
+    return Cursor(row.tx_id, row.position) if row else Cursor.start()
+
+
+class Replay:
+    """One replay of `projection` (see the module docstring)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        projection: UserProjection,
+        *,
+        in_place: bool = False,
+        partitions: int = 4,
+        batch_size: int = 10_000,
+        on_progress: OnProgress | None = None,
+    ) -> None:
+        self.engine = engine
+        self.store = EventStore(engine)
+        self.live = projection
+        self.in_place = in_place
+        self.partitions = partitions
+        self.batch_size = batch_size
+        self.on_progress = on_progress or (lambda p: None)
+        self.book = f"{projection.name}{NEXT}"  # progress rows in projection_checkpoints
+        self.live_tables = [projection.user_table] + (
+            [projection.oauth_table] if projection.oauth_table is not None else []
+        )
+        if in_place:
+            self.target = projection
+        else:
+            md = MetaData()
+            renamed = {t.name: f"{t.name}{NEXT}" for t in self.live_tables}
+            nxt = [clone(t, md, renamed) for t in self.live_tables]
+            self.target = projection.with_tables(
+                nxt[0], nxt[1] if len(nxt) > 1 else None, self.book
+            )
+        self.next_tables: list[Table] = [self.target.user_table] + (
+            [self.target.oauth_table] if self.target.oauth_table is not None else []
+        )
+        self.progress = Progress("bulk", 0, 0, time.monotonic())
+
+    # ------------------------------------------------------------------ entry points
+    async def run(self) -> ReplayResult:
+        started = time.monotonic()
+        head = await self._prepare()
+        async with self.engine.connect() as conn:
+            self.progress.total = int(await conn.scalar(select(func.count()).select_from(events)))
+        await self._bulk(head)
+        cursor = await self._catch_up()
+        cursor = await self._finish(cursor)
+        self.progress.phase = "done"
+        self.on_progress(self.progress)
+        async with self.engine.connect() as conn:
+            users = await conn.scalar(select(func.count()).select_from(self.live.user_table))
+        return ReplayResult(self.progress.done, time.monotonic() - started, int(users or 0), cursor)
+
+    async def abandon(self) -> bool:
+        """Drop an interrupted blue/green replay's tables and progress; the live tables are
+        untouched. False when there was nothing to abandon."""
+        async with self.engine.begin() as conn:
+            found = await conn.scalar(
+                select(func.count()).select_from(cp).where(cp.c.name == self.book)
+            )
+            await conn.execute(delete(cp).where(cp.c.name == self.book))
+            await conn.execute(
+                delete(projection_tombstones).where(projection_tombstones.c.projection == self.book)
+            )
+            if not self.in_place:
+                for table in reversed(self.next_tables):
+                    await conn.run_sync(lambda c, t=table: t.drop(c, checkfirst=True))
+        return bool(found)
+
+    # ------------------------------------------------------------------ phases
+    async def _prepare(self) -> Cursor:
+        """Resume the replay in progress, or start one: the head H of the bulk phase."""
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(select(cp).where(cp.c.name == self.book))).all()
+            if rows:
+                return max((Cursor(r.tx_id, r.position) for r in rows), key=_key)
+            if self.in_place:
+                holders = await leases.live_holders(conn, self.live.name)
+                if holders:
+                    raise ReplayError(
+                        f"workers hold leases on {self.live.name!r} "
+                        f"({sorted(set(holders.values()))}): "
+                        "stop them before an in-place replay, or replay blue/green"
+                    )
+            else:
+                live_names = {t.name for t in self.live_tables} | {t.name for t in self.next_tables}
+                referrers = await conn.run_sync(
+                    foreign_referrers, self.live.user_table.name, live_names
+                )
+                if referrers:
+                    raise ReplayError(
+                        f"tables {referrers} have foreign keys to {self.live.user_table.name!r}: "
+                        "a blue/green swap would break them; use --in-place"
+                    )
+            await self._reset_target(conn)
+            head = await safe_head(conn)
+            await conn.execute(
+                insert(cp),
+                [
+                    {
+                        "name": self.book,
+                        "partition": s,
+                        "partitions": SHARDS,
+                        "tx_id": 0,
+                        "position": 0,
+                        "updated_at": utcnow(),
+                    }
+                    for s in range(SHARDS)
+                ],
+            )
+            # the head is kept on a row of its own until every shard reaches it
+            await conn.execute(
+                insert(cp).values(
+                    name=self.book,
+                    partition=-1,
+                    partitions=SHARDS,
+                    tx_id=head.tx_id,
+                    position=head.position,
+                    updated_at=utcnow(),
+                )
+            )
+            return head
+
+    async def _reset_target(self, conn: AsyncConnection) -> None:
+        tomb = projection_tombstones
+        await conn.execute(delete(tomb).where(tomb.c.projection == self.target.name))
+        if self.in_place:
+            for table in reversed(self.next_tables):
+                await conn.execute(delete(table))
+            return
+        for table in reversed(self.next_tables):
+            await conn.run_sync(lambda c, t=table: t.drop(c, checkfirst=True))
+        for table in self.next_tables:
+            await conn.run_sync(lambda c, t=table: t.create(c))
+
+    async def _bulk(self, head: Cursor) -> None:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(cp).where(cp.c.name == self.book))).all()
+        if any(r.partitions == 1 for r in rows):
+            return  # bulk phase already done
+        todo = sorted(
+            r.partition for r in rows if r.partition >= 0 and Cursor(r.tx_id, r.position) != head
+        )
+        self.progress.phase = "bulk"
+        changes: dict[uuid.UUID, StreamChange] = {}
+        pending: list[int] = []
+        for shard in todo:
+            await self._fold_shard(shard, head, changes)
+            pending.append(shard)
+            if len(changes) >= FLUSH_STREAMS:
+                await self._flush(changes, pending, head)
+                changes, pending = {}, []
+        await self._flush(changes, pending, head)
+        async with self.engine.begin() as conn:  # bulk done: one progress row at H
+            await conn.execute(delete(cp).where(cp.c.name == self.book))
+            await conn.execute(
+                insert(cp).values(
+                    name=self.book,
+                    partition=0,
+                    partitions=1,
+                    tx_id=head.tx_id,
+                    position=head.position,
+                    updated_at=utcnow(),
+                )
+            )
+
+    async def _fold_shard(
+        self, shard: int, head: Cursor, changes: dict[uuid.UUID, StreamChange]
+    ) -> None:
+        cursor = Cursor.start()
+        pos = tuple_(events.c.tx_id, events.c.position)
+        while True:
+            stmt = (
+                select(*_COLUMNS)
+                .where(events.c.shard == shard, pos > tuple_(cursor.tx_id, cursor.position))
+                .where(pos <= tuple_(head.tx_id, head.position))
+                .order_by(events.c.tx_id, events.c.position)
+                .limit(self.batch_size)
+            )
+            async with self.engine.connect() as conn:
+                batch = [fast_decode(r) for r in await conn.execute(stmt)]
+            if not batch:
+                return
+            self.target.fold(changes, batch)
+            self.progress.done += len(batch)
+            self.on_progress(self.progress)
+            cursor = batch[-1].cursor
+            if len(batch) < self.batch_size:
+                return
+
+    async def _flush(
+        self, changes: dict[uuid.UUID, StreamChange], shards: list[int], head: Cursor
+    ) -> None:
+        if not shards:
+            return
+        async with self.engine.begin() as conn:
+            await self.target.write(conn, changes.values())
+            await conn.execute(
+                cp.update()
+                .where(cp.c.name == self.book, cp.c.partition.in_(shards))
+                .values(tx_id=head.tx_id, position=head.position, updated_at=utcnow())
+            )
+
+    async def _catch_up(self) -> Cursor:
+        self.progress.phase = "catch-up"
+        while True:
+            async with self.engine.begin() as conn:
+                cursor, n = await self._apply_next(conn)
+            if n < self.batch_size:
+                return cursor
+
+    async def _apply_next(self, conn: AsyncConnection) -> tuple[Cursor, int]:
+        row = (
+            await conn.execute(select(cp.c.tx_id, cp.c.position).where(cp.c.name == self.book))
+        ).one()
+        cursor = Cursor(row.tx_id, row.position)
+        stmt = self.store.after_statement(cursor, self.batch_size)
+        batch = [fast_decode(r) for r in await conn.execute(stmt)]
+        if not batch:
+            return cursor, 0
+        await self.target.apply(conn, batch)
+        cursor = batch[-1].cursor
+        await conn.execute(
+            cp.update()
+            .where(cp.c.name == self.book)
+            .values(tx_id=cursor.tx_id, position=cursor.position, updated_at=utcnow())
+        )
+        self.progress.done += len(batch)
+        self.progress.total = max(self.progress.total, self.progress.done)
+        self.on_progress(self.progress)
+        return cursor, len(batch)
+
+    async def _finish(self, cursor: Cursor) -> Cursor:
+        """The last events, the swap and the checkpoints, in one transaction."""
+        self.progress.phase = "swap"
+        self.on_progress(self.progress)
+        name = self.live.name
+        async with self.engine.begin() as conn:
+            # lock out live projectors: their batches lock their checkpoint row first
+            await conn.execute(
+                cp.update().where(cp.c.name == self.book).values(updated_at=utcnow())
+            )
+            locked = select(cp.c.partition).where(cp.c.name == name).order_by(cp.c.partition)
+            if conn.dialect.name == "postgresql":
+                locked = locked.with_for_update()
+                names = ", ".join(
+                    conn.dialect.identifier_preparer.quote(t.name) for t in self.live_tables
+                )
+                existing = await conn.run_sync(lambda c: set(_table_names(c)))
+                if all(t.name in existing for t in self.live_tables):
+                    await conn.execute(text(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE"))
+            partitions = [r.partition for r in await conn.execute(locked)]
+            while True:
+                cursor, n = await self._apply_next(conn)
+                if n == 0:
+                    break
+            if not self.in_place:
+                await conn.run_sync(swap, self.live_tables, self.next_tables)
+                tomb = projection_tombstones
+                await conn.execute(delete(tomb).where(tomb.c.projection == name))
+                await conn.execute(
+                    tomb.update().where(tomb.c.projection == self.book).values(projection=name)
+                )
+            count = len(partitions) or self.partitions
+            await conn.execute(delete(cp).where(cp.c.name.in_([name, self.book])))
+            await conn.execute(
+                insert(cp),
+                [
+                    {
+                        "name": name,
+                        "partition": p,
+                        "partitions": count,
+                        "tx_id": cursor.tx_id,
+                        "position": cursor.position,
+                        "updated_at": utcnow(),
+                    }
+                    for p in range(count)
+                ],
+            )
+        return cursor
+
+
+def _key(c: Cursor) -> tuple[int, int]:
+    return (c.tx_id, c.position)
+
+
+def _table_names(sync_conn: Any) -> list[str]:
+    from sqlalchemy import inspect
+
+    return list(inspect(sync_conn).get_table_names())
+
+
+async def replay(
+    engine: AsyncEngine,
+    projection: UserProjection,
+    *,
+    in_place: bool = False,
+    partitions: int = 4,
+    batch_size: int = 10_000,
+    on_progress: OnProgress | None = None,
+) -> ReplayResult:
+    """Rebuild `projection` from the log (blue/green unless `in_place`); resumes an
+    interrupted replay. The entry point for `registry replay` and the benchmarks."""
+    job = Replay(
+        engine,
+        projection,
+        in_place=in_place,
+        partitions=partitions,
+        batch_size=batch_size,
+        on_progress=on_progress,
+    )
+    return await job.run()
