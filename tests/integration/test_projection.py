@@ -34,7 +34,7 @@ from projections.status import projection_status
 from projections.tables import projection_tombstones
 from projections.worker import ProjectionWorker
 
-U, O = AppUser.__table__, AppOAuth.__table__
+USERS, ACCOUNTS = AppUser.__table__, AppOAuth.__table__
 
 
 async def caught_up(engine: AsyncEngine, store: EventStore, timeout: float = 20) -> None:
@@ -71,18 +71,18 @@ async def test_live_projection_and_replays_equal_the_log(engine: AsyncEngine) ->
     async with running(worker):
         model = await History(store, seed=7).run(2500)
         await caught_up(engine, store)
-    live = await snapshot(engine, U, O)
+    live = await snapshot(engine, USERS, ACCOUNTS)
     assert_matches_model(live, model)
     assert len(model.deleted) > 20 and len(model.oauth) > 100  # the history is varied
     live_tombs = await tombstones(engine)
 
     result = await replay(engine, projection, batch_size=333)  # blue/green, then swapped in
     assert result.events == model.events
-    assert await snapshot(engine, U, O) == live  # row for row, timestamps included
+    assert await snapshot(engine, USERS, ACCOUNTS) == live  # row for row, timestamps included
     assert await tombstones(engine) == live_tombs
 
     await replay(engine, projection, in_place=True, batch_size=1000)
-    assert await snapshot(engine, U, O) == live
+    assert await snapshot(engine, USERS, ACCOUNTS) == live
 
 
 async def test_applying_the_same_batch_twice_changes_nothing(engine: AsyncEngine) -> None:
@@ -93,11 +93,11 @@ async def test_applying_the_same_batch_twice_changes_nothing(engine: AsyncEngine
     batch = await store.read_after(Cursor.start(), limit=10_000)
     async with engine.begin() as conn:
         await projection.apply(conn, batch)
-    once = await snapshot(engine, U, O)
+    once = await snapshot(engine, USERS, ACCOUNTS)
     for part in (batch, batch[: len(batch) // 2], batch[len(batch) // 3 :], batch[::-1][:50]):
         async with engine.begin() as conn:
             await projection.apply(conn, part)
-        assert await snapshot(engine, U, O) == once
+        assert await snapshot(engine, USERS, ACCOUNTS) == once
 
 
 async def test_an_older_event_after_deletion_does_not_resurrect(engine: AsyncEngine) -> None:
@@ -124,7 +124,7 @@ async def test_an_older_event_after_deletion_does_not_resurrect(engine: AsyncEng
     events = await store.read_stream(sid)
     async with engine.begin() as conn:
         await projection.apply(conn, events[:3])
-    snap = await snapshot(engine, U, O)
+    snap = await snapshot(engine, USERS, ACCOUNTS)
     assert snap["users"][sid]["loyalty"] == 3 and snap["users"][sid]["version"] == 3
     assert snap["oauth"][oid]["link_order"] == 2
     async with engine.begin() as conn:
@@ -132,6 +132,6 @@ async def test_an_older_event_after_deletion_does_not_resurrect(engine: AsyncEng
     for replayed in (events[:1], events[:2], events[1:3], events):
         async with engine.begin() as conn:
             await projection.apply(conn, replayed)
-        assert await snapshot(engine, U, O) == {"users": {}, "oauth": {}}
+        assert await snapshot(engine, USERS, ACCOUNTS) == {"users": {}, "oauth": {}}
     async with engine.connect() as conn:
         assert await projected_version(conn, projection, sid) == 4
