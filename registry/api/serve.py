@@ -49,7 +49,7 @@ def build_handlers(container: Container) -> Any:
 
 @asynccontextmanager
 async def consuming(container: Container) -> AsyncIterator[None]:
-    """The bus command consumer and event relay (H-bus's `running_bus`), with each command's
+    """The bus command consumer and event relay (`registry.bus.app.running_bus`), each command's
     outcome counted for `/metrics`."""
     from registry.bus.app import running_bus
 
