@@ -114,6 +114,7 @@ class CommandConsumer:
             stream=stream,
             durable=ch.durable,
             pull_sub=PullSub(batch_size=self.max_workers, timeout=1.0),
+            max_workers=self.max_workers,
             config=ConsumerConfig(ack_wait=self.ack_wait, max_deliver=20),
             title=f"{ch.command_wildcard}:commands",
             include_in_schema=False,
