@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events import EventStore, RecordedEvent
 from projections import leases
-from projections.errors import LeaseLost
+from projections.errors import LeaseLost, ProjectionError
 from projections.signals import PROJECTIONS_CHANNEL, projection_wakeup
 from projections.waiting import wait_for_version
 
@@ -88,8 +88,17 @@ class ProjectionWorker:
                 await stack.enter_async_context(self.store.listening())
             forward = asyncio.create_task(self._forward_wakeups(), name=f"{self.name}-wakeups")
             stack.callback(forward.cancel)
-            async with self.engine.begin() as conn:
-                await leases.ensure_partitions(conn, self.name, self.partitions)
+            for attempt in range(5):  # workers starting together race to create the rows
+                try:
+                    async with self.engine.begin() as conn:
+                        await leases.ensure_partitions(conn, self.name, self.partitions)
+                    break
+                except ProjectionError:
+                    raise
+                except Exception:
+                    if attempt == 4:
+                        raise
+                    await asyncio.sleep(0.2 * (attempt + 1))
             log.info(
                 "projector started",
                 extra={
@@ -110,7 +119,10 @@ class ProjectionWorker:
         while True:
             now = time.monotonic()
             if now >= next_maintenance:
-                await self._maintain()
+                try:
+                    await self._maintain()
+                except Exception:
+                    log.exception("lease maintenance failed", extra={"projection": self.name})
                 next_maintenance = now + interval
             self._dirty.clear()
             progressed = False
@@ -142,11 +154,15 @@ class ProjectionWorker:
             self._dirty.set()
 
     async def _maintain(self) -> None:
-        """Heartbeat, renew our leases, and take or give partitions towards a fair share."""
+        """Heartbeat, renew our leases, and take or give partitions towards a fair share.
+
+        Each step is its own short transaction touching one lease row at a time (or several in
+        ascending order), so that workers maintaining at once cannot deadlock."""
         async with self.engine.begin() as conn:
             members = await leases.heartbeat(conn, self.name, self.worker_id, self.lease_ttl)
-            fair = math.ceil(self.partitions / max(members, 1))
-            kept = set()
+        fair = math.ceil(self.partitions / max(members, 1))
+        kept = set()
+        async with self.engine.begin() as conn:
             for p in sorted(self.held):
                 if await leases.renew(conn, self.name, p, self.worker_id, self.lease_ttl):
                     kept.add(p)
@@ -154,15 +170,16 @@ class ProjectionWorker:
             if extra:
                 await leases.release(conn, self.name, extra, self.worker_id)
                 kept -= set(extra)
-            gained = []
-            offset = hash(self.worker_id) % self.partitions
-            for i in range(self.partitions):
-                if len(kept) >= fair:
-                    break
-                p = (offset + i) % self.partitions
-                if p not in kept and await leases.acquire(
-                    conn, self.name, p, self.worker_id, self.lease_ttl
-                ):
+        gained = []
+        offset = hash(self.worker_id) % self.partitions
+        for i in range(self.partitions):
+            if len(kept) >= fair:
+                break
+            p = (offset + i) % self.partitions
+            if p in kept:
+                continue
+            async with self.engine.begin() as conn:
+                if await leases.acquire(conn, self.name, p, self.worker_id, self.lease_ttl):
                     kept.add(p)
                     gained.append(p)
         if gained or extra or kept != self.held:
