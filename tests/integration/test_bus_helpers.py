@@ -39,11 +39,13 @@ def unique_prefix() -> str:
 
 
 async def create_tables(engine: AsyncEngine) -> None:
+    from projections.tables import metadata as projections_metadata
     from registry.tables import metadata as registry_metadata
 
     async with engine.begin() as conn:
         await conn.run_sync(events_metadata.create_all)
         await conn.run_sync(registry_metadata.create_all)
+        await conn.run_sync(projections_metadata.create_all)
 
 
 def make_container(engine: AsyncEngine, url: str, prefix: str) -> Container:

@@ -1,0 +1,270 @@
+"""The event relay on real brokers: every committed event reaches `<prefix>.events.<Type>` in
+log order with the event id as message id and secrets removed; a failed publish is retried
+without duplicates on NATS (JetStream deduplicates on Nats-Msg-Id); a relay restart misses
+nothing and republishes nothing; a projection replay does not republish."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+from test_bus_helpers import (
+    BROKER_URLS,
+    cleanup,
+    consumer,
+    create_tables,
+    event_count,
+    make_container,
+    wait_until,
+)
+
+from events import Cursor, RecordedEvent
+from projections.worker import ProjectionWorker
+from registry.bootstrap import Container
+from registry.bus import Channels, EventPublisher, EventRelay, command_handlers, create_broker
+from registry.commands import LinkOAuthAccount, RegisterUser, UpdateOAuthAccount, UpdateUser
+
+pytestmark = pytest.mark.broker
+SECRETS = ("correct horse", "gho_access", "ghr_refresh", "ya29_new", "new password!")
+
+
+async def write_history(container: Container) -> uuid.UUID:
+    """A user whose events carry every kind of secret."""
+    handle = command_handlers(container).handle
+    reg = await handle(
+        RegisterUser(email=f"r{uuid.uuid4().hex[:6]}@example.com", password="correct horse")
+    )
+    oauth_id = uuid.uuid4()
+    await handle(
+        LinkOAuthAccount(
+            user_id=reg.user_id,
+            oauth_account_id=oauth_id,
+            oauth_name="github",
+            access_token="gho_access",  # type: ignore[arg-type]
+            refresh_token="ghr_refresh",  # type: ignore[arg-type]
+            account_id=uuid.uuid4().hex,
+            account_email="r@example.com",
+        )
+    )
+    await handle(
+        UpdateOAuthAccount(
+            user_id=reg.user_id,
+            oauth_account_id=oauth_id,
+            access_token="ya29_new",  # type: ignore[arg-type]
+        )
+    )
+    await handle(UpdateUser(user_id=reg.user_id, password="new password!", is_verified=True))  # type: ignore[arg-type]
+    return reg.user_id
+
+
+async def stored(container: Container) -> list[RecordedEvent]:
+    """The whole log in the relay's order (on PostgreSQL `read_after` holds back events of
+    transactions newer than the oldest running one, such as a worker's: wait for them)."""
+    found: list[RecordedEvent] = []
+
+    async def complete() -> bool:
+        found[:] = await container.store.read_after(Cursor.start(), limit=10_000)
+        return len(found) == await event_count(container.engine)
+
+    await wait_until(complete, what="a stable view of the log")
+    return found
+
+
+class NatsEvents:
+    """Reads the relay's JetStream stream from the beginning."""
+
+    def __init__(self, channels: Channels) -> None:
+        self.channels = channels
+        self.messages: list[Any] = []
+
+    async def count(self) -> int:
+        import nats
+
+        nc = await nats.connect(BROKER_URLS["nats"])
+        try:
+            info = await nc.jetstream().stream_info(self.channels.nats_event_stream)
+            return int(info.state.messages)
+        finally:
+            await nc.close()
+
+    async def read_all(self) -> list[Any]:
+        import nats
+
+        nc = await nats.connect(BROKER_URLS["nats"])
+        try:
+            js = nc.jetstream()
+            n = await self.count_with(js)
+            sub = await js.pull_subscribe(
+                self.channels.event_wildcard, stream=self.channels.nats_event_stream
+            )
+            out: list[Any] = []
+            while len(out) < n:
+                out.extend(await sub.fetch(n - len(out), timeout=5))
+            for m in out:
+                await m.ack()
+            return out
+        finally:
+            await nc.close()
+
+    async def count_with(self, js: Any) -> int:
+        info = await js.stream_info(self.channels.nats_event_stream)
+        return int(info.state.messages)
+
+
+@pytest.fixture
+async def relay_env(engine: AsyncEngine) -> AsyncIterator[tuple[Container, Channels]]:
+    await create_tables(engine)
+    channels = Channels(f"rl{uuid.uuid4().hex[:10]}")
+    try:
+        yield make_container(engine, BROKER_URLS["nats"], channels.prefix), channels
+    finally:
+        for kind in ("nats", "rabbit"):
+            await cleanup(kind, channels)
+
+
+def check_published(messages: Sequence[Any], events: Sequence[RecordedEvent], ch: Channels) -> None:
+    assert len(messages) == len(events)
+    for msg, event in zip(messages, events, strict=True):
+        body = json.loads(msg.data)
+        assert msg.subject == ch.event(event.event_type)
+        assert msg.headers["Nats-Msg-Id"] == str(event.event_id)
+        assert body["event_id"] == str(event.event_id)
+        assert (body["position"], body["stream_version"]) == (event.position, event.stream_version)
+        assert body["data"] == event.event.redacted()
+        raw = msg.data.decode()
+        for secret in SECRETS:
+            assert secret not in raw
+        for field in ("hashed_password", "access_token", "refresh_token"):
+            value = getattr(event.event, field, None)
+            if value:
+                assert value not in raw and body["data"][field] == "[redacted]"
+
+
+async def test_relay_publishes_every_event_in_order_redacted_and_resumes(
+    relay_env: tuple[Container, Channels],
+) -> None:
+    container, channels = relay_env
+    reader = NatsEvents(channels)
+    async with consumer(container, "nats", relay=True):
+        await write_history(container)
+        events = await stored(container)
+
+        async def relayed() -> bool:
+            return await reader.count() >= len(events)
+
+        await wait_until(relayed, what="the relay to publish the history")
+    first = await reader.read_all()
+    check_published(first, events, channels)
+    assert [json.loads(m.data)["position"] for m in first] == sorted(e.position for e in events)
+
+    # written while no relay runs: published after the restart, nothing twice (counted at
+    # the relay itself: JetStream's deduplication would hide a republish from the reader)
+    before = len(events)
+    await write_history(container)
+    events = await stored(container)
+    async with consumer(container, "nats", relay=True) as runtime:
+
+        async def caught_up() -> bool:
+            return await reader.count() >= len(events)
+
+        await wait_until(caught_up, what="the restarted relay to catch up")
+        assert runtime.relay.published == len(events) - before
+        # a replay of the user projection reads the whole log again, but not for the relay
+        from projections import OAuthAccount, User, UserProjection
+        from projections.replay import replay
+
+        await replay(container.engine, UserProjection(User, OAuthAccount), in_place=True)
+        await write_history(container)
+        events = await stored(container)
+        await wait_until(caught_up, what="the relay to publish new events after the replay")
+        assert runtime.relay.published == len(events) - before
+    check_published(await reader.read_all(), events, channels)
+
+
+class FlakyPublisher(EventPublisher):
+    """Fails once in the middle of the first batch, after some events went out."""
+
+    def __init__(self, broker: Any, channels: Channels, fail_after: int) -> None:
+        super().__init__(broker, channels)
+        self.fail_after = fail_after
+        self.calls = 0
+
+    async def publish(self, recorded: RecordedEvent) -> None:
+        self.calls += 1
+        if self.calls == self.fail_after + 1:
+            raise ConnectionError("broker went away")
+        await super().publish(recorded)
+
+
+async def test_a_failed_batch_is_republished_and_jetstream_drops_the_duplicates(
+    relay_env: tuple[Container, Channels],
+) -> None:
+    container, channels = relay_env
+    for _ in range(3):
+        await write_history(container)
+    events = await stored(container)
+    broker = create_broker(BROKER_URLS["nats"])
+    await broker.connect()
+    try:
+        publisher = FlakyPublisher(broker, channels, fail_after=5)
+        await publisher.prepare()
+        relay = EventRelay(publisher, name=f"relay-{channels.prefix}")
+        worker = ProjectionWorker(
+            container.engine, container.store, relay, partitions=1, batch_size=100, lease_ttl=2
+        )
+        task = asyncio.create_task(worker.run())
+        reader = NatsEvents(channels)
+        try:
+
+            async def all_out() -> bool:
+                return publisher.calls > len(events) and await reader.count() >= len(events)
+
+            await wait_until(all_out, what="the retried batch")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        await broker.stop()
+    assert publisher.calls == len(events) + 1 + 5  # the first 5 went out twice
+    check_published(await reader.read_all(), events, channels)
+
+
+async def test_rabbitmq_relay_sets_message_id_and_keeps_order(
+    relay_env: tuple[Container, Channels],
+) -> None:
+    import aio_pika
+
+    container, channels = relay_env
+    conn = await aio_pika.connect(BROKER_URLS["rabbit"])
+    try:
+        ch = await conn.channel()
+        exchange = await ch.declare_exchange(
+            channels.event_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await ch.declare_queue(f"{channels.prefix}.test-events", auto_delete=True)
+        await queue.bind(exchange, routing_key=channels.event_wildcard)
+        async with consumer(container, "rabbit", relay=True):
+            await write_history(container)
+            events = await stored(container)
+            got: list[Any] = []
+
+            async def received() -> bool:
+                while (m := await queue.get(no_ack=True, fail=False)) is not None:
+                    got.append(m)
+                return len(got) >= len(events)
+
+            await wait_until(received, what="events on RabbitMQ")
+        assert [m.message_id for m in got] == [str(e.event_id) for e in events]
+        assert [m.routing_key for m in got] == [channels.event(e.event_type) for e in events]
+        for m in got:
+            for secret in SECRETS:
+                assert secret not in m.body.decode()
+    finally:
+        await conn.close()
