@@ -17,7 +17,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.schema import AddColumn  # type: ignore[attr-defined]
 
 from events import EventStore
 from projections.tables import metadata as projections_metadata
@@ -53,7 +52,14 @@ def _create(sync_conn: Connection, tables: list[Table]) -> None:
                     f"table {table.name!r} exists without column {column.name!r}, which is "
                     "NOT NULL: add it with a migration"
                 )
-            sync_conn.execute(AddColumn(table, column))  # type: ignore[no-untyped-call]
+            prep = sync_conn.dialect.identifier_preparer
+            ddl = column.type.compile(dialect=sync_conn.dialect)
+            sync_conn.execute(
+                text(
+                    f"ALTER TABLE {prep.format_table(table)} "
+                    f"ADD COLUMN {prep.format_column(column)} {ddl}"
+                )
+            )
 
 
 async def ensure_schema(
