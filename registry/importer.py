@@ -276,13 +276,12 @@ async def run_import(
     progress: Progress | None = None,
 ) -> ImportSummary:
     """`registry import-users`: import into the registry at `settings.database_url`, creating
-    the registry's tables there when missing. With REGISTRY_USER_MODEL set, custom columns are
-    checked against that model (a source column it lacks is refused row by row)."""
+    the registry's tables there when missing (Alembic). With REGISTRY_USER_MODEL set, custom
+    columns are checked against that model (a source column it lacks is refused row by row)."""
     from projections import User as DefaultUser
     from registry.bootstrap import build
     from registry.handlers import CommandHandlers, profile_fields_of
     from registry.schema import migrate
-    from registry.tables import metadata as registry_metadata
 
     target = normalise_url(settings.database_url)
     if target == normalise_url(source_url):
@@ -293,8 +292,6 @@ async def run_import(
     container = build(settings)
     try:
         await migrate(container.engine)
-        async with container.engine.begin() as conn:  # tables not yet under Alembic
-            await conn.run_sync(registry_metadata.create_all)
         builtin = frozenset(c.key for c in DefaultUser.__table__.columns)
         handlers = CommandHandlers(
             container.engine,
