@@ -8,8 +8,9 @@ below the stream's applied version is skipped, so applying anything twice change
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from events import RecordedEvent
@@ -32,6 +33,7 @@ from events.catalog import (
 #: user columns a profile change may never touch (the projection owns them)
 PROTECTED_USER_COLUMNS = frozenset({"id", "version", "created_at", "updated_at"})
 #: OAuth columns an `OAuthAccountUpdated` may change
+REGISTERED = UserRegistered.event_type
 OAUTH_FIELDS = frozenset(
     {"oauth_name", "access_token", "expires_at", "refresh_token", "account_id", "account_email"}
 )
@@ -74,45 +76,72 @@ class StreamChange:
             self.update.update(values)
 
 
+Handler = Callable[[StreamChange, Mapping[str, Any], int], None]
+
+
 class Folder:
-    """The handlers, bound to the columns of one user (and OAuth) table."""
+    """The handlers, bound to the columns of one user (and OAuth) table.
+
+    Handlers read the event's fields from a mapping (a live event's `__dict__`, or the stored
+    payload during replay, which skips building models), keyed by event type name."""
 
     def __init__(self, user_columns: frozenset[str], oauth_columns: frozenset[str] | None):
         self.profile_columns = user_columns - PROTECTED_USER_COLUMNS
         self.oauth_columns = oauth_columns
-        self.handlers: dict[type, Callable[[StreamChange, Any, RecordedEvent], None]] = {
-            UserRegistered: self.registered,
-            UserEmailChanged: lambda s, e, r: s.set({"email": e.email}),
-            UserPasswordChanged: lambda s, e, r: s.set({"hashed_password": e.hashed_password}),
-            UserVerified: lambda s, e, r: s.set({"is_verified": True}),
-            UserUnverified: lambda s, e, r: s.set({"is_verified": False}),
-            UserActivated: lambda s, e, r: s.set({"is_active": True}),
-            UserDeactivated: lambda s, e, r: s.set({"is_active": False}),
-            UserSuperuserGranted: lambda s, e, r: s.set({"is_superuser": True}),
-            UserSuperuserRevoked: lambda s, e, r: s.set({"is_superuser": False}),
-            UserProfileUpdated: self.profile_updated,
-            OAuthAccountLinked: self.oauth_linked,
-            OAuthAccountUpdated: self.oauth_updated,
-            UserDeleted: self.deleted,
+        self.handlers: dict[str, Handler] = {
+            UserRegistered.event_type: self.registered,
+            UserEmailChanged.event_type: lambda s, e, v: s.set({"email": e["email"]}),
+            UserPasswordChanged.event_type: lambda s, e, v: s.set(
+                {"hashed_password": e["hashed_password"]}
+            ),
+            UserVerified.event_type: lambda s, e, v: s.set({"is_verified": True}),
+            UserUnverified.event_type: lambda s, e, v: s.set({"is_verified": False}),
+            UserActivated.event_type: lambda s, e, v: s.set({"is_active": True}),
+            UserDeactivated.event_type: lambda s, e, v: s.set({"is_active": False}),
+            UserSuperuserGranted.event_type: lambda s, e, v: s.set({"is_superuser": True}),
+            UserSuperuserRevoked.event_type: lambda s, e, v: s.set({"is_superuser": False}),
+            UserProfileUpdated.event_type: self.profile_updated,
+            OAuthAccountLinked.event_type: self.oauth_linked,
+            OAuthAccountUpdated.event_type: self.oauth_updated,
+            UserDeleted.event_type: self.deleted,
         }
 
-    def apply(self, change: StreamChange, recorded: RecordedEvent) -> None:
+    def apply_recorded(self, change: StreamChange, recorded: RecordedEvent) -> None:
+        self.apply(
+            change,
+            recorded.stream_version,
+            recorded.event_type,
+            recorded.event.__dict__,
+            recorded.recorded_at,
+        )
+
+    def apply(
+        self,
+        change: StreamChange,
+        version: int,
+        event_type: str,
+        data: Mapping[str, Any],
+        recorded_at: datetime,
+    ) -> None:
         """Fold one event into `change` (a no-op when already applied)."""
-        if recorded.stream_version <= change.version:
+        if version <= change.version:
             return
-        event = recorded.event
-        if isinstance(event, UserRegistered) or change.live:
-            self.handlers[type(event)](change, event, recorded)
-            if change.live:
-                change.set({"version": recorded.stream_version, "updated_at": recorded.recorded_at})
-        # events on a deleted (or never registered) stream change nothing but its version
-        if change.deleted:
+        if event_type == REGISTERED:
+            self.registered(change, data, version)
+            assert change.insert is not None
+            change.insert["created_at"] = recorded_at
+        elif change.live:
+            self.handlers[event_type](change, data, version)
+        if change.live:
+            change.set({"version": version, "updated_at": recorded_at})
+        elif change.deleted:
+            # events on a deleted stream change nothing but its version
             change.tombstone_dirty = True
-        change.version = recorded.stream_version
+        change.version = version
         change.applied += 1
 
     # -------------------------------------------------------------- handlers
-    def registered(self, s: StreamChange, e: UserRegistered, r: RecordedEvent) -> None:
+    def registered(self, s: StreamChange, e: Mapping[str, Any], v: int) -> None:
         if s.in_db and not s.deleted:
             s.wipe = True  # a second registration of one stream replaces the row
         if s.deleted:
@@ -121,49 +150,48 @@ class Folder:
         s.update.clear()
         s.oauth_insert.clear()
         s.oauth_update.clear()
-        row = {k: v for k, v in e.profile.items() if k in self.profile_columns}
+        row = {k: val for k, val in (e.get("profile") or {}).items() if k in self.profile_columns}
         row.update(
             id=s.stream_id,
-            email=e.email,
-            hashed_password=e.hashed_password,
-            is_active=e.is_active,
-            is_superuser=e.is_superuser,
-            is_verified=e.is_verified,
-            created_at=r.recorded_at,
+            email=e["email"],
+            hashed_password=e["hashed_password"],
+            is_active=e.get("is_active", True),
+            is_superuser=e.get("is_superuser", False),
+            is_verified=e.get("is_verified", False),
         )
         s.insert = row
 
-    def profile_updated(self, s: StreamChange, e: UserProfileUpdated, r: RecordedEvent) -> None:
-        s.set({k: v for k, v in e.changes.items() if k in self.profile_columns})
+    def profile_updated(self, s: StreamChange, e: Mapping[str, Any], v: int) -> None:
+        s.set({k: val for k, val in e["changes"].items() if k in self.profile_columns})
 
-    def oauth_linked(self, s: StreamChange, e: OAuthAccountLinked, r: RecordedEvent) -> None:
+    def oauth_linked(self, s: StreamChange, e: Mapping[str, Any], v: int) -> None:
         if self.oauth_columns is None:
             return
-        account_id = as_uuid(e.oauth_account_id)
+        account_id = as_uuid(e["oauth_account_id"])
         s.oauth_update.pop(account_id, None)
         s.oauth_insert[account_id] = {
             "id": account_id,
             "user_id": s.stream_id,
-            "oauth_name": e.oauth_name,
-            "access_token": e.access_token,
-            "expires_at": e.expires_at,
-            "refresh_token": e.refresh_token,
-            "account_id": e.account_id,
-            "account_email": e.account_email,
-            "link_order": r.stream_version,
+            "oauth_name": e["oauth_name"],
+            "access_token": e["access_token"],
+            "expires_at": e.get("expires_at"),
+            "refresh_token": e.get("refresh_token"),
+            "account_id": e["account_id"],
+            "account_email": e["account_email"],
+            "link_order": v,
         }
 
-    def oauth_updated(self, s: StreamChange, e: OAuthAccountUpdated, r: RecordedEvent) -> None:
+    def oauth_updated(self, s: StreamChange, e: Mapping[str, Any], v: int) -> None:
         if self.oauth_columns is None:
             return
-        account_id = as_uuid(e.oauth_account_id)
-        changes = {k: v for k, v in e.changes.items() if k in OAUTH_FIELDS}
+        account_id = as_uuid(e["oauth_account_id"])
+        changes = {k: val for k, val in e["changes"].items() if k in OAUTH_FIELDS}
         if account_id in s.oauth_insert:
             s.oauth_insert[account_id].update(changes)
         elif changes:
             s.oauth_update.setdefault(account_id, {}).update(changes)
 
-    def deleted(self, s: StreamChange, e: UserDeleted, r: RecordedEvent) -> None:
+    def deleted(self, s: StreamChange, e: Mapping[str, Any], v: int) -> None:
         s.wipe = s.wipe or s.in_db
         s.deleted = True
         s.tombstone_dirty = True

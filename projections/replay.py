@@ -26,12 +26,9 @@ from typing import Any
 from sqlalchemy import MetaData, Table, delete, func, insert, literal_column, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from events import Cursor, EventStore, RecordedEvent
-from events.catalog import event_class
-from events.envelope import SHARDS, Metadata
-from events.store import _COLUMNS
+from events import Cursor, EventStore
+from events.envelope import SHARDS
 from events.tables import events
-from events.upcasting import upcast
 from projections import leases
 from projections.errors import ReplayError
 from projections.folding import StreamChange
@@ -71,21 +68,17 @@ class ReplayResult:
 OnProgress = Callable[[Progress], None]
 
 
-def fast_decode(row: Any) -> RecordedEvent:
-    """A stored row as an event without re-validating it (it was validated when appended)."""
-    data = upcast(row.event_type, row.schema_version, row.data)
-    return RecordedEvent(
-        position=row.position,
-        tx_id=row.tx_id,
-        stream_id=row.stream_id,
-        stream_version=row.stream_version,
-        event_id=row.event_id,
-        event_type=row.event_type,
-        schema_version=row.schema_version,
-        event=event_class(row.event_type).model_construct(**data),
-        metadata=Metadata.model_construct(),
-        recorded_at=row.recorded_at,
-    )
+#: what a replay reads of each event (no metadata, no event id: the projection needs neither)
+REPLAY_COLUMNS = (
+    events.c.position,
+    events.c.tx_id,
+    events.c.stream_id,
+    events.c.stream_version,
+    events.c.event_type,
+    events.c.schema_version,
+    events.c.data,
+    events.c.recorded_at,
+)
 
 
 async def safe_head(conn: AsyncConnection) -> Cursor:
@@ -273,21 +266,21 @@ class Replay:
         pos = tuple_(events.c.tx_id, events.c.position)
         while True:
             stmt = (
-                select(*_COLUMNS)
+                select(*REPLAY_COLUMNS)
                 .where(events.c.shard == shard, pos > tuple_(cursor.tx_id, cursor.position))
                 .where(pos <= tuple_(head.tx_id, head.position))
                 .order_by(events.c.tx_id, events.c.position)
                 .limit(self.batch_size)
             )
             async with self.engine.connect() as conn:
-                batch = [fast_decode(r) for r in await conn.execute(stmt)]
-            if not batch:
+                rows = (await conn.execute(stmt)).all()
+            if not rows:
                 return
-            self.target.fold(changes, batch)
-            self.progress.done += len(batch)
+            self.target.fold_rows(changes, rows)
+            self.progress.done += len(rows)
             self.on_progress(self.progress)
-            cursor = batch[-1].cursor
-            if len(batch) < self.batch_size:
+            cursor = Cursor(rows[-1].tx_id, rows[-1].position)
+            if len(rows) < self.batch_size:
                 return
 
     async def _flush(
@@ -316,12 +309,16 @@ class Replay:
             await conn.execute(select(cp.c.tx_id, cp.c.position).where(cp.c.name == self.book))
         ).one()
         cursor = Cursor(row.tx_id, row.position)
-        stmt = self.store.after_statement(cursor, self.batch_size)
-        batch = [fast_decode(r) for r in await conn.execute(stmt)]
+        stmt = self.store.after_statement(cursor, self.batch_size).with_only_columns(
+            *REPLAY_COLUMNS
+        )
+        batch = (await conn.execute(stmt)).all()
         if not batch:
             return cursor, 0
-        await self.target.apply(conn, batch)
-        cursor = batch[-1].cursor
+        changes = await self.target.load(conn, {r.stream_id for r in batch})
+        self.target.fold_rows(changes, batch)
+        await self.target.write(conn, changes.values())
+        cursor = Cursor(batch[-1].tx_id, batch[-1].position)
         await conn.execute(
             cp.update()
             .where(cp.c.name == self.book)

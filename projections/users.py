@@ -11,10 +11,12 @@ from typing import Any
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from events import RecordedEvent
+from events import EVENT_TYPES, RecordedEvent
+from events.upcasting import upcast
 from projections.folding import Folder, StreamChange
 from projections.tables import projection_tombstones
 
+CURRENT_VERSIONS = {name: cls.schema_version for name, cls in EVENT_TYPES.items()}
 #: ids per IN (...) list
 CHUNK = 1000
 
@@ -72,12 +74,29 @@ class UserProjection:
         await self.apply(conn, batch)
 
     def fold(self, changes: dict[uuid.UUID, StreamChange], batch: Iterable[RecordedEvent]) -> None:
-        apply = self.folder.apply
+        apply = self.folder.apply_recorded
         for recorded in batch:
             change = changes.get(recorded.stream_id)
             if change is None:
                 change = changes[recorded.stream_id] = StreamChange(recorded.stream_id)
             apply(change, recorded)
+
+    def fold_rows(self, changes: dict[uuid.UUID, StreamChange], rows: Iterable[Any]) -> int:
+        """Fold stored rows (stream_id, stream_version, event_type, schema_version, data,
+        recorded_at) without building event models: the replay's fast path. Returns the count."""
+        apply = self.folder.apply
+        n = 0
+        for row in rows:
+            sid = row.stream_id
+            change = changes.get(sid)
+            if change is None:
+                change = changes[sid] = StreamChange(sid)
+            data = row.data
+            if row.schema_version != CURRENT_VERSIONS[row.event_type]:
+                data = upcast(row.event_type, row.schema_version, data)
+            apply(change, row.stream_version, row.event_type, data, row.recorded_at)
+            n += 1
+        return n
 
     async def load(
         self, conn: AsyncConnection, stream_ids: Iterable[uuid.UUID]
