@@ -88,6 +88,12 @@ def render(rows: list[Row], info: dict[str, Any], elapsed: float) -> str:
     return "\n".join(out)
 
 
+def write_json(path: str, data: dict[str, Any]) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
 async def run_figure(key: str, opts: Options) -> list[Row]:
     try:
         module = importlib.import_module(FIGURES[key])
@@ -124,17 +130,15 @@ async def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     print(render(rows, info, elapsed))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "machine": info,
-                    "options": vars(opts) | {"seconds": opts.seconds},
-                    "elapsed": elapsed,
-                    "rows": [r.as_dict() for r in rows],
-                },
-                f,
-                indent=2,
-            )
+        write_json(
+            args.json,
+            {
+                "machine": info,
+                "options": vars(opts) | {"seconds": opts.seconds},
+                "elapsed": elapsed,
+                "rows": [r.as_dict() for r in rows],
+            },
+        )
     return 0
 
 

@@ -20,8 +20,15 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from bench.common import CALLERS, Options, Row, create_schema, ratio_row, scratch_database
-from bench.common import side_by_side
+from bench.common import (
+    CALLERS,
+    Options,
+    Row,
+    create_schema,
+    ratio_row,
+    scratch_database,
+    side_by_side,
+)
 
 TOKEN = "bench-token"
 USERS = 2_000
@@ -105,11 +112,10 @@ async def run(opts: Options) -> list[Row]:
     import httpx
     from sqlalchemy import select
 
+    from bench.seed import PER_STREAM, seed
     from events import EventStore, create_engine
     from projections import OAuthAccount, User, UserProjection
     from projections.replay import replay
-
-    from bench.seed import PER_STREAM, seed
 
     async with scratch_database(opts.database_url, "http") as url:
         engine = create_engine(url)

@@ -98,6 +98,8 @@ async def run(opts: Options) -> list[Row]:
             lease_ttl=settings.lease_ttl,
         )
         projected: dict[str, float] = {}
+        expected: set[str] = set()
+        caught_up = asyncio.Event()
 
         async def observe() -> None:
             wakeup = projection_wakeup(engine)
@@ -107,6 +109,8 @@ async def run(opts: Options) -> list[Row]:
                 for sid in shim.handled:
                     projected.setdefault(str(sid), now)
                 shim.handled.clear()
+                if expected and expected <= projected.keys():
+                    caught_up.set()
 
         observer = asyncio.create_task(observe())
         projector = asyncio.create_task(worker.run())
@@ -126,9 +130,11 @@ async def run(opts: Options) -> list[Row]:
                 raise RuntimeError(f"appender exited {proc.returncode}")
             found = json.loads(out.decode().strip().splitlines()[-1])
             committed: dict[str, float] = found["committed"]
-            deadline = time.monotonic() + 30
-            while not committed.keys() <= projected.keys() and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            expected.update(committed)
+            if expected <= projected.keys():
+                caught_up.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(caught_up.wait(), 30)
         finally:
             for task in (projector, observer):
                 task.cancel()

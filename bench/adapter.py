@@ -1,0 +1,89 @@
+"""Figure 1: the FastAPI Users adapter, create + get + update + get, 8 concurrent callers.
+
+One operation is what a registration followed by a profile change does through FastAPI Users:
+`create`, `get`, `update(is_verified=True)`, then `get` again, which must show the update
+(read-your-writes). Ours: `EventSourcedUserDatabase(session, User, OAuthAccount)` with the
+projector running in this process (`run_projector`, default settings), so each write returns
+only once the read model shows it. Baseline: fastapi-users-db-sqlalchemy's
+`SQLAlchemyUserDatabase` on the same database (its own `user`/`oauth_account` tables in a
+`baseline` schema, the documented OAuth relationship, lazy="selectin"). Goal >= 1.0x.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from bench.common import Options, Row, create_schema, ratio_row, scratch_database, side_by_side
+
+GOAL = 1.0
+FIGURE = "1 adapter create+get+update+get"
+
+
+def _cycle(session_maker: Any, make_db: Any) -> Any:
+    async def op(_: int) -> None:
+        async with session_maker() as session:
+            db = make_db(session)
+            email = f"a{uuid.uuid4().hex[:12]}@example.com"
+            user = await db.create({"email": email, "hashed_password": "h" * 60})
+            got = await db.get(user.id)
+            if got is None or got.email != email:
+                raise RuntimeError("created user not readable")
+            await db.update(got, {"is_verified": True})
+            again = await db.get(user.id)
+            if again is None or not again.is_verified:
+                raise RuntimeError("update not readable (read-your-writes)")
+
+    return op
+
+
+async def run(opts: Options) -> list[Row]:
+    try:
+        from bench.peer import (
+            BaselineBase,
+            BaselineOAuthAccount,
+            BaselineUser,
+            SQLAlchemyUserDatabase,
+        )
+    except ImportError as exc:
+        return [Row(FIGURE, goal=f">= {GOAL:g}x", note=f"not available: baseline: {exc}")]
+    try:
+        from registry.adapter import EventSourcedUserDatabase
+    except ImportError as exc:
+        return [Row(FIGURE, goal=f">= {GOAL:g}x", note=f"not available: adapter: {exc}")]
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from events import create_engine
+    from projections import OAuthAccount, User
+    from registry.lifespan import run_projector
+    from registry.settings import Settings
+
+    async with scratch_database(opts.database_url, "adapter") as url:
+        engine = create_engine(url)
+        try:
+            await create_schema(engine)
+            async with engine.begin() as conn:
+                await conn.execute(text("CREATE SCHEMA baseline"))
+                await conn.run_sync(BaselineBase.metadata.create_all)
+            session_maker = async_sessionmaker(engine, expire_on_commit=False)
+            ours = _cycle(session_maker, lambda s: EventSourcedUserDatabase(s, User, OAuthAccount))
+            theirs = _cycle(
+                session_maker,
+                lambda s: SQLAlchemyUserDatabase(s, BaselineUser, BaselineOAuthAccount),
+            )
+            settings = Settings(database_url=url)
+            async with run_projector(engine, User, OAuthAccount, migrate=False, settings=settings):
+                a, b = await side_by_side(ours, theirs, opts)
+        finally:
+            await engine.dispose()
+    return [
+        ratio_row(
+            FIGURE,
+            a,
+            b,
+            GOAL,
+            unit="ops/s",
+            note="8 callers; ours waits for the in-process projector on each write",
+        )
+    ]
