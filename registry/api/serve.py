@@ -119,22 +119,6 @@ async def _announce(server: uvicorn.Server, settings: Settings, echo: Echo) -> N
     echo(f"listening on {base}")
 
 
-async def create_missing_tables(container: Container) -> None:
-    """The write side's tables, where no migration made them yet (the read model's are made by
-    `run_projector`, which knows the app's models)."""
-    from sqlalchemy import MetaData
-
-    found: list[MetaData] = []
-    for module in ("registry.tables",):
-        try:
-            found.append(__import__(module, fromlist=["metadata"]).metadata)
-        except ImportError:  # pragma: no cover - a side that has not landed
-            continue
-    async with container.engine.begin() as conn:
-        for md in found:
-            await conn.run_sync(md.create_all)
-
-
 async def serve(settings: Settings, stop: _Stop, echo: Echo) -> int:
     from registry.schema import migrate
 
@@ -142,7 +126,6 @@ async def serve(settings: Settings, stop: _Stop, echo: Echo) -> int:
     try:
         container.settings = settings = with_token(settings, echo)
         await migrate(container.engine)
-        await create_missing_tables(container)
         if stop.requested:
             return 0
         app = create_app(container, lifespan=background(container))
