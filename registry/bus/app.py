@@ -55,9 +55,18 @@ async def relaying(container: Any, relay: EventRelay) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await cancel_and_wait(task)
+
+
+async def cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait for it to end. On Python 3.11 `asyncio.wait_for` can swallow a
+    cancellation that lands as its inner wait completes (the worker waits that way for
+    wake-ups), so one `cancel()` is not always enough: repeat until the task is done."""
+    while not task.done():
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.wait({task}, timeout=1.0)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("relay stopped with an error", exc_info=task.exception())
 
 
 @contextlib.asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -29,8 +30,13 @@ def broker_kind(url: str) -> Kind:
 
 
 def create_broker(url: str, **options: Any) -> Any:
-    """A new, unconnected FastStream broker for `url` (`options` go to its constructor)."""
+    """A new, unconnected FastStream broker for `url` (`options` go to its constructor).
+
+    FastStream's own lines go through the standard `registry.bus.broker` logger (so they
+    share the service's log format), its per-message access lines at DEBUG."""
     kind = broker_kind(url)
+    options.setdefault("logger", logging.getLogger("registry.bus.broker"))
+    options.setdefault("log_level", logging.DEBUG)
     if kind == "nats":
         from faststream.nats import NatsBroker
 

@@ -11,7 +11,8 @@ Durability per broker:
   `ack_wait`.
 - RabbitMQ: a durable topic exchange, one durable queue bound to `<prefix>.users.*` with a
   dead-letter exchange; an unacknowledged message is requeued when the connection drops.
-- Redis: one stream per command read by a consumer group.
+- Redis: one stream per command read by a consumer group; entries left unacknowledged by a
+  dead consumer are claimed after `ack_wait` (XAUTOCLAIM) and handled again.
 - Kafka: one topic per command, a consumer group; replies go to `<prefix>.replies` keyed by
   command id (FastStream cannot do request/reply against a real Kafka).
 """
@@ -147,11 +148,22 @@ class CommandConsumer:
         from faststream.redis import StreamSub
 
         ch = self.channels
+        idle_ms = max(1, int(self.ack_wait * 1000))
         for name, channel in ch.commands.items():
             sub = StreamSub(channel, group=ch.durable, consumer=self.consumer_name)
             self.broker.subscriber(
                 stream=sub, max_workers=self.max_workers, include_in_schema=False
             )(self._bound(name))
+            # entries a dead consumer of the group read but never acknowledged: claimed
+            # (XAUTOCLAIM) once idle for ack_wait, then handled like any other
+            reclaim = StreamSub(
+                channel,
+                group=ch.durable,
+                consumer=f"{self.consumer_name}-reclaim",
+                min_idle_time=idle_ms,
+                polling_interval=min(idle_ms, 1000),
+            )
+            self.broker.subscriber(stream=reclaim, include_in_schema=False)(self._bound(name))
 
     def _wire_kafka(self) -> None:
         ch = self.channels

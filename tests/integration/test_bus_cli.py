@@ -131,12 +131,14 @@ async def test_consume_serves_until_sigterm(
         "REGISTRY_DATABASE_URL": container.settings.database_url,
         "REGISTRY_LOG_FORMAT": "json",
     }
+    log_path = tmp_path / "consume.log"
+    log_file = log_path.open("wb")  # a file, not a pipe: a full pipe would block the process
     proc = await asyncio.create_subprocess_exec(
         REGISTRY,
         "consume",
         env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stdout=log_file,
+        stderr=log_file,
         cwd=tmp_path,
     )
     try:
@@ -145,7 +147,7 @@ async def test_consume_serves_until_sigterm(
         async def subscribed() -> bool:
             import nats
 
-            assert proc.returncode is None, (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+            assert proc.returncode is None, log_path.read_text()
             nc = await nats.connect(BROKER_URLS["nats"])
             try:
                 js = nc.jetstream()
@@ -162,12 +164,16 @@ async def test_consume_serves_until_sigterm(
         assert reply is not None and reply.accepted, reply
         assert await event_count(engine) == 1
         proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(proc.wait(), 20)
-        assert code == 0
+        try:
+            code = await asyncio.wait_for(proc.wait(), 20)
+        except TimeoutError:
+            raise AssertionError(f"no exit after SIGTERM:\n{log_path.read_text()}") from None
+        assert code == 0, log_path.read_text()
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    err = (await proc.stderr.read()).decode() if proc.stderr else ""
+    log_file.close()
+    err = log_path.read_text()
     assert "correct horse" not in err
     assert "bus consumer started" in err

@@ -174,7 +174,35 @@ async def _rabbit_take_one(channels: Channels) -> AsyncIterator[Any]:
         await conn.close()  # unacked: RabbitMQ requeues it
 
 
-@pytest.mark.parametrize("kind", ["nats", "rabbit"])
+@contextlib.asynccontextmanager
+async def _redis_take_one(channels: Channels) -> AsyncIterator[Any]:
+    """Read one entry as another member of the consumer group, and never acknowledge it."""
+    from faststream.redis.parser.binary import BinaryMessageFormatV1
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(BROKER_URLS["redis"])
+    try:
+        entries: list[Any] = []
+        for _ in range(200):
+            entries = await client.xreadgroup(
+                channels.durable, "dead-consumer", {channels.command("register"): ">"}, count=1
+            )
+            if entries:
+                break
+            await asyncio.sleep(0.05)
+        assert entries, "the command never reached the stream"
+        (_, [(_, fields)]) = entries[0]
+        body, _headers = BinaryMessageFormatV1.parse(fields[b"__data__"])
+
+        class Taken:
+            data = body
+
+        yield Taken()
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("kind", ["nats", "rabbit", "redis"])
 async def test_redelivery_after_a_consumer_died_before_acking(
     kind: str, setup: tuple[Container, Channels], engine: AsyncEngine
 ) -> None:
@@ -184,9 +212,9 @@ async def test_redelivery_after_a_consumer_died_before_acking(
     payload = register_payload(command_id=f"redeliver-{uuid.uuid4()}")
     async with BusClient(kind, channels) as client:
         waiting = asyncio.create_task(client.send("register", payload, timeout=30))
-        take = _nats_take_one if kind == "nats" else _rabbit_take_one
-        async with take(channels) as msg:
-            body = msg.data if kind == "nats" else msg.body
+        take = {"nats": _nats_take_one, "rabbit": _rabbit_take_one, "redis": _redis_take_one}
+        async with take[kind](channels) as msg:
+            body = msg.body if kind == "rabbit" else msg.data
             first = await process(
                 body, "register", command_handlers(container).handle, max_bytes=MAX_PAYLOAD
             )
