@@ -81,11 +81,12 @@ async def _kafka_send(
     loop = asyncio.get_running_loop()
     found: asyncio.Future[Reply] = loop.create_future()
 
-    @broker.subscriber(ch.replies, auto_offset_reset="latest")
     async def on_reply(reply: dict[str, Any]) -> None:
         parsed = Reply.model_validate(reply)
         if parsed.command_id == command_id and not found.done():
             found.set_result(parsed)
+
+    broker.subscriber(ch.replies, auto_offset_reset="latest")(on_reply)
 
     await broker.start()
     await broker.publish(body, ch.command(name), key=command_id.encode())

@@ -110,7 +110,10 @@ class CommandConsumer:
         ch = self.channels
         stream = JStream(ch.nats_command_stream, subjects=[ch.command_wildcard], max_age=86400)
 
-        @self.broker.subscriber(
+        async def on_command(message: StreamMessage[Any] = Context("message")) -> Reply:
+            return await self._run(message, ch.command_name(message.raw_message.subject))
+
+        self.broker.subscriber(
             ch.command_wildcard,
             stream=stream,
             durable=ch.durable,
@@ -119,9 +122,7 @@ class CommandConsumer:
             config=ConsumerConfig(ack_wait=self.ack_wait, max_deliver=20),
             title=f"{ch.command_wildcard}:commands",
             include_in_schema=False,
-        )
-        async def on_command(message: StreamMessage[Any] = Context("message")) -> Reply:
-            return await self._run(message, ch.command_name(message.raw_message.subject))
+        )(on_command)
 
     def _wire_rabbit(self) -> None:
         from faststream.rabbit import Channel, ExchangeType, RabbitExchange, RabbitQueue
@@ -135,14 +136,15 @@ class CommandConsumer:
             arguments={"x-dead-letter-exchange": ch.dead_letter_exchange},
         )
 
-        @self.broker.subscriber(
+        async def on_command(message: StreamMessage[Any] = Context("message")) -> Reply:
+            return await self._run(message, ch.command_name(message.raw_message.routing_key))
+
+        self.broker.subscriber(
             queue,
             exchange,
             channel=Channel(prefetch_count=self.max_workers),
             include_in_schema=False,
-        )
-        async def on_command(message: StreamMessage[Any] = Context("message")) -> Reply:
-            return await self._run(message, ch.command_name(message.raw_message.routing_key))
+        )(on_command)
 
     def _wire_redis(self) -> None:
         from faststream.redis import StreamSub

@@ -77,6 +77,12 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(parts[:10])
 
 
+def _kind(exc: BaseException) -> str:
+    """An exception's type, and its cause's (`sqlalchemy` wraps the driver's), no message."""
+    orig = getattr(exc, "orig", None) or exc.__cause__
+    return f"{type(exc).__name__}({type(orig).__name__})" if orig else type(exc).__name__
+
+
 def _reject(exc: RegistryError, name: str | None, command_id: str | None) -> Reply:
     log.warning(
         "command rejected",
@@ -117,7 +123,7 @@ def _peek_command_id(raw: bytes | str) -> str | None:
 
 async def process(raw: bytes | str, name: str, handle: Handle, *, max_bytes: int) -> Reply:
     """Run one command from a raw bus message; always returns a reply, never raises for input
-    or refusals. Unexpected failures reply INTERNAL_ERROR (logged with the traceback)."""
+    or refusals. Unexpected failures reply INTERNAL_ERROR (logged by type, never by message)."""
     try:
         command = parse_command(raw, name, max_bytes)
     except InvalidCommandError as exc:
@@ -127,8 +133,13 @@ async def process(raw: bytes | str, name: str, handle: Handle, *, max_bytes: int
         outcome = await handle(command)
     except RegistryError as exc:
         return _reject(exc, name, command.command_id)
-    except Exception:
-        log.exception("command failed", extra={"command": name, "command_id": command.command_id})
+    except Exception as exc:
+        # no traceback text: a driver error's message can quote the statement's parameters,
+        # a password hash among them
+        log.error(
+            "command failed",
+            extra={"command": name, "command_id": command.command_id, "error": _kind(exc)},
+        )
         return Reply.rejected(
             INTERNAL_ERROR,
             "the registry could not process the command; retry with the same command_id",

@@ -31,7 +31,7 @@ from test_bus_helpers import (
 
 from events.tables import events as events_table
 from registry.bootstrap import Container
-from registry.bus import Channels, command_handlers, process
+from registry.bus import Channels, command_handlers, create_broker, process
 
 pytestmark = [
     pytest.mark.broker,
@@ -291,3 +291,41 @@ async def test_stop_and_restart_while_commands_keep_coming(
         streams = await conn.scalar(select(func.count(func.distinct(events_table.c.stream_id))))
         top = await conn.scalar(select(func.max(events_table.c.stream_version)))
     assert (streams, top) == (total, 1)
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+async def test_an_unexpected_failure_replies_internal_error_without_secrets(
+    setup: tuple[Container, Channels], engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    container, channels = setup
+    real = command_handlers(container).handle
+
+    async def handle(command: Any) -> Any:
+        if getattr(command, "email", "").startswith("boom"):
+            raise RuntimeError(f"database on fire, password={command.password}")
+        return await real(command)
+
+    caplog.set_level(logging.INFO, logger="registry.bus")
+    from registry.bus import running_bus
+
+    async with (
+        running_bus(
+            container,
+            broker=create_broker(BROKER_URLS["nats"]),
+            handle=handle,
+            channels=channels,
+            relay=False,
+        ),
+        BusClient("nats", channels) as client,
+    ):
+        failed = await client.send("register", register_payload("boom@example.com"))
+        assert (failed.status, failed.code) == ("rejected", "INTERNAL_ERROR")
+        assert "fire" not in (failed.message or "")
+        ok = await client.send("register", register_payload())
+        assert ok.accepted
+    assert await event_count(engine) == 1
+    text = caplog.text + " ".join(str(r.__dict__) for r in caplog.records)
+    assert "correct horse" not in text and "fire" not in text
+    assert any(getattr(r, "error", None) == "RuntimeError" for r in caplog.records)
