@@ -1,0 +1,239 @@
+"""`EventSourcedUserDatabase`: FastAPI Users' database adapter over the event log.
+
+A drop-in for fastapi-users-db-sqlalchemy's `SQLAlchemyUserDatabase(session, User)`: reads come
+from the projected `user` / `oauth_account` tables through the app's session; writes become
+commands (the one write path, `CommandHandlers`) and return only once the projection shows
+them (read-your-writes).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Generic
+
+from fastapi_users.db.base import BaseUserDatabase
+from fastapi_users.exceptions import UserAlreadyExists, UserNotExists
+from fastapi_users.models import ID, OAP, UP
+from pydantic import ValidationError
+from sqlalchemy import func, inspect, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+from sqlalchemy.sql import Select
+
+from events import normalise_email
+from registry.commands import (
+    Command,
+    DeleteUser,
+    LinkOAuthAccount,
+    RegisterUser,
+    UpdateOAuthAccount,
+    UpdateUser,
+)
+from registry.errors import (
+    EmailAlreadyRegisteredError,
+    InvalidCommandError,
+    UserAlreadyExistsError,
+    UserNotFoundError,
+)
+from registry.handlers import Outcome
+from registry.runtime import Runtime, custom_columns, engine_of, runtime_for
+
+USER_FIELDS = ("email", "password", "hashed_password", "is_active", "is_superuser", "is_verified")
+OAUTH_FIELDS = ("access_token", "expires_at", "refresh_token", "account_id", "account_email")
+
+
+def _build(cls: type[Command], data: dict[str, Any]) -> Command:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:  # never echo the input: it may hold a password
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        raise InvalidCommandError(f"invalid {cls.name} request: {details}") from None
+
+
+class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
+    """Database adapter for FastAPI Users backed by the event log.
+
+    :param session: the app's SQLAlchemy `AsyncSession` (reads, and the engine to write on).
+    :param user_table: the app's user model (a `BaseUserTableUUID` subclass).
+    :param oauth_account_table: the app's OAuth account model, if it uses OAuth.
+
+    Writes raise `fastapi_users.exceptions.UserAlreadyExists` for a taken email (any letter
+    case), `UserNotExists` for a deleted user, `registry.errors.InvalidCommandError` for a key
+    that is not a column (nothing is written), and `ProjectionTimeoutError` when the read model
+    does not catch up in time (the message says when no projector is running).
+    """
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        user_table: type[UP],
+        oauth_account_table: type[Any] | None = None,
+    ) -> None:
+        self.session = session
+        self.user_table = user_table
+        self.oauth_account_table = oauth_account_table
+        self._runtime: Runtime | None = None
+
+    # ------------------------------------------------------------------ reads
+    async def get(self, id: ID) -> UP | None:
+        """The user with this id, or None."""
+        return await self._one(select(self.user_table).where(self._col("id") == id))
+
+    async def get_by_email(self, email: str) -> UP | None:
+        """The user with this email, any letter case and surrounding spaces, or None."""
+        stmt = select(self.user_table).where(
+            func.lower(self._col("email")) == normalise_email(email)
+        )
+        return await self._one(stmt)
+
+    async def get_by_oauth_account(self, oauth: str, account_id: str) -> UP | None:
+        """The user who linked this OAuth account, or None."""
+        oauth_table = self._oauth_table()
+        stmt = (
+            select(self.user_table)
+            .join(oauth_table, oauth_table.user_id == self._col("id"))
+            .where(oauth_table.oauth_name == oauth, oauth_table.account_id == account_id)
+        )
+        return await self._one(stmt)
+
+    # ------------------------------------------------------------------ writes
+    async def create(self, create_dict: dict[str, Any]) -> UP:
+        """Register a user (uuid4 id unless `id` is given) and return it as projected."""
+        data, profile = self._split(create_dict, creating=True)
+        data["user_id"] = create_dict.get("id") or uuid.uuid4()
+        data = {k: v for k, v in data.items() if v is not None}
+        outcome = await self._write(_build(RegisterUser, {**data, "profile": profile}))
+        return await self._reload(outcome.user_id)
+
+    async def update(self, user: UP, update_dict: dict[str, Any]) -> UP:
+        """Change a user (only what differs becomes events) and return it as projected.
+        `password` is hashed here; None values of the built-in fields mean "unchanged"."""
+        user_id = self._id_of(user)
+        data, profile = self._split(update_dict, creating=False, user_id=user_id)
+        data = {k: v for k, v in data.items() if v is not None}
+        await self._write(_build(UpdateUser, {**data, "user_id": user_id, "profile": profile}))
+        return await self._reload(user_id)
+
+    async def delete(self, user: UP) -> None:
+        """Delete a user, OAuth accounts included; `get` returns None afterwards."""
+        await self._write(DeleteUser(user_id=self._id_of(user)))
+
+    async def add_oauth_account(self, user: UP, create_dict: dict[str, Any]) -> UP:
+        """Link an OAuth account; the user is returned with `oauth_accounts` in link order."""
+        self._oauth_table()
+        user_id = self._id_of(user)
+        data = self._oauth_fields(create_dict, user_id, creating=True)
+        data["oauth_account_id"] = create_dict.get("id")
+        await self._write(_build(LinkOAuthAccount, {**data, "user_id": user_id}))
+        return await self._reload(user_id)
+
+    async def update_oauth_account(
+        self, user: UP, oauth_account: OAP, update_dict: dict[str, Any]
+    ) -> UP:
+        """Change a linked OAuth account; the user is returned with `oauth_accounts` loaded."""
+        self._oauth_table()
+        user_id = self._id_of(user)
+        account_id = inspect(oauth_account).identity[0]
+        current = inspect(oauth_account).dict.get("oauth_name")
+        data = self._oauth_fields(update_dict, user_id, creating=False)
+        name = data.pop("oauth_name", None)
+        if name is not None and current is not None and name != current:
+            raise InvalidCommandError("an OAuth account's oauth_name cannot change")
+        cmd = _build(
+            UpdateOAuthAccount,
+            {**data, "user_id": user_id, "oauth_account_id": account_id},
+        )
+        await self._write(cmd)
+        return await self._reload(user_id)
+
+    # ------------------------------------------------------------------ helpers
+    def _col(self, name: str) -> Any:
+        return getattr(self.user_table, name)
+
+    def _oauth_table(self) -> Any:
+        if self.oauth_account_table is None:
+            raise NotImplementedError()
+        return self.oauth_account_table
+
+    def _rt(self) -> Runtime:
+        if self._runtime is None:
+            engine = engine_of(self.session, self.user_table)
+            self._runtime = runtime_for(engine, self.user_table, self.oauth_account_table)
+        return self._runtime
+
+    def _id_of(self, user: Any) -> Any:
+        # from the identity map, not the attribute: a committed session expires attributes
+        identity = inspect(user).identity
+        return identity[0] if identity else user.id
+
+    def _split(
+        self, values: dict[str, Any], *, creating: bool, user_id: Any = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Built-in fields and custom columns ("profile"); any other key is refused."""
+        custom = custom_columns(self.user_table)
+        data: dict[str, Any] = {}
+        profile: dict[str, Any] = {}
+        for key, value in values.items():
+            if key in USER_FIELDS:
+                data[key] = value
+            elif key in custom:
+                profile[key] = value
+            elif key == "id" and (creating or value == user_id):
+                continue
+            else:
+                name = getattr(self.user_table, "__name__", "user")
+                raise InvalidCommandError(
+                    f"cannot {'create' if creating else 'update'} {key!r}: it is not a column "
+                    f"of {name} that can be written (custom columns: "
+                    f"{', '.join(sorted(custom)) or 'none'})"
+                )
+        return data, profile
+
+    def _oauth_fields(
+        self, values: dict[str, Any], user_id: Any, *, creating: bool
+    ) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for key, value in values.items():
+            if key in OAUTH_FIELDS or key == "oauth_name":
+                data[key] = value
+            elif key in ("id", "user_id") and (creating or key == "user_id"):
+                if key == "user_id" and value not in (None, user_id):
+                    raise InvalidCommandError("an OAuth account cannot move to another user")
+            else:
+                raise InvalidCommandError(f"{key!r} is not a writable OAuth account column")
+        return data
+
+    async def _write(self, command: Command) -> Outcome:
+        runtime = self._rt()
+        # like upstream, a write ends the session's transaction: its snapshot must not hide
+        # the row the projector is about to write
+        await self.session.commit()
+        try:
+            outcome = await runtime.handlers.handle(command)
+        except (EmailAlreadyRegisteredError, UserAlreadyExistsError) as exc:
+            raise UserAlreadyExists() from exc
+        except UserNotFoundError as exc:
+            raise UserNotExists() from exc
+        await runtime.wait(outcome)
+        return outcome
+
+    async def _one(self, stmt: Select[Any]) -> UP | None:
+        rel = inspect(self.user_table).relationships.get("oauth_accounts")
+        if rel is not None and rel.lazy not in ("joined", "selectin"):
+            stmt = stmt.options(selectinload(rel.class_attribute))
+        stmt = stmt.execution_options(populate_existing=True)
+        user: UP | None = (await self.session.execute(stmt)).unique().scalar_one_or_none()
+        if user is not None and rel is not None:
+            accounts = getattr(user, "oauth_accounts", None)
+            if accounts and hasattr(accounts[0], "link_order"):
+                accounts.sort(key=lambda a: a.link_order)  # link order, whatever the mapping
+        return user
+
+    async def _reload(self, user_id: Any) -> UP:
+        user = await self.get(user_id)
+        if user is None:  # deleted by someone else after our write
+            raise UserNotExists()
+        return user

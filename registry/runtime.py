@@ -1,0 +1,127 @@
+"""What the adapter needs per engine: command handlers, the projection it reads, and the wait
+for read-your-writes.
+
+`EventSourcedUserDatabase(session, User)` finds everything here from the session's engine:
+handlers are built on first use (inline projection when `REGISTRY_PROJECTION_MODE=inline`)
+and cached per engine and models. An app (or the composition root) may install its own with
+`use_handlers(engine, handlers, user_table, oauth_table)`.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.orm import Mapper
+from sqlalchemy.sql.schema import Table
+
+from events import EventStore
+from projections import ProjectionTimeout, UserProjection
+from projections import User as DefaultUser
+from projections.waiting import wait_for_version
+from registry.errors import ProjectionTimeoutError
+from registry.handlers import CommandHandlers, Outcome, profile_fields_of
+from registry.settings import get_settings
+
+#: columns of the read model that are not the app's custom ("profile") columns
+BUILTIN_COLUMNS = frozenset(c.key for c in DefaultUser.__table__.columns)
+
+
+@dataclass
+class Runtime:
+    """Handlers and projection for one engine and one pair of models."""
+
+    engine: AsyncEngine
+    handlers: CommandHandlers
+    projection: UserProjection
+    timeout: float
+
+    @property
+    def inline(self) -> bool:
+        """True when the handlers project into the adapter's tables inside the append."""
+        own = self.handlers.inline_projection
+        return isinstance(own, UserProjection) and (
+            own.user_table is self.projection.user_table
+            and own.oauth_table is self.projection.oauth_table
+        )
+
+    async def wait(self, outcome: Outcome) -> None:
+        """Return once the read model shows `outcome.version` (read-your-writes)."""
+        if self.inline and not outcome.duplicate:
+            return
+        try:
+            await wait_for_version(
+                self.engine, self.projection, outcome.user_id, outcome.version, self.timeout
+            )
+        except ProjectionTimeout as exc:
+            raise ProjectionTimeoutError(str(exc)) from None
+
+
+_runtimes: weakref.WeakKeyDictionary[Any, dict[tuple[Any, Any], Runtime]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def engine_of(session: AsyncSession, user_table: Any) -> AsyncEngine:
+    """The async engine the session reads `user_table` through."""
+    bind = session.bind
+    if isinstance(bind, AsyncEngine):
+        return bind
+    if isinstance(bind, AsyncConnection):
+        return bind.engine
+    sync = session.sync_session.get_bind(mapper=_mapper(user_table))
+    sync_engine = getattr(sync, "engine", sync)
+    return AsyncEngine._retrieve_proxy_for_target(sync_engine)
+
+
+def _mapper(model: Any) -> Mapper[Any] | None:
+    from sqlalchemy import inspect
+
+    return None if isinstance(model, Table) else inspect(model)
+
+
+def use_handlers(
+    engine: AsyncEngine,
+    handlers: CommandHandlers,
+    user_table: Any,
+    oauth_table: Any = None,
+    *,
+    timeout: float | None = None,
+) -> Runtime:
+    """Make adapters on `engine` for these models write through `handlers`."""
+    runtime = Runtime(
+        engine=engine,
+        handlers=handlers,
+        projection=UserProjection(user_table, oauth_table),
+        timeout=timeout if timeout is not None else get_settings().read_your_writes_timeout,
+    )
+    _runtimes.setdefault(engine.sync_engine, {})[(user_table, oauth_table)] = runtime
+    return runtime
+
+
+def runtime_for(engine: AsyncEngine, user_table: Any, oauth_table: Any = None) -> Runtime:
+    """The cached runtime for `engine` and the models, built from settings on first use."""
+    found = _runtimes.get(engine.sync_engine, {}).get((user_table, oauth_table))
+    if found is not None:
+        return found
+    settings = get_settings()
+    inline = None
+    if settings.projection_mode == "inline":
+        inline = UserProjection(user_table, oauth_table)
+    handlers = CommandHandlers(
+        engine,
+        EventStore(engine),
+        profile_fields=custom_columns(user_table),
+        inline_projection=inline,
+    )
+    runtime = use_handlers(engine, handlers, user_table, oauth_table)
+    if inline is not None:
+        runtime.projection = inline
+    return runtime
+
+
+def custom_columns(user_table: Any) -> frozenset[str]:
+    """The app's own columns on its user model (what `profile` may set)."""
+    return profile_fields_of(user_table, BUILTIN_COLUMNS)
