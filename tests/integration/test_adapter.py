@@ -5,6 +5,7 @@ projector running in-process (`run_projector`) as an app's lifespan would."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -191,3 +192,19 @@ async def test_oauth_methods_without_table_raise_before_io(sessions: Sessions) -
         with pytest.raises(NotImplementedError):
             await db.update_oauth_account(user, OAuthAccount(id=uuid.uuid4()), {})
         assert not session.in_transaction()
+
+
+async def test_no_secret_in_logs(
+    db: EventSourcedUserDatabase[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    user = await db.create({"email": "a@x.io", "password": "plain-SECRET-1"})
+    user = await db.update(user, {"password": "plain-SECRET-2"})
+    user = await db.add_oauth_account(user, {**OAUTH, "access_token": "tok-SECRET"})
+    with pytest.raises(InvalidCommandError):
+        await db.update(user, {"password": "plain-SECRET-3", "nope": 1})
+    # aiosqlite's own DEBUG logger prints SQL parameters: a driver trace, not ours
+    ours = [r for r in caplog.records if not r.name.startswith("aiosqlite")]
+    assert ours
+    text = " ".join(r.getMessage() + str(r.exc_text or "") for r in ours)
+    assert "SECRET" not in text and user.hashed_password not in text

@@ -1,0 +1,221 @@
+"""Every call FastAPI Users' BaseUserManager makes, through EventSourcedUserDatabase; stale
+sessions; read-your-writes timeout; inline and worker projection agree."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from fastapi_users import BaseUserManager, UUIDIDMixin, exceptions, schemas
+from fastapi_users.password import PasswordHelper
+from pwdlib import PasswordHash
+from pwdlib.hashers.bcrypt import BcryptHasher
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from events import EventStore
+from events.tables import metadata as events_metadata
+from projections import UserProjection
+from projections.status import projection_status
+from projections.tables import projection_checkpoints, projection_tombstones
+from registry import EventSourcedUserDatabase, run_projector
+from registry.errors import ProjectionTimeoutError
+from registry.handlers import CommandHandlers
+from registry.lifespan import ensure_schema
+from registry.runtime import custom_columns, use_handlers
+from registry.settings import Settings
+from registry.tables import metadata as registry_metadata
+from tests.integration.test_adapter import OAUTH, OAuthAccount, User
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+class UserCreate(schemas.BaseUserCreate):
+    first_name: str | None = None
+
+
+class UserUpdate(schemas.BaseUserUpdate):
+    first_name: str | None = None
+
+
+class Manager(UUIDIDMixin, BaseUserManager[Any, uuid.UUID]):
+    reset_password_token_secret = "reset-secret-" + "r" * 32
+    verification_token_secret = "verify-secret-" + "v" * 32
+    tokens: dict[str, str]
+
+    async def on_after_forgot_password(self, user: Any, token: str, request: Any = None) -> None:
+        self.tokens["reset"] = token
+
+    async def on_after_request_verify(self, user: Any, token: str, request: Any = None) -> None:
+        self.tokens["verify"] = token
+
+
+@pytest.fixture
+async def sessions(engine: AsyncEngine, database_url: str) -> AsyncIterator[Sessions]:
+    async with run_projector(
+        engine, User, OAuthAccount, settings=Settings(database_url=database_url)
+    ):
+        yield async_sessionmaker(engine, expire_on_commit=False)
+
+
+def creds(username: str, password: str) -> Any:
+    return SimpleNamespace(username=username, password=password)
+
+
+async def test_user_manager_end_to_end(sessions: Sessions) -> None:
+    async with sessions() as session:
+        manager = Manager(EventSourcedUserDatabase(session, User, OAuthAccount))
+        manager.tokens = {}
+        user = await manager.create(
+            UserCreate(email="King.Arthur@camelot.bt", password="guinevere", first_name="Arthur")
+        )
+        assert user.first_name == "Arthur" and user.hashed_password.startswith("$argon2")
+        with pytest.raises(exceptions.UserAlreadyExists):
+            await manager.create(UserCreate(email="king.arthur@CAMELOT.bt", password="x"))
+        # login with the typed address in another case
+        assert (
+            await manager.authenticate(creds("KING.arthur@camelot.bt", "guinevere"))
+        ).id == user.id
+        assert await manager.authenticate(creds("king.arthur@camelot.bt", "wrong")) is None
+
+        await manager.request_verify(user)
+        verified = await manager.verify(manager.tokens["verify"])
+        assert verified.is_verified is True
+
+        updated = await manager.update(
+            UserUpdate(email="arthur@camelot.bt", password="excalibur", first_name="A."),
+            verified,
+            safe=True,
+        )
+        assert (updated.email, updated.is_verified, updated.first_name) == (
+            "arthur@camelot.bt",
+            False,
+            "A.",
+        )
+        assert await manager.authenticate(creds("arthur@camelot.bt", "excalibur")) is not None
+        assert await manager.authenticate(creds("king.arthur@camelot.bt", "guinevere")) is None
+
+        await manager.forgot_password(updated)
+        await manager.reset_password(manager.tokens["reset"], "holy-grail")
+        assert await manager.authenticate(creds("arthur@camelot.bt", "holy-grail")) is not None
+
+        got = await manager.get(user.id)
+        await manager.delete(got)
+        with pytest.raises(exceptions.UserNotExists):
+            await manager.get(user.id)
+        with pytest.raises(exceptions.UserNotExists):
+            await manager.get_by_email("arthur@camelot.bt")
+
+
+async def test_user_manager_upgrades_a_bcrypt_hash(sessions: Sessions) -> None:
+    bcrypt = PasswordHelper(PasswordHash((BcryptHasher(),)))
+    async with sessions() as session:
+        db = EventSourcedUserDatabase(session, User, OAuthAccount)
+        await db.create({"email": "old@camelot.bt", "hashed_password": bcrypt.hash("pw")})
+        manager = Manager(db)
+        user = await manager.authenticate(creds("old@camelot.bt", "pw"))
+        assert user is not None and user.hashed_password.startswith("$argon2")
+
+
+async def test_user_manager_oauth_calls(sessions: Sessions) -> None:
+    async with sessions() as session:
+        manager = Manager(EventSourcedUserDatabase(session, User, OAuthAccount))
+        args = ("service1", "TOKEN", "user_oauth1", "lancelot@camelot.bt")
+        user = await manager.oauth_callback(*args, expires_at=1)
+        assert [a.account_id for a in user.oauth_accounts] == ["user_oauth1"]
+        again = await manager.oauth_callback(
+            "service1", "TOKEN2", "user_oauth1", "lancelot@camelot.bt"
+        )
+        assert again.id == user.id and again.oauth_accounts[0].access_token == "TOKEN2"
+        linked = await manager.oauth_associate_callback(again, "service2", "T", "u2", "l@x.io")
+        assert [a.oauth_name for a in linked.oauth_accounts] == ["service1", "service2"]
+        assert (await manager.get_by_oauth_account("service2", "u2")).id == user.id
+
+
+async def test_reads_are_fresh_in_a_session_that_already_holds_the_user(
+    sessions: Sessions,
+) -> None:
+    async with sessions() as s1, sessions() as s2:
+        db1 = EventSourcedUserDatabase(s1, User, OAuthAccount)
+        db2 = EventSourcedUserDatabase(s2, User, OAuthAccount)
+        user = await db1.create({"email": "a@x.io", "hashed_password": "h"})
+        stale = await db2.get(user.id)  # s2 now holds the row in its identity map
+        assert stale is not None
+        await db1.update(user, {"first_name": "New"})
+        fresh = await db2.get(user.id)
+        assert fresh is not None and fresh.first_name == "New"
+
+
+async def test_timeout_says_no_projector_is_running(engine: AsyncEngine) -> None:
+    await ensure_schema(engine, User, OAuthAccount)  # tables, but no projector
+    handlers = CommandHandlers(engine, EventStore(engine), profile_fields=custom_columns(User))
+    use_handlers(engine, handlers, User, OAuthAccount, timeout=0.3)
+    async with async_sessionmaker(engine)() as session:
+        db = EventSourcedUserDatabase(session, User, OAuthAccount)
+        started = time.monotonic()
+        with pytest.raises(ProjectionTimeoutError, match="no projector is running"):
+            await db.create({"email": "a@x.io", "hashed_password": "h"})
+        assert time.monotonic() - started < 5
+
+
+async def _snapshot(engine: AsyncEngine) -> list[Any]:
+    async with engine.connect() as conn:
+        users = (await conn.execute(select(User.__table__).order_by(User.__table__.c.email))).all()
+        accounts = (
+            await conn.execute(select(OAuthAccount.__table__).order_by(OAuthAccount.__table__.c.id))
+        ).all()
+    return [tuple(r) for r in users] + [tuple(r) for r in accounts]
+
+
+async def _caught_up(engine: AsyncEngine, store: EventStore, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        statuses = await projection_status(engine, store)
+        if statuses and all(s.lag_events == 0 for s in statuses):
+            return
+        await store.wait_for_events(0.05)
+    raise AssertionError("projector did not catch up")
+
+
+async def test_inline_and_worker_projection_agree(engine: AsyncEngine, database_url: str) -> None:
+    await ensure_schema(engine, User, OAuthAccount)
+    async with engine.begin() as conn:  # idempotent: the migrations made them already
+        await conn.run_sync(events_metadata.create_all)
+        await conn.run_sync(registry_metadata.create_all)
+    store = EventStore(engine)
+    inline = UserProjection(User, OAuthAccount)
+    handlers = CommandHandlers(
+        engine, store, profile_fields=custom_columns(User), inline_projection=inline
+    )
+    use_handlers(engine, handlers, User, OAuthAccount, timeout=0.5)
+    async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+        db = EventSourcedUserDatabase(session, User, OAuthAccount)
+        # no projector runs: inline writes are visible on return
+        a = await db.create({"email": "a@x.io", "hashed_password": "h", "first_name": "A"})
+        a = await db.add_oauth_account(a, OAUTH)
+        a = await db.update(a, {"is_verified": True, "first_name": "AA"})
+        b = await db.create({"email": "b@x.io", "hashed_password": "h"})
+        await db.update(b, {"email": "b2@x.io"})
+        c = await db.create({"email": "c@x.io", "hashed_password": "h"})
+        c = await db.add_oauth_account(c, {**OAUTH, "account_id": "other"})
+        await db.delete(c)
+    inline_rows = await _snapshot(engine)
+    assert len(inline_rows) == 3  # a, b and a's account
+
+    settings = Settings(database_url=database_url)
+    async with run_projector(engine, User, OAuthAccount, settings=settings, migrate=False):
+        await _caught_up(engine, store)  # the worker re-applies everything: a no-op
+    assert await _snapshot(engine) == inline_rows
+
+    async with engine.begin() as conn:  # forget the projection; the worker alone rebuilds it
+        for table in (OAuthAccount.__table__, User.__table__):
+            await conn.execute(delete(table))
+        await conn.execute(delete(projection_tombstones))
+        await conn.execute(delete(projection_checkpoints))
+    async with run_projector(engine, User, OAuthAccount, settings=settings, migrate=False):
+        await _caught_up(engine, store)
+    assert await _snapshot(engine) == inline_rows
