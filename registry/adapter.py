@@ -136,8 +136,9 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
         """Change a linked OAuth account; the user is returned with `oauth_accounts` loaded."""
         self._oauth_table()
         user_id = self._id_of(user)
-        account_id = inspect(oauth_account).identity[0]
-        current = inspect(oauth_account).dict.get("oauth_name")
+        state: Any = inspect(oauth_account)
+        account_id = state.identity[0] if state.identity else oauth_account.id
+        current = state.dict.get("oauth_name")
         data = self._oauth_fields(update_dict, user_id, creating=False)
         name = data.pop("oauth_name", None)
         if name is not None and current is not None and name != current:
@@ -166,7 +167,8 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
 
     def _id_of(self, user: Any) -> Any:
         # from the identity map, not the attribute: a committed session expires attributes
-        identity = inspect(user).identity
+        state: Any = inspect(user)
+        identity = state.identity
         return identity[0] if identity else user.id
 
     def _split(
@@ -221,7 +223,8 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
         return outcome
 
     async def _one(self, stmt: Select[Any]) -> UP | None:
-        rel = inspect(self.user_table).relationships.get("oauth_accounts")
+        mapper: Any = inspect(self.user_table)
+        rel = mapper.relationships.get("oauth_accounts")
         if rel is not None and rel.lazy not in ("joined", "selectin"):
             stmt = stmt.options(selectinload(rel.class_attribute))
         stmt = stmt.execution_options(populate_existing=True)
