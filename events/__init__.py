@@ -21,7 +21,12 @@ from events.catalog import (
 from events.emails import normalise_email
 from events.engine import create_engine, normalise_url
 from events.envelope import Cursor, Metadata, RecordedEvent, shard_of
-from events.errors import ConcurrencyError, EventStoreError, InvalidEventError, UnknownEventTypeError
+from events.errors import (
+    ConcurrencyError,
+    EventStoreError,
+    InvalidEventError,
+    UnknownEventTypeError,
+)
 from events.notify import Wakeup
 from events.store import EventStore, LogHead
 

@@ -5,17 +5,32 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-from sqlalchemy import Select, func, insert, literal_column, select, tuple_
+from sqlalchemy import (
+    BigInteger,
+    Insert,
+    Select,
+    column,
+    exists,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+    tuple_,
+    values,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from events.catalog import EVENT_TYPES, Event, event_class
+from events import checks
+from events.catalog import Event, event_class
+from events.checks import MAX_EVENTS_PER_APPEND
 from events.engine import asyncpg_dsn
 from events.envelope import Cursor, Metadata, RecordedEvent, shard_of
 from events.errors import ConcurrencyError, InvalidEventError
@@ -26,7 +41,7 @@ from events.upcasting import upcast
 #: how often a waiter re-checks the log when no wake-up arrives (a missed NOTIFY, or a writer
 #: in another process on SQLite)
 SLOW_POLL_SECONDS = {"postgresql": 2.0, "sqlite": 0.25}
-MAX_EVENTS_PER_APPEND = 1000
+__all__ = ["MAX_EVENTS_PER_APPEND", "EventStore", "LogHead", "decode"]
 
 _COLUMNS = (
     events.c.position,
@@ -68,28 +83,23 @@ def decode(row: Any) -> RecordedEvent:
     )
 
 
-def _as_uuid(value: Any, what: str) -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value))
-    except (ValueError, TypeError, AttributeError):
-        raise InvalidEventError(f"{what} must be a UUID, got {value!r}") from None
+_as_uuid = checks.stream_uuid
 
 
-def _check_events(items: Sequence[Event]) -> None:
-    if not items:
-        raise InvalidEventError("an append needs at least one event")
-    if len(items) > MAX_EVENTS_PER_APPEND:
-        raise InvalidEventError(f"at most {MAX_EVENTS_PER_APPEND} events per append")
-    for item in items:
-        if not isinstance(item, Event) or EVENT_TYPES.get(type(item).event_type) is not type(item):
-            raise InvalidEventError(f"not an event of the catalog: {item!r}")
-        # frozen models can still be built with model_construct(); validate what is stored
-        try:
-            type(item).model_validate(item.model_dump())
-        except ValidationError as exc:
-            raise InvalidEventError(f"{type(item).event_type}: {exc}") from None
+class _Conflict(Exception):
+    """The stream is not at the expected version (resolved into a `ConcurrencyError`)."""
+
+
+_WAKEUPS: weakref.WeakKeyDictionary[Any, Wakeup] = weakref.WeakKeyDictionary()
+
+
+def engine_wakeup(engine: AsyncEngine) -> Wakeup:
+    """One signal per engine: every `EventStore` on it (a writer's and an in-process
+    projector's) shares it, so a commit by one wakes the others at once."""
+    wakeup = _WAKEUPS.get(engine.sync_engine)
+    if wakeup is None:
+        wakeup = _WAKEUPS[engine.sync_engine] = Wakeup()
+    return wakeup
 
 
 class EventStore:
@@ -103,7 +113,8 @@ class EventStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
-        self.wakeup = Wakeup()
+        self.wakeup = engine_wakeup(engine)
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     # ------------------------------------------------------------------ writing
     async def append(
@@ -121,48 +132,79 @@ class EventStore:
         Raises `ConcurrencyError` when the stream is not at `expected_version` and
         `InvalidEventError` for a malformed request; in both cases nothing is written.
         """
-        sid = _as_uuid(stream_id, "stream id")
-        if (
-            not isinstance(expected_version, int)
-            or isinstance(expected_version, bool)
-            or expected_version < 0
-        ):
-            raise InvalidEventError(
-                f"expected version must be a whole number >= 0, got {expected_version!r}"
-            )
-        items = list(new_events)
-        _check_events(items)
-        try:
-            meta = metadata if isinstance(metadata, Metadata) else Metadata.model_validate(
-                metadata or {}
-            )
-        except ValidationError as exc:
-            raise InvalidEventError(f"metadata: {exc}") from None
-        when = recorded_at or datetime.now(UTC)
-        if when.tzinfo is None:
-            raise InvalidEventError("recorded_at must be timezone-aware")
-        shard = shard_of(sid)
+        sid = checks.stream_uuid(stream_id)
+        checked = checks.events_and_payloads(new_events)
+        version = checks.expected_version(expected_version, len(checked))
+        meta = checks.metadata(metadata)
+        when = checks.recorded_at(datetime.now(UTC) if recorded_at is None else recorded_at)
         meta_json = meta.as_json()
-        rows = [
+        ids = [uuid.uuid4() for _ in checked]
+        rows: list[dict[str, Any]] = [
             {
                 "stream_id": sid,
-                "stream_version": expected_version + i,
-                "shard": shard,
-                "event_id": uuid.uuid4(),
+                "stream_version": version + i,
+                "shard": shard_of(sid),
+                "event_id": ids[i - 1],
                 "event_type": item.event_type,
                 "schema_version": item.schema_version,
-                "data": item.model_dump(mode="json"),
+                "data": data,
                 "metadata": meta_json,
                 "recorded_at": when,
             }
-            for i, item in enumerate(items, start=1)
+            for i, (item, data) in enumerate(checked, start=1)
         ]
-        if conn is not None:
-            return await self._insert(conn, sid, expected_version, rows, items, meta)
-        async with self.engine.begin() as own:
-            recorded = await self._insert(own, sid, expected_version, rows, items, meta)
-        self.committed()
-        return recorded
+        try:
+            if conn is not None:
+                returned = await self._insert(conn, sid, version, rows)
+            elif self.dialect == "postgresql":
+                # one statement is its own transaction: no BEGIN/COMMIT round trips
+                async with self._autocommit.connect() as own:
+                    returned = await self._insert(own, sid, version, rows)
+            else:
+                async with self.engine.begin() as own:
+                    returned = await self._insert(own, sid, version, rows)
+        except _Conflict as conflict:
+            # looked up once our own connection is back in the pool (or on the caller's
+            # connection while its transaction is still usable)
+            actual = await self._version_after_failure(sid, conn, aborted=conflict.args[0])
+            raise ConcurrencyError(sid, version, actual) from conflict.__cause__
+        if conn is None:
+            self.committed()
+        return [
+            RecordedEvent(
+                position=returned[version + i][0],
+                tx_id=returned[version + i][1],
+                stream_id=sid,
+                stream_version=version + i,
+                event_id=ids[i - 1],
+                event_type=item.event_type,
+                schema_version=item.schema_version,
+                event=item,
+                metadata=meta,
+                recorded_at=when,
+            )
+            for i, (item, _) in enumerate(checked, start=1)
+        ]
+
+    def _insert_statement(
+        self, sid: uuid.UUID, expected_version: int, rows: list[dict[str, Any]]
+    ) -> Insert:
+        if expected_version == 0 or self.dialect != "postgresql":
+            stmt = insert(events).values(rows)
+        else:
+            # One round trip: insert only if the expected version exists (no gap). A stale
+            # expectation still trips the unique index.
+            cols = list(rows[0])
+            source = values(*(column(c, events.c[c].type) for c in cols), name="new").data(
+                [tuple(row[c] for c in cols) for row in rows]
+            )
+            guard = exists().where(
+                events.c.stream_id == sid, events.c.stream_version == expected_version
+            )
+            stmt = insert(events).from_select(
+                cols, select(*(source.c[c] for c in cols)).where(guard)
+            )
+        return stmt.returning(events.c.position, events.c.tx_id, events.c.stream_version)
 
     async def _insert(
         self,
@@ -170,56 +212,36 @@ class EventStore:
         sid: uuid.UUID,
         expected_version: int,
         rows: list[dict[str, Any]],
-        items: list[Event],
-        meta: Metadata,
-    ) -> list[RecordedEvent]:
-        stmt = insert(events).values(rows).returning(
-            events.c.position, events.c.tx_id, events.c.stream_version
-        )
+    ) -> dict[int, tuple[int, int]]:
+        """Insert the rows; {stream_version: (position, tx_id)}. Raises `_Conflict(aborted)`
+        when the stream is not at `expected_version`."""
         try:
             # the INSERT is the transaction's first write: on PostgreSQL that is when the
             # transaction id (and so the reading order) is assigned, after the stream was read
-            result = await conn.execute(stmt)
+            result = await conn.execute(self._insert_statement(sid, expected_version, rows))
         except IntegrityError as exc:
-            actual = await self._version_after_failure(sid)
-            raise ConcurrencyError(sid, expected_version, actual) from exc
+            # a stale expectation trips the unique index (PostgreSQL aborts the transaction)
+            raise _Conflict(self.dialect == "postgresql") from exc
         returned = {r.stream_version: (r.position, r.tx_id) for r in result}
-        if expected_version > 0:
-            # a stale expectation trips the unique index; one ahead of the stream must not
-            # leave a gap
+        if len(returned) != len(rows):  # PostgreSQL: the expected version is not there
+            raise _Conflict(False)
+        if expected_version > 0 and self.dialect != "postgresql":
+            # an expectation ahead of the stream must not leave a gap
             found = await conn.scalar(
                 select(func.count())
                 .select_from(events)
                 .where(events.c.stream_id == sid, events.c.stream_version == expected_version)
             )
             if not found:
-                actual = await conn.scalar(
-                    select(func.max(events.c.stream_version)).where(
-                        events.c.stream_id == sid, events.c.stream_version <= expected_version
-                    )
-                )
-                raise ConcurrencyError(sid, expected_version, actual or 0)
-        recorded = []
-        for row, item in zip(rows, items, strict=True):
-            position, tx_id = returned[row["stream_version"]]
-            recorded.append(
-                RecordedEvent(
-                    position=position,
-                    tx_id=tx_id,
-                    stream_id=sid,
-                    stream_version=row["stream_version"],
-                    event_id=row["event_id"],
-                    event_type=row["event_type"],
-                    schema_version=row["schema_version"],
-                    event=item,
-                    metadata=meta,
-                    recorded_at=row["recorded_at"],
-                )
-            )
-        return recorded
+                raise _Conflict(False)
+        return returned
 
-    async def _version_after_failure(self, sid: uuid.UUID) -> int | None:
+    async def _version_after_failure(
+        self, sid: uuid.UUID, conn: AsyncConnection | None, *, aborted: bool
+    ) -> int | None:
         with contextlib.suppress(Exception):
+            if conn is not None and not aborted:
+                return await self.stream_version(sid, conn=conn)
             return await self.stream_version(sid)
         return None
 
@@ -267,7 +289,8 @@ class EventStore:
     ) -> Select[Any]:
         """The query behind `read_after` (exposed for streaming readers such as replay)."""
         stmt = select(*_COLUMNS).where(
-            tuple_(events.c.tx_id, events.c.position) > tuple_(cursor.tx_id, cursor.position)
+            tuple_(events.c.tx_id, events.c.position)
+            > tuple_(literal(cursor.tx_id, BigInteger()), literal(cursor.position, BigInteger()))
         )
         if self.dialect == "postgresql":
             # Only transactions older than every still-running one: a position taken by a
