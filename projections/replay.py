@@ -17,9 +17,10 @@ lease). `abandon()` drops an interrupted replay's tables.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,15 +238,36 @@ class Replay:
             r.partition for r in rows if r.partition >= 0 and Cursor(r.tx_id, r.position) != head
         )
         self.progress.phase = "bulk"
-        changes: dict[uuid.UUID, StreamChange] = {}
-        pending: list[int] = []
-        for shard in todo:
-            await self._fold_shard(shard, head, changes)
-            pending.append(shard)
-            if len(changes) >= FLUSH_STREAMS:
-                await self._flush(changes, pending, head)
-                changes, pending = {}, []
-        await self._flush(changes, pending, head)
+        # reading runs ahead of folding and writing (bounded queue): the database reads the
+        # next shards while this process folds and the previous group is written
+        queue: asyncio.Queue[tuple[int, Sequence[Any] | None] | None] = asyncio.Queue(4)
+        reader = asyncio.create_task(self._read_shards(todo, head, queue))
+        writing: asyncio.Task[None] | None = None
+        try:
+            changes: dict[uuid.UUID, StreamChange] = {}
+            pending: list[int] = []
+            while (item := await queue.get()) is not None:
+                shard, rows = item
+                if rows is not None:
+                    self.target.fold_rows(changes, rows)
+                    self.progress.done += len(rows)
+                    self.on_progress(self.progress)
+                    continue
+                pending.append(shard)
+                if len(changes) >= FLUSH_STREAMS:
+                    # one group is written while the next one folds
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.create_task(self._flush(changes, pending, head))
+                    changes, pending = {}, []
+            if writing is not None:
+                await writing
+            await self._flush(changes, pending, head)
+            await reader
+        finally:
+            reader.cancel()
+            if writing is not None:
+                writing.cancel()
         async with self.engine.begin() as conn:  # bulk done: one progress row at H
             await conn.execute(delete(cp).where(cp.c.name == self.book))
             await conn.execute(
@@ -259,29 +281,34 @@ class Replay:
                 )
             )
 
-    async def _fold_shard(
-        self, shard: int, head: Cursor, changes: dict[uuid.UUID, StreamChange]
+    async def _read_shards(
+        self,
+        shards: list[int],
+        head: Cursor,
+        queue: asyncio.Queue[tuple[int, Sequence[Any] | None] | None],
     ) -> None:
-        cursor = Cursor.start()
+        """Each shard's events up to `head` in batches, then `(shard, None)`; `None` at the end."""
         pos = tuple_(events.c.tx_id, events.c.position)
-        while True:
-            stmt = (
-                select(*REPLAY_COLUMNS)
-                .where(events.c.shard == shard, pos > tuple_(cursor.tx_id, cursor.position))
-                .where(pos <= tuple_(head.tx_id, head.position))
-                .order_by(events.c.tx_id, events.c.position)
-                .limit(self.batch_size)
-            )
-            async with self.engine.connect() as conn:
-                rows = (await conn.execute(stmt)).all()
-            if not rows:
-                return
-            self.target.fold_rows(changes, rows)
-            self.progress.done += len(rows)
-            self.on_progress(self.progress)
-            cursor = Cursor(rows[-1].tx_id, rows[-1].position)
-            if len(rows) < self.batch_size:
-                return
+        async with self.engine.connect() as conn:
+            for shard in shards:
+                cursor = Cursor.start()
+                while True:
+                    stmt = (
+                        select(*REPLAY_COLUMNS)
+                        .where(events.c.shard == shard, pos > tuple_(cursor.tx_id, cursor.position))
+                        .where(pos <= tuple_(head.tx_id, head.position))
+                        .order_by(events.c.tx_id, events.c.position)
+                        .limit(self.batch_size)
+                    )
+                    rows = (await conn.execute(stmt)).all()
+                    await conn.rollback()  # no long-lived snapshot
+                    if rows:
+                        await queue.put((shard, rows))
+                        cursor = Cursor(rows[-1].tx_id, rows[-1].position)
+                    if len(rows) < self.batch_size:
+                        break
+                await queue.put((shard, None))
+        await queue.put(None)
 
     async def _flush(
         self, changes: dict[uuid.UUID, StreamChange], shards: list[int], head: Cursor
@@ -289,12 +316,13 @@ class Replay:
         if not shards:
             return
         async with self.engine.begin() as conn:
-            await self.target.write(conn, changes.values())
+            # the progress rows first: this begins the transaction the COPY then joins
             await conn.execute(
                 cp.update()
                 .where(cp.c.name == self.book, cp.c.partition.in_(shards))
                 .values(tx_id=head.tx_id, position=head.position, updated_at=utcnow())
             )
+            await self.target.write(conn, changes.values(), copy=True)
 
     async def _catch_up(self) -> Cursor:
         self.progress.phase = "catch-up"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, bindparam, delete, insert, select, update
@@ -122,8 +123,11 @@ class UserProjection:
         return changes
 
     # ------------------------------------------------------------------ writing
-    async def write(self, conn: AsyncConnection, changes: Iterable[StreamChange]) -> None:
-        """Write the net result of folded changes: a few statements per batch."""
+    async def write(
+        self, conn: AsyncConnection, changes: Iterable[StreamChange], *, copy: bool = False
+    ) -> None:
+        """Write the net result of folded changes: a few statements per batch. `copy`: new
+        rows go in with COPY on PostgreSQL (bulk loads; the transaction must have begun)."""
         wipe: list[uuid.UUID] = []
         tombstones: list[StreamChange] = []
         inserts: list[dict[str, Any]] = []
@@ -162,10 +166,10 @@ class UserProjection:
             ]
             if rows:
                 await conn.execute(insert(tomb), rows)
-        await _insert_grouped(conn, user, inserts)
+        await _insert_grouped(conn, user, inserts, copy=copy)
         await _update_grouped(conn, user, updates, guard_version=True)
         if oauth is not None:
-            await _insert_grouped(conn, oauth, oauth_inserts)
+            await _insert_grouped(conn, oauth, oauth_inserts, copy=copy)
             await _update_grouped(conn, oauth, oauth_updates, guard_version=False)
 
 
@@ -173,11 +177,43 @@ def _key(row: dict[str, Any]) -> tuple[str, ...]:
     return tuple(sorted(row))
 
 
-async def _insert_grouped(conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
+async def _insert_grouped(
+    conn: AsyncConnection, table: Table, rows: list[dict[str, Any]], *, copy: bool = False
+) -> None:
     """Multi-row INSERTs, one per distinct column set (executemany needs uniform keys)."""
-    for _, group in itertools.groupby(sorted(rows, key=_key), key=_key):
-        for part in chunks(list(group), 5000):
+    copy = copy and conn.dialect.name == "postgresql"
+    for cols, group in itertools.groupby(sorted(rows, key=_key), key=_key):
+        items = list(group)
+        if copy and all(type(v) in COPYABLE for r in items for v in r.values()):
+            await _copy(conn, table, cols, items)
+            continue
+        for part in chunks(items, 5000):
             await conn.execute(insert(table), list(part))
+
+
+#: value types asyncpg's binary COPY takes as they are
+COPYABLE = frozenset({str, int, float, bool, uuid.UUID, datetime, type(None)})
+
+
+async def _copy(
+    conn: AsyncConnection, table: Table, cols: tuple[str, ...], rows: list[dict[str, Any]]
+) -> None:
+    """COPY rows into `table` on the connection's asyncpg driver, inside its transaction."""
+    defaults = {
+        c.key: c.default.arg
+        for c in table.columns
+        if c.key not in cols and c.default is not None and c.default.is_scalar
+    }
+    keys = [*cols, *defaults]
+    records = [tuple(r[k] for k in cols) + tuple(defaults.values()) for r in rows]
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection
+    await driver.copy_records_to_table(
+        table.name,
+        records=records,
+        columns=[table.c[k].name for k in keys],
+        schema_name=table.schema,
+    )
 
 
 async def _update_grouped(
