@@ -78,7 +78,7 @@ def _rebind(expr: Any, new: Table) -> Any:
             return new.c[element.name]
         return None
 
-    return visitors.replacement_traverse(expr, {}, replace)
+    return visitors.replacement_traverse(expr, {}, replace)  # type: ignore[call-overload]
 
 
 def foreign_referrers(sync_conn: Connection, table: str, ignore: set[str]) -> list[str]:
@@ -100,7 +100,10 @@ def _q(sync_conn: Connection, name: str) -> str:
 def swap(sync_conn: Connection, live: list[Table], nxt: list[Table]) -> None:
     """Drop the live tables and rename the next ones into their place (children first), in
     the caller's transaction."""
-    q = lambda n: _q(sync_conn, n)  # noqa: E731
+
+    def q(name: str) -> str:
+        return _q(sync_conn, name)
+
     insp = inspect(sync_conn)
     existing = set(insp.get_table_names())
     for table in reversed(live):  # OAuth accounts before users
@@ -120,7 +123,9 @@ def swap(sync_conn: Connection, live: list[Table], nxt: list[Table]) -> None:
 
 
 def _rename_pg(sync_conn: Connection, table: str) -> None:
-    q = lambda n: _q(sync_conn, n)  # noqa: E731
+    def q(name: str) -> str:
+        return _q(sync_conn, name)
+
     constraints = sync_conn.execute(
         text("SELECT conname FROM pg_constraint WHERE conrelid = CAST(:t AS regclass)"),
         {"t": q(table)},

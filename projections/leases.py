@@ -196,4 +196,5 @@ async def live_holders(conn: AsyncConnection, name: str) -> dict[int, str]:
 
 
 async def partition_count(conn: AsyncConnection, name: str) -> int | None:
-    return await conn.scalar(select(func.max(cp.c.partitions)).where(cp.c.name == name))
+    found = await conn.scalar(select(func.max(cp.c.partitions)).where(cp.c.name == name))
+    return int(found) if found is not None else None

@@ -24,7 +24,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import MetaData, Table, delete, func, insert, literal_column, select, text, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    MetaData,
+    Table,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events import Cursor, EventStore
@@ -86,7 +98,9 @@ async def safe_head(conn: AsyncConnection) -> Cursor:
     """The newest cursor below which no event can still appear (commit-safe on PostgreSQL)."""
     stmt = select(events.c.tx_id, events.c.position)
     if conn.dialect.name == "postgresql":
-        xmin = literal_column("(pg_snapshot_xmin(pg_current_snapshot())::text)::bigint")
+        xmin: ColumnElement[int] = literal_column(
+            "(pg_snapshot_xmin(pg_current_snapshot())::text)::bigint"
+        )
         stmt = stmt.where(events.c.tx_id < xmin)
     row = (
         await conn.execute(stmt.order_by(events.c.tx_id.desc(), events.c.position.desc()).limit(1))
@@ -160,7 +174,7 @@ class Replay:
             )
             if not self.in_place:
                 for table in reversed(self.next_tables):
-                    await conn.run_sync(lambda c, t=table: t.drop(c, checkfirst=True))
+                    await conn.run_sync(_drop, table)
         return bool(found)
 
     # ------------------------------------------------------------------ phases
@@ -225,9 +239,9 @@ class Replay:
                 await conn.execute(delete(table))
             return
         for table in reversed(self.next_tables):
-            await conn.run_sync(lambda c, t=table: t.drop(c, checkfirst=True))
+            await conn.run_sync(_drop, table)
         for table in self.next_tables:
-            await conn.run_sync(lambda c, t=table: t.create(c))
+            await conn.run_sync(_create, table)
 
     async def _bulk(self, head: Cursor) -> None:
         async with self.engine.connect() as conn:
@@ -247,10 +261,10 @@ class Replay:
             changes: dict[uuid.UUID, StreamChange] = {}
             pending: list[int] = []
             while (item := await queue.get()) is not None:
-                shard, rows = item
-                if rows is not None:
-                    self.target.fold_rows(changes, rows)
-                    self.progress.done += len(rows)
+                shard, chunk = item
+                if chunk is not None:
+                    self.target.fold_rows(changes, chunk)
+                    self.progress.done += len(chunk)
                     self.on_progress(self.progress)
                     continue
                 pending.append(shard)
@@ -295,8 +309,8 @@ class Replay:
                 while True:
                     stmt = (
                         select(*REPLAY_COLUMNS)
-                        .where(events.c.shard == shard, pos > tuple_(cursor.tx_id, cursor.position))
-                        .where(pos <= tuple_(head.tx_id, head.position))
+                        .where(events.c.shard == shard, pos > _at(cursor))
+                        .where(pos <= _at(head))
                         .order_by(events.c.tx_id, events.c.position)
                         .limit(self.batch_size)
                     )
@@ -405,6 +419,18 @@ class Replay:
                 ],
             )
         return cursor
+
+
+def _drop(sync_conn: Any, table: Table) -> None:
+    table.drop(sync_conn, checkfirst=True)
+
+
+def _create(sync_conn: Any, table: Table) -> None:
+    table.create(sync_conn)
+
+
+def _at(cursor: Cursor) -> Any:
+    return tuple_(literal(cursor.tx_id), literal(cursor.position))
 
 
 def _key(c: Cursor) -> tuple[int, int]:

@@ -7,7 +7,7 @@ import itertools
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -200,7 +200,7 @@ async def _copy(
 ) -> None:
     """COPY rows into `table` on the connection's asyncpg driver, inside its transaction."""
     defaults = {
-        c.key: c.default.arg
+        c.key: cast(Any, c.default).arg
         for c in table.columns
         if c.key not in cols and c.default is not None and c.default.is_scalar
     }

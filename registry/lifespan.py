@@ -34,7 +34,7 @@ def _bookkeeping_tables() -> list[Table]:
     """The projector's own tables (not the default user/oauth_account models)."""
     from projections.models import OAuthAccount, User
 
-    models = {User.__table__.name, OAuthAccount.__table__.name}
+    models = {table_of(User).name, table_of(OAuthAccount).name}
     return [t for t in projections_metadata.sorted_tables if t.name not in models]
 
 

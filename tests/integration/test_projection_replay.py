@@ -47,7 +47,7 @@ async def test_blue_green_replay_while_writes_continue(engine: AsyncEngine) -> N
     history = History(store, seed=5)
     worker = ProjectionWorker(engine, store, projection, partitions=2, batch_size=50, lease_ttl=2)
     async with running(worker):
-        await history.run(1200)
+        await history.run(800)
         await caught_up(engine, store)
         done = asyncio.Event()
         reads = 0
@@ -76,7 +76,7 @@ async def test_blue_green_replay_while_writes_continue(engine: AsyncEngine) -> N
         finally:
             done.set()
             await asyncio.gather(*tasks)
-        assert result.events > 1200 and reads > 10
+        assert result.events > 800 and reads > 10
         assert not {"user__next", "oauth_account__next"} & await table_names(engine)
         await caught_up(engine, store)
     snap = await snapshot(engine, USERS, ACCOUNTS)
@@ -105,13 +105,13 @@ async def test_an_interrupted_replay_resumes_or_is_abandoned(
     projection = UserProjection(AppUser, AppOAuth)
     worker = ProjectionWorker(engine, store, projection, partitions=2, batch_size=200)
     async with running(worker):
-        model = await History(store, seed=9).run(1500)
+        model = await History(store, seed=9).run(1000)
         await caught_up(engine, store)
     live = await snapshot(engine, USERS, ACCOUNTS)
     monkeypatch.setattr(replay_module, "FLUSH_STREAMS", 20)
 
     def stop_midway(p: Progress) -> None:
-        if p.done > 700:
+        if p.done > 450:
             raise Interrupt
 
     with pytest.raises(Interrupt):

@@ -102,7 +102,7 @@ async def test_workers_share_a_growing_log_exactly_once(pg_url: str, workers: in
                 assert time.monotonic() < deadline, [w.held for w in pool]
                 await asyncio.sleep(0.05)
             history = History(store, seed=11 + workers)
-            await history.run(1500)
+            await history.run(800)
             per = await exactly_once(main, store)
             assert len(per) == workers, per  # the work was shared
 
@@ -113,7 +113,7 @@ async def test_workers_share_a_growing_log_exactly_once(pg_url: str, workers: in
             victim._leave = _no_leave  # type: ignore[method-assign]
             tasks.pop(victim.worker_id).cancel()
             started = time.monotonic()
-            model = await history.run(600)
+            model = await history.run(400)
             await exactly_once(main, store)
             assert time.monotonic() - started < 15
             survivors = set().union(*(w.held for w in pool if w is not victim))
