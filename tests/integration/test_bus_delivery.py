@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from test_bus_helpers import (
     BROKER_URLS,
+    FAKE_HASH,
     MAX_PAYLOAD,
     BusClient,
     cleanup,
@@ -304,7 +305,7 @@ async def test_an_unexpected_failure_replies_internal_error_without_secrets(
 
     async def handle(command: Any) -> Any:
         if getattr(command, "email", "").startswith("boom"):
-            raise RuntimeError(f"database on fire, password={command.password}")
+            raise RuntimeError(f"database on fire, hash={command.hashed_password}")
         return await real(command)
 
     caplog.set_level(logging.INFO, logger="registry.bus")
@@ -327,5 +328,5 @@ async def test_an_unexpected_failure_replies_internal_error_without_secrets(
         assert ok.accepted
     assert await event_count(engine) == 1
     text = caplog.text + " ".join(str(r.__dict__) for r in caplog.records)
-    assert "correct horse" not in text and "fire" not in text
+    assert FAKE_HASH not in text and "fire" not in text
     assert any(getattr(r, "error", None) == "RuntimeError" for r in caplog.records)
