@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from bench.common import Options, Row, create_schema, pg_dsn, scratch_database
-from bench.seed import seed
+from bench.seed import PER_STREAM, seed
 
 RSS_LIMIT_MB = 300.0
 GOAL_RATIO = 0.3
@@ -73,7 +73,10 @@ async def run(opts: Options) -> list[Row]:
     rss = found["peak_rss_mb"]
     rss_goal = f"RSS < {RSS_LIMIT_MB:.0f} MB at 1M"
     rss_ok = rss < RSS_LIMIT_MB if n >= 1_000_000 else None
-    note_n = f"{n:,} events, {found['users']:,} users, seeded in {seeded:.0f}s"
+    note_n = (
+        f"{n:,} events, {found['users']:,} users ({PER_STREAM} events each), "
+        f"seeded in {seeded:.0f}s"
+    )
     return [
         Row(
             "3a replay vs COPY of final rows",
