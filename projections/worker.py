@@ -76,6 +76,8 @@ class ProjectionWorker:
         self.applied = 0
         #: the task running `run()`, when started by `registry.lifespan.run_projector`
         self.task: asyncio.Task[None] | None = None
+        #: set once the worker has taken its first share of partitions
+        self.ready = asyncio.Event()
         self._dirty = asyncio.Event()
         self._is_pg = engine.dialect.name == "postgresql"
         self._shards = {p: leases.shards_of(p, partitions) for p in range(partitions)}
@@ -197,6 +199,7 @@ class ProjectionWorker:
         if gained:
             self._dirty.set()
         self.held = kept
+        self.ready.set()
 
     async def _leave(self) -> None:
         with contextlib.suppress(Exception):

@@ -26,6 +26,8 @@ from registry.settings import Settings, get_settings
 
 log = logging.getLogger("registry.lifespan")
 
+#: how long `run_projector` waits for its worker to take partitions before yielding anyway
+READY_TIMEOUT = 10.0
 #: PostgreSQL advisory lock key held while one process creates the schema
 SCHEMA_LOCK_KEY = 0x7265_6769_7374
 
@@ -134,6 +136,11 @@ async def run_projector(
     worker = make_worker(engine, user_table, oauth_table, settings=settings)
     task = worker.task = asyncio.create_task(worker.run(), name="projector")
     task.add_done_callback(_report_crash)
+    # yield once the projector holds its partitions, so that reads right after start-up are
+    # served (bounded: a slow database must not block the app's start for long)
+    ready = asyncio.create_task(worker.ready.wait())
+    await asyncio.wait({ready, task}, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
     try:
         yield worker
     finally:
