@@ -124,7 +124,7 @@ async def relay_env(engine: AsyncEngine) -> AsyncIterator[tuple[Container, Chann
     try:
         yield make_container(engine, BROKER_URLS["nats"], channels.prefix), channels
     finally:
-        for kind in ("nats", "rabbit"):
+        for kind in ("nats", "rabbit", "redis"):
             await cleanup(kind, channels)
 
 
@@ -268,3 +268,35 @@ async def test_rabbitmq_relay_sets_message_id_and_keeps_order(
                 assert secret not in m.body.decode()
     finally:
         await conn.close()
+
+
+async def test_redis_relay_appends_to_one_stream_per_event_type(
+    relay_env: tuple[Container, Channels],
+) -> None:
+    from faststream.redis.parser.binary import BinaryMessageFormatV1
+    from redis.asyncio import Redis
+
+    container, channels = relay_env
+    client = Redis.from_url(BROKER_URLS["redis"])
+    try:
+        async with consumer(container, "redis", relay=True) as runtime:
+            await write_history(container)
+            events = await stored(container)
+
+            async def relayed() -> bool:
+                return runtime.relay is not None and runtime.relay.published >= len(events)
+
+            await wait_until(relayed, what="events on Redis")
+        got: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for event_type in {e.event_type for e in events}:
+            for _, fields in await client.xrange(channels.event(event_type)):
+                body, headers = BinaryMessageFormatV1.parse(fields[b"__data__"])
+                got.append((json.loads(body), headers))
+        got.sort(key=lambda item: item[0]["position"])
+        assert [b["event_id"] for b, _ in got] == [str(e.event_id) for e in events]
+        assert [h["message_id"] for _, h in got] == [str(e.event_id) for e in events]
+        for body, _ in got:
+            for secret in SECRETS:
+                assert secret not in json.dumps(body)
+    finally:
+        await client.aclose()
