@@ -248,7 +248,7 @@ async def test_rabbitmq_relay_sets_message_id_and_keeps_order(
         exchange = await ch.declare_exchange(
             channels.event_exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
-        queue = await ch.declare_queue(f"{channels.prefix}.test-events", auto_delete=True)
+        queue = await ch.declare_queue(f"{channels.prefix}.test-events", exclusive=True)
         await queue.bind(exchange, routing_key=channels.event_wildcard)
         async with consumer(container, "rabbit", relay=True):
             await write_history(container)
