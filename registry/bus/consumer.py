@@ -28,7 +28,7 @@ from faststream import Context, StreamMessage
 
 from registry.bus.brokers import broker_kind_of
 from registry.bus.channels import Channels
-from registry.bus.replies import Handle, Reply, process
+from registry.bus.replies import Handle, Reply, log_reply, process
 from registry.errors import InvalidCommandError
 
 log = logging.getLogger("registry.bus")
@@ -88,7 +88,9 @@ class CommandConsumer:
     async def _run(self, message: StreamMessage[Any], name: str) -> Reply:
         reply = await process(message.body, name, self.handle, max_bytes=self.max_payload_bytes)
         if not message.reply_to and reply.code in POISON_CODES:
-            await self._dead_letter(message, name, reply)
+            await self._dead_letter(message, name, reply)  # logs its one line
+        else:
+            log_reply(reply)
         return reply
 
     async def _dead_letter(self, message: StreamMessage[Any], name: str, reply: Reply) -> None:

@@ -84,11 +84,21 @@ def _kind(exc: BaseException) -> str:
 
 
 def _reject(exc: RegistryError, name: str | None, command_id: str | None) -> Reply:
-    log.warning(
-        "command rejected",
-        extra={"command": name, "command_id": command_id, "code": exc.code},
-    )
     return Reply.rejected(exc.code, exc.message, command=name, command_id=command_id)
+
+
+def log_reply(reply: Reply) -> None:
+    """One log line for a command's outcome: names, ids and codes only, never a payload."""
+    extra: dict[str, Any] = {"command": reply.command, "command_id": reply.command_id}
+    if reply.accepted:
+        extra |= {
+            "user_id": str(reply.user_id),
+            "version": reply.version,
+            "duplicate": reply.duplicate,
+        }
+        log.info("command accepted", extra=extra)
+    elif reply.code != INTERNAL_ERROR:  # already logged where it failed
+        log.info("command rejected", extra=extra | {"code": reply.code})
 
 
 def parse_command(raw: bytes | str, name: str, max_bytes: int) -> Command:
@@ -123,7 +133,8 @@ def _peek_command_id(raw: bytes | str) -> str | None:
 
 async def process(raw: bytes | str, name: str, handle: Handle, *, max_bytes: int) -> Reply:
     """Run one command from a raw bus message; always returns a reply, never raises for input
-    or refusals. Unexpected failures reply INTERNAL_ERROR (logged by type, never by message)."""
+    or refusals (the caller logs it: `log_reply`). Unexpected failures reply INTERNAL_ERROR
+    (logged here by exception type, never by message)."""
     try:
         command = parse_command(raw, name, max_bytes)
     except InvalidCommandError as exc:
@@ -146,16 +157,6 @@ async def process(raw: bytes | str, name: str, handle: Handle, *, max_bytes: int
             command=name,
             command_id=command.command_id,
         )
-    log.info(
-        "command accepted",
-        extra={
-            "command": name,
-            "command_id": command.command_id,
-            "user_id": str(outcome.user_id),
-            "version": outcome.version,
-            "duplicate": outcome.duplicate,
-        },
-    )
     return Reply(
         status="accepted",
         command=name,

@@ -129,6 +129,7 @@ async def test_poison_without_reply_address_is_dead_lettered_or_dropped_once(
         assert again.accepted, again
     lines = poison_lines()
     assert len(lines) == len(poison)  # one clear line each, no crash loop
+    assert not [r for r in caplog.records if r.getMessage() == "command rejected"]
     expected = {"nats": "terminated", "rabbit": "dead-lettered", "redis": "dropped"}[kind]
     assert all(expected in r.getMessage() for r in lines)
     assert {getattr(r, "code", None) for r in lines} == {"INVALID_COMMAND", "PAYLOAD_TOO_LARGE"}
