@@ -64,6 +64,13 @@ def _create(sync_conn: Connection, tables: list[Table]) -> None:
             )
 
 
+def _made_without_alembic(sync_conn: Connection) -> bool:
+    """The log exists but Alembic never ran here (tables made with create_all): leave the
+    schema's management to whoever made it and only add what is missing."""
+    insp = inspect(sync_conn)
+    return bool(insp.has_table("events") and not insp.has_table("alembic_version"))
+
+
 async def ensure_schema(
     engine: AsyncEngine, user_table: Any, oauth_table: Any = None, *, migrate: bool = True
 ) -> None:
@@ -79,6 +86,9 @@ async def ensure_schema(
             lock = await stack.enter_async_context(engine.connect())
             await lock.execute(text(f"SELECT pg_advisory_lock({SCHEMA_LOCK_KEY})"))
             await lock.commit()
+        if migrate:
+            async with engine.connect() as conn:
+                migrate = not await conn.run_sync(_made_without_alembic)
         for attempt in range(3):
             try:
                 if migrate:
