@@ -19,6 +19,11 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     #: first word of every bus name: <prefix>.users.<command>, <prefix>.events.<type>
     bus_prefix: str = Field(default="registry", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    #: a command a consumer took but never acknowledged (it died) is redelivered after this
+    #: many seconds (NATS ack wait, Redis claim idle time)
+    bus_ack_wait: float = Field(default=30.0, ge=1, le=3600)
+    #: commands a consumer handles at once
+    bus_max_workers: int = Field(default=8, ge=1, le=256)
     #: bearer tokens accepted by the read API, comma-separated
     api_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: where `registry serve` keeps the token it generates when none is configured

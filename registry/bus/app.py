@@ -78,8 +78,8 @@ async def running_bus(
     channels: Channels | None = None,
     relay: bool = True,
     relay_name: str = RELAY_NAME,
-    max_workers: int = 8,
-    ack_wait: float = 30.0,
+    max_workers: int | None = None,
+    ack_wait: float | None = None,
 ) -> AsyncIterator[BusRuntime]:
     """Consume commands (and relay events) until the block exits. `broker` defaults to one
     built from `settings.broker_url`."""
@@ -94,8 +94,8 @@ async def running_bus(
         handle or command_handlers(container).handle,
         channels=ch,
         max_payload_bytes=settings.max_payload_bytes,
-        max_workers=max_workers,
-        ack_wait=ack_wait,
+        max_workers=max_workers or getattr(settings, "bus_max_workers", 8),
+        ack_wait=ack_wait or getattr(settings, "bus_ack_wait", 30.0),
     )
     publisher = EventPublisher(broker, ch)
     await broker.connect()
