@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from events import EventStore
 from events.tables import events
 from projections import leases
+from projections.generations import NEXT
 from projections.tables import projection_checkpoints, projection_leases
 
 
@@ -56,6 +57,8 @@ async def _statuses(conn: AsyncConnection, head_position: int) -> list[Partition
     )
     found = []
     for r in rows.all():
+        if r.name.endswith(NEXT):  # a replay's own progress rows
+            continue
         after = tuple_(events.c.tx_id, events.c.position) > tuple_(r.tx_id, r.position)
         stmt = select(func.count(), func.min(events.c.recorded_at)).where(after)
         if r.partitions > 1:
