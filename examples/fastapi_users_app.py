@@ -27,6 +27,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi_users import BaseUserManager, FastAPIUsers, UUIDIDMixin, schemas
 from fastapi_users.authentication import AuthenticationBackend, BearerTransport, JWTStrategy
 from fastapi_users.db import BaseUserDatabase
+from fastapi_users.password import PasswordHelperProtocol
 from sqlalchemy import String
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -95,8 +96,11 @@ def create_app(
     *,
     secret: str | None = None,
     mailer: Mailer = print_mail,
+    password_helper: PasswordHelperProtocol | None = None,
 ) -> FastAPI:
     """The example app on `database_url` (default: the environment, then ./example.db).
+
+    `password_helper` defaults to FastAPI Users' (Argon2); tests pass a cheaper one.
 
     `app.state.engine` and `app.state.session_maker` are exposed for tests and scripts.
     """
@@ -139,7 +143,7 @@ def create_app(
     async def get_user_manager(
         user_db: BaseUserDatabase[User, uuid.UUID] = Depends(get_user_db),
     ) -> AsyncIterator[UserManager]:
-        yield UserManager(user_db)
+        yield UserManager(user_db, password_helper)
 
     def get_jwt_strategy() -> JWTStrategy[User, uuid.UUID]:
         return JWTStrategy(secret=jwt_secret, lifetime_seconds=3600)

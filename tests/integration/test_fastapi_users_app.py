@@ -15,6 +15,9 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi_users.password import PasswordHelper
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
 from sqlalchemy import func, select
 
 from events.tables import events
@@ -22,6 +25,13 @@ from examples.fastapi_users_app import User, create_app
 from registry import EventSourcedUserDatabase
 
 PASSWORD = "correct horse battery"
+SECRET = "a test secret of at least thirty-two bytes"
+
+#: Argon2 with small costs: FastAPI Users hashes on the event loop, and 50 default-cost hashes
+#: on a loaded 2-core machine take seconds; what is tested here is the registry, not Argon2
+FAST_PASSWORDS = PasswordHelper(
+    PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
+)
 
 
 @dataclass
@@ -88,7 +98,7 @@ class Harness:
 @pytest.fixture
 async def http(database_url: str) -> AsyncIterator[Harness]:
     outbox = Outbox()
-    app = create_app(database_url, secret="test-secret", mailer=outbox)
+    app = create_app(database_url, secret=SECRET, mailer=outbox, password_helper=FAST_PASSWORDS)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
