@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    DateTime,
     MetaData,
     Table,
     delete,
@@ -36,6 +37,7 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
+    type_coerce,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -91,6 +93,11 @@ REPLAY_COLUMNS = (
     events.c.schema_version,
     events.c.data,
     events.c.recorded_at,
+)
+#: on PostgreSQL the driver already returns aware UTC timestamps: skip the type decorator
+PG_REPLAY_COLUMNS = (
+    *REPLAY_COLUMNS[:-1],
+    type_coerce(events.c.recorded_at, DateTime(timezone=True)).label("recorded_at"),
 )
 
 
@@ -303,12 +310,14 @@ class Replay:
     ) -> None:
         """Each shard's events up to `head` in batches, then `(shard, None)`; `None` at the end."""
         pos = tuple_(events.c.tx_id, events.c.position)
+        pg = self.engine.dialect.name == "postgresql"
+        columns = PG_REPLAY_COLUMNS if pg else REPLAY_COLUMNS
         async with self.engine.connect() as conn:
             for shard in shards:
                 cursor = Cursor.start()
                 while True:
                     stmt = (
-                        select(*REPLAY_COLUMNS)
+                        select(*columns)
                         .where(events.c.shard == shard, pos > _at(cursor))
                         .where(pos <= _at(head))
                         .order_by(events.c.tx_id, events.c.position)
