@@ -18,10 +18,11 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import SecretStr, ValidationError
-from sqlalchemy import MetaData, Table, func, select
+from sqlalchemy import MetaData, Table, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from events import normalise_url
@@ -132,10 +133,9 @@ def link_command(row: Mapping[str, Any]) -> LinkOAuthAccount:
 
 async def _reflect(conn: AsyncConnection, user_table: str, oauth_table: str) -> MetaData:
     meta = MetaData()
-    await conn.run_sync(lambda sync: meta.reflect(sync, only=[user_table], views=True))
-    names = await conn.run_sync(lambda sync: sync.dialect.get_table_names(sync))
-    if oauth_table in names:
-        await conn.run_sync(lambda sync: meta.reflect(sync, only=[oauth_table]))
+    names = set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
+    wanted = [name for name in (user_table, oauth_table) if name in names]
+    await conn.run_sync(lambda sync: meta.reflect(sync, only=wanted))
     return meta
 
 
@@ -264,7 +264,12 @@ async def _count(conn: AsyncConnection, table: Table) -> int:
 
 def _source_engine(url: str) -> AsyncEngine:
     # a plain engine: unlike events.create_engine it changes nothing (no WAL) in the source
-    return create_async_engine(normalise_url(url))
+    parsed = normalise_url(url)
+    path = parsed.database or ":memory:"
+    on_disk = parsed.get_backend_name() == "sqlite" and path != ":memory:"
+    if on_disk and not Path(path).is_file():  # connecting would create an empty file
+        raise ImportSourceError(f"no SQLite database at {path}")
+    return create_async_engine(parsed)
 
 
 async def run_import(

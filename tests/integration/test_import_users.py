@@ -21,7 +21,7 @@ from fastapi_users_db_sqlalchemy import (
     SQLAlchemyBaseUserTableUUID,
     SQLAlchemyUserDatabase,
 )
-from sqlalchemy import String, select
+from sqlalchemy import String, select, text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -167,7 +167,7 @@ async def check_app_logs_them_in(target: str, old: list[OldUserRow]) -> None:
                 auth = {"Authorization": f"Bearer {response.json()['access_token']}"}
                 me = (await client.get("/users/me", headers=auth)).json()
                 assert me["id"] == str(row.id)
-                assert me["email"] == row.email
+                assert me["email"].lower() == row.email.lower()  # EmailStr lowers the domain
                 assert me["first_name"] == row.first_name
                 assert (me["is_verified"], me["is_superuser"]) == (
                     row.is_verified,
@@ -181,6 +181,7 @@ async def check_app_logs_them_in(target: str, old: list[OldUserRow]) -> None:
             for row in old:
                 user = await session.get(User, row.id)
                 assert user is not None
+                assert user.email == row.email  # kept verbatim
                 linked = {(a.oauth_name, a.account_id) for a in user.oauth_accounts}
                 assert linked == set(row.oauth)
                 assert all(a.access_token.startswith("secret-access-") for a in user.oauth_accounts)
@@ -252,10 +253,24 @@ async def test_rows_the_registry_refuses_are_reported_and_the_rest_imported(
     assert len([r for r in await log_rows(database_url) if r[0] == "UserRegistered"]) == len(old)
 
 
-async def test_missing_user_table_is_a_clear_error(tmp_path: Path, database_url: str) -> None:
-    empty = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+async def test_missing_user_table_or_file_is_a_clear_error(
+    tmp_path: Path, database_url: str
+) -> None:
+    missing = f"sqlite+aiosqlite:///{tmp_path / 'missing.db'}"
     result = await asyncio.to_thread(
-        invoke, "import-users", "--from", empty, database_url=database_url
+        invoke, "import-users", "--from", missing, database_url=database_url
+    )
+    assert result.exit_code == 1
+    assert "no SQLite database at" in result.stderr
+    assert not (tmp_path / "missing.db").exists()
+
+    other = f"sqlite+aiosqlite:///{tmp_path / 'other.db'}"
+    engine = create_async_engine(other)
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE accounts (id INTEGER PRIMARY KEY)"))
+    await engine.dispose()
+    result = await asyncio.to_thread(
+        invoke, "import-users", "--from", other, database_url=database_url
     )
     assert result.exit_code == 1
     assert "no 'user' table" in result.stderr
