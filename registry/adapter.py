@@ -84,6 +84,8 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
 
     async def get_by_email(self, email: str) -> UP | None:
         """The user with this email, any letter case and surrounding spaces, or None."""
+        if not isinstance(email, str):  # a PATCH with "email": null asks for None
+            return None
         stmt = select(self.user_table).where(
             func.lower(self._col("email")) == normalise_email(email)
         )

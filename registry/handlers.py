@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 import uuid
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -59,6 +60,19 @@ class _Retry(Exception):
     """The stream moved (or the database chose us as a deadlock victim): decide again."""
 
 
+_WRITE_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _sqlite_write_lock(engine: AsyncEngine) -> asyncio.Lock | None:
+    """One lock per SQLite engine, shared by every CommandHandlers on it; None elsewhere."""
+    if engine.dialect.name != "sqlite":
+        return None
+    lock = _WRITE_LOCKS.get(engine.sync_engine)
+    if lock is None:
+        lock = _WRITE_LOCKS[engine.sync_engine] = asyncio.Lock()
+    return lock
+
+
 def _user_id(command: Command) -> uuid.UUID:
     value = getattr(command, "user_id", None)
     assert isinstance(value, uuid.UUID)
@@ -83,6 +97,7 @@ class CommandHandlers:
         self.profile_fields = profile_fields
         self.inline_projection = inline_projection
         self.password_helper = password_helper
+        self._sqlite_writes = _sqlite_write_lock(engine)
 
     async def handle(self, command: Command, *, imported: bool = False) -> Outcome:
         """Carry out `command`; raises a RegistryError subclass (nothing written) on refusal.
@@ -139,6 +154,15 @@ class CommandHandlers:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(self, command: Command, metadata: Metadata) -> Outcome:
+        if self._sqlite_writes is None:
+            return await self._attempt_in_tx(command, metadata)
+        # SQLite has one writer at a time anyway: queue this process's writers here instead of
+        # in the driver's busy handler, where each waiter holds a pooled connection (and a
+        # thread) for up to the busy timeout
+        async with self._sqlite_writes:
+            return await self._attempt_in_tx(command, metadata)
+
+    async def _attempt_in_tx(self, command: Command, metadata: Metadata) -> Outcome:
         user_id = _user_id(command)
         try:
             async with self.engine.begin() as conn:
