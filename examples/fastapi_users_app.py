@@ -104,7 +104,9 @@ def create_app(
 
     `app.state.engine` and `app.state.session_maker` are exposed for tests and scripts.
     """
-    jwt_secret: str = secret or os.environ.get("APP_SECRET", "SECRET-change-me")
+    jwt_secret: str = secret or os.environ.get(
+        "APP_SECRET", "change-me: at least 32 bytes of secret"
+    )
     engine = create_engine(database_url or database_url_from_env())
     session_maker = async_sessionmaker(engine, expire_on_commit=False)
 

@@ -16,29 +16,28 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
-from decimal import Decimal
-from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import SecretStr, ValidationError
-from sqlalchemy import MetaData, Table, func, inspect, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from events import normalise_url
 from registry.commands import Command, LinkOAuthAccount, RegisterUser
 from registry.errors import InvalidCommandError, RegistryError
+from registry.import_source import (
+    USER_BASE_COLUMNS,
+    ImportSourceError,
+    as_uuid,
+    count,
+    json_value,
+    pages,
+    reflect,
+    source_engine,
+)
 from registry.settings import Settings
 
-USER_BASE_COLUMNS = frozenset(
-    {"id", "email", "hashed_password", "is_active", "is_superuser", "is_verified"}
-)
+__all__ = ["Counts", "ImportSourceError", "ImportSummary", "import_users", "run_import"]
+
 ACTOR = "registry import-users"
-PAGE = 500
-
-
-class ImportSourceError(RegistryError):
-    code = "IMPORT_SOURCE_INVALID"
 
 
 class Handles(Protocol):
@@ -76,31 +75,8 @@ def command_id(table: str, row_id: uuid.UUID) -> str:
     return f"import:{table}:{row_id}"
 
 
-def _uuid(value: Any, table: str) -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise ImportSourceError(
-            f"{table}.id {value!r} is not a UUID: only UUID ids (SQLAlchemyBaseUserTableUUID) "
-            "can be imported, the registry keys every user's stream by its UUID"
-        ) from None
-
-
-def _json_value(value: Any) -> Any:
-    """A custom column's value as JSON (the profile is stored in the event log)."""
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID | Decimal):
-        return str(value)
-    if isinstance(value, bytes | bytearray | memoryview):
-        raise ImportSourceError("binary custom columns cannot be imported into the event log")
-    return value
-
-
 def register_command(row: Mapping[str, Any], profile_columns: list[str]) -> RegisterUser:
-    user_id = _uuid(row["id"], "user")
+    user_id = as_uuid(row["id"], "user")
     return RegisterUser(
         command_id=command_id("user", user_id),
         actor=ACTOR,
@@ -110,17 +86,17 @@ def register_command(row: Mapping[str, Any], profile_columns: list[str]) -> Regi
         is_active=bool(row["is_active"]),
         is_superuser=bool(row["is_superuser"]),
         is_verified=bool(row["is_verified"]),
-        profile={name: _json_value(row[name]) for name in profile_columns},
+        profile={name: json_value(row[name]) for name in profile_columns},
     )
 
 
 def link_command(row: Mapping[str, Any]) -> LinkOAuthAccount:
-    account_id = _uuid(row["id"], "oauth_account")
+    account_id = as_uuid(row["id"], "oauth_account")
     refresh = row["refresh_token"]
     return LinkOAuthAccount(
         command_id=command_id("oauth_account", account_id),
         actor=ACTOR,
-        user_id=_uuid(row["user_id"], "oauth_account.user_id"),
+        user_id=as_uuid(row["user_id"], "oauth_account.user_id"),
         oauth_account_id=account_id,
         oauth_name=row["oauth_name"],
         access_token=SecretStr(row["access_token"]),
@@ -129,29 +105,6 @@ def link_command(row: Mapping[str, Any]) -> LinkOAuthAccount:
         account_id=row["account_id"],
         account_email=row["account_email"],
     )
-
-
-async def _reflect(conn: AsyncConnection, user_table: str, oauth_table: str) -> MetaData:
-    meta = MetaData()
-    names = set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
-    wanted = [name for name in (user_table, oauth_table) if name in names]
-    await conn.run_sync(lambda sync: meta.reflect(sync, only=wanted))
-    return meta
-
-
-async def _pages(conn: AsyncConnection, table: Table) -> AsyncIterator[Mapping[str, Any]]:
-    """Every row of `table`, in id order, a page at a time (keyset: no long-held cursor)."""
-    last: Any = None
-    while True:
-        stmt = select(table).order_by(table.c.id).limit(PAGE)
-        if last is not None:
-            stmt = stmt.where(table.c.id > last)
-        rows = (await conn.execute(stmt)).mappings().all()
-        for row in rows:
-            yield dict(row)
-        if len(rows) < PAGE:
-            return
-        last = rows[-1]["id"]
 
 
 async def _run(
@@ -210,10 +163,10 @@ async def import_users(
     """
     started = time.monotonic()
     summary = ImportSummary(source=normalise_url(source_url).render_as_string(True))
-    source = _source_engine(source_url)
+    source = source_engine(source_url)
     try:
         async with source.connect() as conn:
-            meta = await _reflect(conn, user_table, oauth_table)
+            meta = await reflect(conn, user_table, oauth_table)
             if user_table not in meta.tables:
                 raise ImportSourceError(f"the source database has no {user_table!r} table")
             users = meta.tables[user_table]
@@ -224,13 +177,13 @@ async def import_users(
                 )
             summary.profile_columns = [c.key for c in users.c if c.key not in USER_BASE_COLUMNS]
             oauth = meta.tables.get(oauth_table)
-            summary.users.total = await _count(conn, users)
+            summary.users.total = await count(conn, users)
             if oauth is not None:
-                summary.oauth_accounts.total = await _count(conn, oauth)
+                summary.oauth_accounts.total = await count(conn, oauth)
             await _run(
                 handlers,
                 lambda row: register_command(row, summary.profile_columns),
-                _pages(conn, users),
+                pages(conn, users),
                 user_table,
                 summary.users,
                 summary,
@@ -240,7 +193,7 @@ async def import_users(
                 await _run(
                     handlers,
                     link_command,
-                    _pages(conn, oauth),
+                    pages(conn, oauth),
                     oauth_table,
                     summary.oauth_accounts,
                     summary,
@@ -256,20 +209,6 @@ def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
     return f"{where}: {err['msg']}"
-
-
-async def _count(conn: AsyncConnection, table: Table) -> int:
-    return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
-
-
-def _source_engine(url: str) -> AsyncEngine:
-    # a plain engine: unlike events.create_engine it changes nothing (no WAL) in the source
-    parsed = normalise_url(url)
-    path = parsed.database or ":memory:"
-    on_disk = parsed.get_backend_name() == "sqlite" and path != ":memory:"
-    if on_disk and not Path(path).is_file():  # connecting would create an empty file
-        raise ImportSourceError(f"no SQLite database at {path}")
-    return create_async_engine(parsed)
 
 
 async def run_import(
