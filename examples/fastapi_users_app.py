@@ -11,7 +11,11 @@ e.g. postgresql+asyncpg://postgres@127.0.0.1/app):
 
     uvicorn examples.fastapi_users_app:app
 
-Verification and reset tokens are "mailed" by printing them, as upstream's example does.
+Set APP_SECRET (JWT and token signing). Verification and reset tokens are "mailed" by
+printing them, as upstream's example does.
+
+Moving an existing app: `registry import-users --from sqlite+aiosqlite:///./old.db` with
+REGISTRY_DATABASE_URL pointing at this app's database; users keep their ids and passwords.
 """
 
 from __future__ import annotations
