@@ -119,7 +119,10 @@ class CommandConsumer:
             ch.command_wildcard,
             stream=stream,
             durable=ch.durable,
-            pull_sub=PullSub(batch_size=self.max_workers, timeout=1.0),
+            # nats-py 2.16 can raise a bare TimeoutError from a fetch whose deadline ran out,
+            # which FastStream does not expect (it logs and restarts the fetch task): a longer
+            # fetch timeout makes that rare
+            pull_sub=PullSub(batch_size=self.max_workers, timeout=5.0),
             max_workers=self.max_workers,
             config=ConsumerConfig(ack_wait=self.ack_wait, max_deliver=20),
             title=f"{ch.command_wildcard}:commands",
