@@ -106,8 +106,8 @@ async def running_bus(
         handle or command_handlers(container).handle,
         channels=ch,
         max_payload_bytes=settings.max_payload_bytes,
-        max_workers=max_workers or getattr(settings, "bus_max_workers", 8),
-        ack_wait=ack_wait or getattr(settings, "bus_ack_wait", 30.0),
+        max_workers=max_workers if max_workers is not None else settings.bus_max_workers,
+        ack_wait=ack_wait if ack_wait is not None else settings.bus_ack_wait,
     )
     publisher = EventPublisher(broker, ch)
     await broker.connect()
