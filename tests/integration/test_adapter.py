@@ -208,3 +208,30 @@ async def test_no_secret_in_logs(
     assert ours
     text = " ".join(r.getMessage() + str(r.exc_text or "") for r in ours)
     assert "SECRET" not in text and user.hashed_password not in text
+
+
+async def test_twenty_concurrent_updates_of_one_user(
+    sessions: Sessions, db: EventSourcedUserDatabase[Any, Any], engine: AsyncEngine
+) -> None:
+    user = await db.create({"email": "patch@camelot.bt", "hashed_password": "h"})
+
+    async def patch(i: int) -> Any:
+        # like a request: the session reads the user first (and holds a connection)
+        async with sessions() as session:
+            mine = EventSourcedUserDatabase(session, User, OAuthAccount)
+            current = await mine.get(user.id)
+            change = {"first_name": f"n{i}"} if i % 2 else {"email": f"p{i}@camelot.bt"}
+            return await mine.update(current, change)
+
+    results = await asyncio.gather(*(patch(i) for i in range(20)))
+    # each caller sees at least its own write (the projection may already show later ones)
+    assert all(r.version >= 2 for r in results)
+    async with engine.connect() as conn:
+        versions = (
+            await conn.execute(
+                select(events.c.stream_version)
+                .where(events.c.stream_id == user.id)
+                .order_by(events.c.stream_version)
+            )
+        ).scalars()
+        assert list(versions) == list(range(1, 22))
