@@ -23,6 +23,7 @@ from events.engine import create_engine, normalise_url
 from events.envelope import Cursor, Metadata, RecordedEvent, shard_of
 from events.errors import (
     ConcurrencyError,
+    CorruptEventError,
     EventStoreError,
     InvalidEventError,
     UnknownEventTypeError,
@@ -33,6 +34,7 @@ from events.store import EventStore, LogHead
 __all__ = [
     "EVENT_TYPES",
     "ConcurrencyError",
+    "CorruptEventError",
     "Cursor",
     "Event",
     "EventStore",

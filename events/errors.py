@@ -35,3 +35,16 @@ class UnknownEventTypeError(EventStoreError):
 
 class InvalidEventError(EventStoreError):
     """An event or an append request that does not match its model; nothing was written."""
+
+
+class CorruptEventError(EventStoreError):
+    """A stored event whose payload (after upcasting) does not match its model."""
+
+    def __init__(self, position: int, event_type: str, schema_version: int, problem: str) -> None:
+        self.position = position
+        self.event_type = event_type
+        self.schema_version = schema_version
+        super().__init__(
+            f"stored event at position {position} ({event_type!r}, schema version "
+            f"{schema_version}) does not match its model: {problem}"
+        )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import (
     BigInteger,
     Insert,
@@ -33,7 +34,7 @@ from events.catalog import Event, event_class
 from events.checks import MAX_EVENTS_PER_APPEND
 from events.engine import asyncpg_dsn
 from events.envelope import Cursor, Metadata, RecordedEvent, shard_of
-from events.errors import ConcurrencyError, InvalidEventError
+from events.errors import ConcurrencyError, CorruptEventError, InvalidEventError
 from events.notify import Wakeup, pg_listening
 from events.tables import NOTIFY_CHANNEL, events
 from events.upcasting import upcast
@@ -69,6 +70,12 @@ def decode(row: Any) -> RecordedEvent:
     """A stored row as a `RecordedEvent`, its payload upcast to the current model."""
     data = upcast(row.event_type, row.schema_version, row.data)
     cls = event_class(row.event_type)
+    try:
+        event = cls.model_validate(data)
+        meta = Metadata.model_validate(row.metadata)
+    except ValidationError as exc:
+        problem = checks.describe(exc)
+        raise CorruptEventError(row.position, row.event_type, row.schema_version, problem) from None
     return RecordedEvent(
         position=row.position,
         tx_id=row.tx_id,
@@ -77,8 +84,8 @@ def decode(row: Any) -> RecordedEvent:
         event_id=row.event_id,
         event_type=row.event_type,
         schema_version=row.schema_version,
-        event=cls.model_validate(data),
-        metadata=Metadata.model_validate(row.metadata),
+        event=event,
+        metadata=meta,
         recorded_at=row.recorded_at,
     )
 

@@ -24,6 +24,7 @@ from test_store_support import (
 
 from events import (
     ConcurrencyError,
+    CorruptEventError,
     Cursor,
     Event,
     EventStore,
@@ -250,6 +251,21 @@ async def test_an_unknown_stored_type_fails_the_read_naming_it(
         if schema_version != 1:
             assert error.schema_version == schema_version
             assert f"schema version {schema_version}" in str(error)
+
+
+async def test_a_stored_payload_that_does_not_match_its_model_fails_the_read(
+    store: EventStore, engine: AsyncEngine
+) -> None:
+    sid = uuid.uuid4()
+    await store.append(sid, [registered()], expected_version=0)
+    await insert_raw(engine, sid, 2, "UserEmailChanged", 1, {"email": 5, "x": HASH}, T0)
+    with pytest.raises(CorruptEventError) as caught:
+        await store.read_stream(sid)
+    err = caught.value
+    assert (err.event_type, err.schema_version) == ("UserEmailChanged", 1)
+    assert f"position {err.position}" in str(err) and "email" in str(err)
+    assert HASH not in str(err), "stored values are not echoed"
+    assert len(await store.read_stream(sid, to_version=1)) == 1
 
 
 # ---------------------------------------------------------------- bad input
