@@ -34,6 +34,8 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     """An async engine for the log. SQLite runs in WAL mode with a busy timeout so that a
     server and a worker process can share one file."""
     parsed = normalise_url(url)
+    # driver errors must never carry SQL parameters (password hashes, tokens) into logs
+    kwargs.setdefault("hide_parameters", True)
     if parsed.get_backend_name() == "sqlite":
         kwargs.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
         engine = create_async_engine(parsed, **kwargs)
