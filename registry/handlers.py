@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events import ConcurrencyError, EventStore, Metadata, RecordedEvent
 from registry.commands import Command, LinkOAuthAccount, RegisterUser
-from registry.decisions import decide, fold
+from registry.decisions import UserState, decide, fold
 from registry.errors import RegistryError, VersionConflictError
 from registry.passwords import PasswordHasher, prepare
 from registry.tables import processed_commands
@@ -124,7 +124,7 @@ class CommandHandlers:
                 return prior
         for attempt in range(MAX_ATTEMPTS):
             try:
-                outcome = await self._attempt(command, metadata)
+                outcome = await self._attempt(command, metadata, first=attempt == 0)
             except (_Retry, RegistryError) as exc:
                 if command.command_id is not None:
                     prior = await self._prior(command.command_id)
@@ -153,20 +153,25 @@ class CommandHandlers:
             return outcome
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, command: Command, metadata: Metadata) -> Outcome:
+    async def _attempt(self, command: Command, metadata: Metadata, *, first: bool) -> Outcome:
         if self._sqlite_writes is None:
-            return await self._attempt_in_tx(command, metadata)
+            return await self._attempt_in_tx(command, metadata, first)
         # SQLite has one writer at a time anyway: queue this process's writers here instead of
         # in the driver's busy handler, where each waiter holds a pooled connection (and a
         # thread) for up to the busy timeout
         async with self._sqlite_writes:
-            return await self._attempt_in_tx(command, metadata)
+            return await self._attempt_in_tx(command, metadata, first)
 
-    async def _attempt_in_tx(self, command: Command, metadata: Metadata) -> Outcome:
+    async def _attempt_in_tx(self, command: Command, metadata: Metadata, first: bool) -> Outcome:
         user_id = _user_id(command)
         try:
             async with self.engine.begin() as conn:
-                state = fold(user_id, await self.store.read_stream(user_id, conn=conn))
+                if first and isinstance(command, RegisterUser):
+                    # a registration expects an empty stream: skip the read; if the id is
+                    # taken the append conflicts and the next attempt reads and refuses
+                    state = UserState(user_id=user_id)
+                else:
+                    state = fold(user_id, await self.store.read_stream(user_id, conn=conn))
                 if (
                     command.expected_version is not None
                     and command.expected_version != state.version

@@ -24,6 +24,7 @@ from registry.errors import (
     EmailAlreadyRegisteredError,
     InvalidCommandError,
     OAuthAccountAlreadyLinkedError,
+    UserAlreadyExistsError,
     UserNotFoundError,
     VersionConflictError,
 )
@@ -237,3 +238,15 @@ async def test_secrets_never_logged(
     assert any(r.name == "registry.handlers" for r in ours)
     text = " ".join(r.getMessage() + str(r.exc_text or "") for r in ours)
     assert "SECRET" not in text and "fake$" not in text
+
+
+async def test_register_on_a_taken_id_is_refused(
+    handlers: CommandHandlers, engine: AsyncEngine
+) -> None:
+    uid = await register(handlers, "a@x.io")
+    with pytest.raises(UserAlreadyExistsError):
+        await handlers.handle(RegisterUser(user_id=uid, email="b@x.io", hashed_password="h"))
+    await handlers.handle(DeleteUser(user_id=uid))
+    with pytest.raises(UserAlreadyExistsError):  # a deleted user's id stays taken
+        await handlers.handle(RegisterUser(user_id=uid, email="b@x.io", hashed_password="h"))
+    assert await count_events(engine) == 2
