@@ -30,7 +30,8 @@ class Wakeup:
         """Wait for the next notify; False when `timeout` seconds passed first."""
         event = self._event
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel on 3.11
+                await event.wait()
         except TimeoutError:
             return False
         return True

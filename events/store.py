@@ -39,6 +39,19 @@ from events.notify import Wakeup, pg_listening
 from events.tables import NOTIFY_CHANNEL, events
 from events.upcasting import upcast
 
+#: The read horizon on PostgreSQL: the oldest transaction still running in THIS database, or
+#: the snapshot's xmax when none is. `pg_snapshot_xmin` alone counts every database on the
+#: server, so a long transaction elsewhere would hold every reader back. Only an xid seen
+#: running in another database is left out; one we cannot place (a prepared transaction, a
+#: session whose xid pg_stat_activity hides from us) still counts, so this is never later
+#: than a transaction of ours that may still write events.
+PG_READ_HORIZON = """coalesce(
+  (SELECT min(x::text::bigint) FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+   WHERE (x::text::bigint % 4294967296) NOT IN (
+     SELECT a.backend_xid::text::bigint FROM pg_stat_activity AS a
+     WHERE a.backend_xid IS NOT NULL AND a.datname IS DISTINCT FROM current_database())),
+  pg_snapshot_xmax(pg_current_snapshot())::text::bigint)"""
+
 #: how often a waiter re-checks the log when no wake-up arrives (a missed NOTIFY, or a writer
 #: in another process on SQLite)
 SLOW_POLL_SECONDS = {"postgresql": 2.0, "sqlite": 0.25}
@@ -302,10 +315,7 @@ class EventStore:
         if self.dialect == "postgresql":
             # Only transactions older than every still-running one: a position taken by a
             # slower transaction that has not committed yet can never be passed over.
-            stmt = stmt.where(
-                events.c.tx_id
-                < literal_column("(pg_snapshot_xmin(pg_current_snapshot())::text)::bigint")
-            )
+            stmt = stmt.where(events.c.tx_id < literal_column(PG_READ_HORIZON))
         if shards is not None:
             stmt = stmt.where(events.c.shard.in_(list(shards)))
         return stmt.order_by(events.c.tx_id, events.c.position).limit(limit)

@@ -30,6 +30,12 @@ from projections.errors import LeaseLost, ProjectionError
 from projections.signals import PROJECTIONS_CHANNEL, projection_wakeup
 from projections.waiting import wait_for_version
 
+#: after a commit wake-up that found nothing readable yet (on PostgreSQL an older transaction
+#: still running holds the read horizon back), look again this often, for this long, instead
+#: of sleeping until the next wake-up or the slow poll
+HORIZON_RECHECK_INTERVAL = 0.005
+HORIZON_RECHECK_WINDOW = 0.5
+
 __all__ = ["ProjectionWorker", "Subscriber", "wait_for_version"]
 
 log = logging.getLogger("registry.projections")
@@ -79,6 +85,7 @@ class ProjectionWorker:
         #: set once the worker has taken its first share of partitions
         self.ready = asyncio.Event()
         self._dirty = asyncio.Event()
+        self._woken_at = 0.0
         self._is_pg = engine.dialect.name == "postgresql"
         self._shards = {p: leases.shards_of(p, partitions) for p in range(partitions)}
 
@@ -144,15 +151,21 @@ class ProjectionWorker:
                     await asyncio.sleep(0.5)
                     progressed = True
             if not progressed:
-                timeout = max(0.0, next_maintenance - time.monotonic())
+                now = time.monotonic()
+                timeout = max(0.0, next_maintenance - now)
+                if now - self._woken_at < HORIZON_RECHECK_WINDOW:
+                    timeout = min(timeout, HORIZON_RECHECK_INTERVAL)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._dirty.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._dirty.wait()
 
     async def _forward_wakeups(self) -> None:
         # the store's wait returns on a commit signal or after its slow poll: either way,
         # look again (a missed NOTIFY, or a writer in another process on SQLite)
         while True:
-            await self.store.wait_for_events(3600)
+            if await self.store.wait_for_events(3600):
+                self._woken_at = time.monotonic()
             self._dirty.set()
 
     async def _maintain(self) -> None:
