@@ -109,7 +109,9 @@ async def run(opts: Options) -> list[Row]:
         finally:
             if client is not None:
                 await client.stop()
-            await _delete_stream(channels.nats_command_stream)
+            # the consumer declares the command stream, the event publisher the event stream
+            for stream in (channels.nats_command_stream, channels.nats_event_stream):
+                await _delete_stream(stream)
             await container.aclose()
     note = "RegisterUser, JetStream request/reply, 8 callers, 8 consumer workers"
     return [
