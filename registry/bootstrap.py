@@ -53,6 +53,32 @@ class Container:
     oauth_table: type[Any] | None
     extras: dict[str, Any] = field(default_factory=dict)
 
+    def handlers(self) -> Any:
+        """The command handlers (the one write path) for these models, built once.
+
+        Inline projection when `REGISTRY_PROJECTION_MODE=inline`. With an app model
+        (`REGISTRY_USER_MODEL`), profile keys are checked against its custom columns; with the
+        default models they are kept in the log for whichever app model projects them.
+        """
+        handlers = self.extras.get("handlers")
+        if handlers is None:
+            from projections import UserProjection
+            from registry.handlers import CommandHandlers
+            from registry.runtime import custom_columns
+
+            inline = None
+            if self.settings.projection_mode == "inline":
+                inline = UserProjection(self.user_table, self.oauth_table)
+            custom = self.settings.user_model is not None
+            handlers = CommandHandlers(
+                self.engine,
+                self.store,
+                profile_fields=custom_columns(self.user_table) if custom else None,
+                inline_projection=inline,
+            )
+            self.extras["handlers"] = handlers
+        return handlers
+
     async def aclose(self) -> None:
         await self.engine.dispose()
 

@@ -222,9 +222,7 @@ async def run_import(
     """`registry import-users`: import into the registry at `settings.database_url`, creating
     the registry's tables there when missing (Alembic). With REGISTRY_USER_MODEL set, custom
     columns are checked against that model (a source column it lacks is refused row by row)."""
-    from projections import User as DefaultUser
     from registry.bootstrap import build
-    from registry.handlers import CommandHandlers, profile_fields_of
     from registry.schema import migrate
 
     target = normalise_url(settings.database_url)
@@ -236,14 +234,7 @@ async def run_import(
     container = build(settings)
     try:
         await migrate(container.engine)
-        builtin = frozenset(c.key for c in DefaultUser.__table__.columns)
-        handlers = CommandHandlers(
-            container.engine,
-            container.store,
-            profile_fields=(
-                profile_fields_of(container.user_table, builtin) if settings.user_model else None
-            ),
-        )
+        handlers = container.handlers()
         return await import_users(
             source_url,
             handlers,

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -27,33 +26,13 @@ from registry.settings import Settings
 Echo = Callable[[str], None]
 
 
-def build_handlers(container: Container) -> Any:
-    """The command handlers for `container`'s models (inline projection when configured);
-    with an app model, profile keys are checked against its custom columns."""
-    from projections import User as DefaultUser
-    from projections import UserProjection
-    from registry.handlers import CommandHandlers, profile_fields_of
-
-    inline = None
-    if container.settings.projection_mode == "inline":
-        inline = UserProjection(container.user_table, container.oauth_table)
-    builtin = frozenset(c.key for c in DefaultUser.__table__.columns)
-    custom = container.settings.user_model is not None
-    return CommandHandlers(
-        container.engine,
-        container.store,
-        profile_fields=profile_fields_of(container.user_table, builtin) if custom else None,
-        inline_projection=inline,
-    )
-
-
 @asynccontextmanager
 async def consuming(container: Container) -> AsyncIterator[None]:
     """The bus command consumer and event relay (`registry.bus.app.running_bus`), each command's
     outcome counted for `/metrics`."""
     from registry.bus.app import running_bus
 
-    handlers = container.extras.setdefault("handlers", build_handlers(container))
+    handlers = container.handlers()
     handle = counting(lambda command: str(command.name), handlers.handle)
     async with running_bus(container, handle=handle):
         yield

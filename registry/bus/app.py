@@ -28,13 +28,7 @@ class BusRuntime:
 
 def command_handlers(container: Any) -> Any:
     """The container's `CommandHandlers` (the one write path), built once and cached."""
-    handlers = container.extras.get("handlers")
-    if handlers is None:
-        from registry.handlers import CommandHandlers
-
-        handlers = CommandHandlers(container.engine, container.store)
-        container.extras["handlers"] = handlers
-    return handlers
+    return container.handlers()
 
 
 @contextlib.asynccontextmanager
