@@ -52,7 +52,8 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    kwargs.setdefault("pool_pre_ping", True)
+    # no pool_pre_ping: it costs a round trip per checkout, and SQLAlchemy already
+    # invalidates the pool when a statement fails with a disconnect error
     return create_async_engine(parsed, **kwargs)
 
 
