@@ -17,7 +17,7 @@ from fastapi_users.models import ID, OAP, UP
 from pydantic import ValidationError
 from sqlalchemy import func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload
 from sqlalchemy.sql import Select
 
 from events import normalise_email
@@ -227,8 +227,9 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
     async def _one(self, stmt: Select[Any]) -> UP | None:
         mapper: Any = inspect(self.user_table)
         rel = mapper.relationships.get("oauth_accounts")
-        if rel is not None and rel.lazy not in ("joined", "selectin"):
-            stmt = stmt.options(selectinload(rel.class_attribute))
+        if rel is not None:
+            # one query: the user and its OAuth accounts joined (selectin costs a second one)
+            stmt = stmt.options(joinedload(rel.class_attribute))
         stmt = stmt.execution_options(populate_existing=True)
         user: UP | None = (await self.session.execute(stmt)).unique().scalar_one_or_none()
         if user is not None and rel is not None:
