@@ -70,6 +70,26 @@ class UserProjection:
         self.fold(changes, batch)
         await self.write(conn, changes.values())
 
+    async def apply_own(
+        self, conn: AsyncConnection, recorded: Sequence[RecordedEvent], after_version: int
+    ) -> bool:
+        """Apply one stream's events in the transaction that appended them, only when the
+        read model is exactly at `after_version` (the version they were decided on); else
+        leave them to the projector. True when applied.
+
+        Safe beside a running projector: it reads only committed transactions, so it sees
+        these events together with the rows written here and skips them (their versions are
+        already reflected). A read model behind `after_version` is never patched over a gap."""
+        if not recorded:
+            return False
+        sid = recorded[0].stream_id
+        changes = await self.load(conn, [sid])
+        if changes[sid].version != after_version:
+            return False
+        self.fold(changes, recorded)
+        await self.write(conn, changes.values())
+        return True
+
     async def handle(self, conn: AsyncConnection, batch: Sequence[RecordedEvent]) -> None:
         """The `Subscriber` protocol of the worker machinery."""
         await self.apply(conn, batch)

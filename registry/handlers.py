@@ -44,6 +44,14 @@ class InlineProjection(Protocol):
     async def apply(self, conn: AsyncConnection, batch: Sequence[RecordedEvent]) -> None: ...
 
 
+class OwnProjection(Protocol):
+    """What the writer-side fast path needs (projections.UserProjection fits)."""
+
+    async def apply_own(
+        self, conn: AsyncConnection, recorded: Sequence[RecordedEvent], after_version: int
+    ) -> bool: ...
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What a command did: the user's stream version after it and the events it appended
@@ -54,6 +62,8 @@ class Outcome:
     version: int
     events: tuple[RecordedEvent, ...]
     duplicate: bool = False
+    #: the events were projected in their own transaction (`own_projection` or inline)
+    projected: bool = False
 
 
 class _Retry(Exception):
@@ -90,6 +100,7 @@ class CommandHandlers:
         profile_fields: frozenset[str] | None = None,
         inline_projection: InlineProjection | None = None,
         password_helper: PasswordHasher | None = None,
+        own_projection: OwnProjection | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -97,6 +108,9 @@ class CommandHandlers:
         self.profile_fields = profile_fields
         self.inline_projection = inline_projection
         self.password_helper = password_helper
+        #: worker mode's fast path: project a command's own events in its transaction when
+        #: the read model is exactly at the version it was decided on (else the projector does)
+        self.own_projection = own_projection
         self._sqlite_writes = _sqlite_write_lock(engine)
 
     async def handle(self, command: Command, *, imported: bool = False) -> Outcome:
@@ -195,8 +209,12 @@ class CommandHandlers:
                 version = recorded[-1].stream_version if recorded else state.version
                 if command.command_id is not None:
                     await self._record(conn, command, user_id, state.version, version)
+                projected = False
                 if recorded and self.inline_projection is not None:
                     await self.inline_projection.apply(conn, recorded)
+                    projected = True
+                elif recorded and self.own_projection is not None:
+                    projected = await self.own_projection.apply_own(conn, recorded, state.version)
         except ConcurrencyError as exc:
             raise _Retry(str(exc)) from exc
         except IntegrityError as exc:  # the command_id raced with itself
@@ -205,7 +223,9 @@ class CommandHandlers:
             if "deadlock" in str(exc).lower():
                 raise _Retry("deadlock") from exc
             raise
-        return Outcome(user_id=user_id, version=version, events=tuple(recorded))
+        return Outcome(
+            user_id=user_id, version=version, events=tuple(recorded), projected=projected
+        )
 
     async def _record(
         self, conn: AsyncConnection, command: Command, user_id: uuid.UUID, before: int, after: int

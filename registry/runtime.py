@@ -47,10 +47,20 @@ class Runtime:
             and own.oauth_table is self.projection.oauth_table
         )
 
+    @property
+    def projects_own(self) -> bool:
+        """True when the handlers' writer-side fast path writes the adapter's tables."""
+        own = self.handlers.own_projection
+        return isinstance(own, UserProjection) and (
+            own.user_table is self.projection.user_table
+            and own.oauth_table is self.projection.oauth_table
+            and own.name == self.projection.name
+        )
+
     async def wait(self, outcome: Outcome) -> None:
         """Return once the read model shows `outcome.version` (read-your-writes)."""
-        if self.inline and not outcome.duplicate:
-            return
+        if not outcome.duplicate and (self.inline or (outcome.projected and self.projects_own)):
+            return  # committed together with the events: visible already
         try:
             await wait_for_version(
                 self.engine, self.projection, outcome.user_id, outcome.version, self.timeout
@@ -107,18 +117,20 @@ def runtime_for(engine: AsyncEngine, user_table: Any, oauth_table: Any = None) -
     if found is not None:
         return found
     settings = get_settings()
-    inline = None
+    inline = own = None
     if settings.projection_mode == "inline":
         inline = UserProjection(user_table, oauth_table)
+    else:  # worker mode: a write still skips the projector hop when it safely can
+        own = UserProjection(user_table, oauth_table)
     handlers = CommandHandlers(
         engine,
         EventStore(engine),
         profile_fields=custom_columns(user_table),
         inline_projection=inline,
+        own_projection=own,
     )
     runtime = use_handlers(engine, handlers, user_table, oauth_table)
-    if inline is not None:
-        runtime.projection = inline
+    runtime.projection = inline or own or runtime.projection
     return runtime
 
 

@@ -1,0 +1,78 @@
+"""Worker mode's writer-side fast path: a command projects its own events in its append
+transaction only when the read model is exactly at the version it was decided on; the
+projector re-applying them is a no-op; a read model behind is never patched over a gap."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from events import EventStore
+from projections import UserProjection
+from projections.status import projection_status
+from registry import run_projector
+from registry.commands import RegisterUser, UpdateUser
+from registry.handlers import CommandHandlers
+from registry.lifespan import ensure_schema
+from registry.runtime import custom_columns
+from registry.settings import Settings
+from tests.integration.test_adapter import OAuthAccount, User
+
+
+async def _row(engine: AsyncEngine, user_id: uuid.UUID) -> Any:
+    table = User.__table__
+    async with engine.connect() as conn:
+        return (await conn.execute(select(table).where(table.c.id == user_id))).first()
+
+
+async def _caught_up(engine: AsyncEngine, store: EventStore, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        statuses = await projection_status(engine, store)
+        if statuses and all(s.lag_events == 0 for s in statuses):
+            return
+        await store.wait_for_events(0.05)
+    raise AssertionError("projector did not catch up")
+
+
+async def test_fast_path_projects_own_events_and_never_over_a_gap(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    await ensure_schema(engine, User, OAuthAccount)  # tables, no projector yet
+    store = EventStore(engine)
+    fields = custom_columns(User)
+    plain = CommandHandlers(engine, store, profile_fields=fields)  # like a bus consumer
+    fast = CommandHandlers(
+        engine, store, profile_fields=fields, own_projection=UserProjection(User, OAuthAccount)
+    )
+
+    # the read model is at the command's version: projected in the append transaction
+    a = uuid.uuid4()
+    out = await fast.handle(RegisterUser(user_id=a, email="a@x.io", hashed_password="h"))
+    assert out.projected and (await _row(engine, a)).version == 1
+    out = await fast.handle(UpdateUser(user_id=a, is_verified=True, profile={"first_name": "A"}))
+    assert out.projected
+    row = await _row(engine, a)
+    assert (row.version, row.is_verified, row.first_name) == (3, True, "A")  # two events
+
+    # another writer appended without projecting: the read model is behind, so the fast
+    # path leaves the newer events to the projector instead of skipping the older ones
+    b = uuid.uuid4()
+    await plain.handle(RegisterUser(user_id=b, email="b@x.io", hashed_password="h"))
+    await plain.handle(UpdateUser(user_id=b, profile={"first_name": "B"}))
+    out = await fast.handle(UpdateUser(user_id=b, is_verified=True))
+    assert not out.projected and out.version == 3
+    assert await _row(engine, b) is None
+
+    async with run_projector(
+        engine, User, OAuthAccount, settings=Settings(database_url=database_url), migrate=False
+    ):
+        await _caught_up(engine, store)
+    row = await _row(engine, b)
+    assert (row.version, row.is_verified, row.first_name) == (3, True, "B")
+    row = await _row(engine, a)  # re-applied by the projector: unchanged
+    assert (row.version, row.is_verified, row.first_name) == (3, True, "A")  # two events
