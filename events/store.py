@@ -4,6 +4,7 @@ commit-safe order after a checkpoint, and wait for new events."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Sequence
@@ -15,8 +16,9 @@ from pydantic import ValidationError
 from sqlalchemy import (
     BigInteger,
     Insert,
+    Integer,
     Select,
-    column,
+    bindparam,
     exists,
     func,
     insert,
@@ -24,7 +26,7 @@ from sqlalchemy import (
     literal_column,
     select,
     tuple_,
-    values,
+    union_all,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -104,6 +106,44 @@ def decode(row: Any) -> RecordedEvent:
 
 
 _as_uuid = checks.stream_uuid
+
+_INSERTED = (events.c.position, events.c.tx_id, events.c.stream_version)
+_ROW_COLUMNS = (
+    "stream_id",
+    "stream_version",
+    "shard",
+    "event_id",
+    "event_type",
+    "schema_version",
+    "data",
+    "metadata",
+    "recorded_at",
+)
+#: every append's INSERT is built once, so SQLAlchemy compiles it once (a statement built per
+#: call with `.values(rows)` has no cache key and was recompiled on every append)
+_INSERT = insert(events).returning(*_INSERTED)
+
+
+@functools.lru_cache(maxsize=64)
+def _guarded_insert(count: int) -> Insert:
+    """PostgreSQL, expected version > 0: one statement that inserts `count` rows only if the
+    expected version exists (no gap); a stale expectation still trips the unique index.
+    Parameters: `<column>_<i>` for row i, `guard_stream_id`, `guard_version`. Built (and so
+    compiled) once per row count."""
+    rows = [
+        select(*(bindparam(f"{c}_{i}", type_=events.c[c].type).label(c) for c in _ROW_COLUMNS))
+        for i in range(count)
+    ]
+    guard = exists().where(
+        events.c.stream_id == bindparam("guard_stream_id", type_=events.c.stream_id.type),
+        events.c.stream_version == bindparam("guard_version", type_=Integer()),
+    )
+    if count == 1:
+        source = rows[0].where(guard)
+    else:
+        new = union_all(*rows).subquery("new")
+        source = select(*(new.c[c] for c in _ROW_COLUMNS)).where(guard)
+    return insert(events).from_select(list(_ROW_COLUMNS), source).returning(*_INSERTED)
 
 
 class _Conflict(Exception):
@@ -206,26 +246,6 @@ class EventStore:
             for i, (item, _) in enumerate(checked, start=1)
         ]
 
-    def _insert_statement(
-        self, sid: uuid.UUID, expected_version: int, rows: list[dict[str, Any]]
-    ) -> Insert:
-        if expected_version == 0 or self.dialect != "postgresql":
-            stmt = insert(events).values(rows)
-        else:
-            # One round trip: insert only if the expected version exists (no gap). A stale
-            # expectation still trips the unique index.
-            cols = list(rows[0])
-            source = values(*(column(c, events.c[c].type) for c in cols), name="new").data(
-                [tuple(row[c] for c in cols) for row in rows]
-            )
-            guard = exists().where(
-                events.c.stream_id == sid, events.c.stream_version == expected_version
-            )
-            stmt = insert(events).from_select(
-                cols, select(*(source.c[c] for c in cols)).where(guard)
-            )
-        return stmt.returning(events.c.position, events.c.tx_id, events.c.stream_version)
-
     async def _insert(
         self,
         conn: AsyncConnection,
@@ -238,7 +258,15 @@ class EventStore:
         try:
             # the INSERT is the transaction's first write: on PostgreSQL that is when the
             # transaction id (and so the reading order) is assigned, after the stream was read
-            result = await conn.execute(self._insert_statement(sid, expected_version, rows))
+            if expected_version == 0 or self.dialect != "postgresql":
+                # one row: a plain INSERT; several: one multi-row INSERT (insertmanyvalues,
+                # a single statement up to MAX_EVENTS_PER_APPEND rows); compiled once, cached
+                result = await conn.execute(_INSERT, rows[0] if len(rows) == 1 else rows)
+            else:
+                params = {f"{c}_{i}": v for i, row in enumerate(rows) for c, v in row.items()}
+                params["guard_stream_id"] = sid
+                params["guard_version"] = expected_version
+                result = await conn.execute(_guarded_insert(len(rows)), params)
         except IntegrityError as exc:
             # a stale expectation trips the unique index (PostgreSQL aborts the transaction)
             raise _Conflict(self.dialect == "postgresql") from exc
