@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, literal, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events import EVENT_TYPES, RecordedEvent
@@ -127,18 +127,23 @@ class UserProjection:
         changes = {sid: StreamChange(sid) for sid in ids}
         user, tomb = self.user_table, projection_tombstones
         for part in chunks(ids):
-            rows = await conn.execute(select(user.c.id, user.c.version).where(user.c.id.in_(part)))
-            for sid, version in rows:
-                change = changes[sid]
-                change.in_db, change.version = True, version
-            rows = await conn.execute(
-                select(tomb.c.stream_id, tomb.c.version).where(
-                    tomb.c.projection == self.name, tomb.c.stream_id.in_(part)
-                )
+            # one round trip: rows and tombstones together (`=` for one id: no IN to render)
+            stmt = union_all(
+                select(user.c.id, user.c.version, literal(False).label("tomb")).where(
+                    _matching(user.c.id, part)
+                ),
+                select(tomb.c.stream_id, tomb.c.version, literal(True)).where(
+                    tomb.c.projection == self.name, _matching(tomb.c.stream_id, part)
+                ),
             )
-            for sid, version in rows:
+            rows = (await conn.execute(stmt)).all()
+            for sid, version, is_tomb in rows:
+                if not is_tomb:
+                    change = changes[sid]
+                    change.in_db, change.version = True, version
+            for sid, version, is_tomb in rows:
                 change = changes[sid]
-                if version > change.version:
+                if is_tomb and version > change.version:
                     change.deleted, change.version = True, version
         return changes
 
@@ -191,6 +196,10 @@ class UserProjection:
         if oauth is not None:
             await _insert_grouped(conn, oauth, oauth_inserts, copy=copy)
             await _update_grouped(conn, oauth, oauth_updates, guard_version=False)
+
+
+def _matching(col: Any, ids: Sequence[uuid.UUID]) -> Any:
+    return col == ids[0] if len(ids) == 1 else col.in_(ids)
 
 
 def _key(row: dict[str, Any]) -> tuple[str, ...]:
