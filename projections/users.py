@@ -49,6 +49,7 @@ class UserProjection:
         self.oauth_model = oauth_table
         self.user_table = table_of(user_table)
         self.oauth_table = table_of(oauth_table) if oauth_table is not None else None
+        self._load_one_stmt: Any = None
         self.folder = Folder(
             frozenset(self.user_table.c.keys()),
             frozenset(self.oauth_table.c.keys()) if self.oauth_table is not None else None,
@@ -126,6 +127,10 @@ class UserProjection:
         ids = list(stream_ids)
         changes = {sid: StreamChange(sid) for sid in ids}
         user, tomb = self.user_table, projection_tombstones
+        if len(ids) == 1:  # a writer's own stream: a statement built once, bound per call
+            rows = (await conn.execute(self._load_one(), {"sid": ids[0]})).all()
+            self._loaded(changes, rows)
+            return changes
         for part in chunks(ids):
             # one round trip: rows and tombstones together (`=` for one id: no IN to render)
             stmt = union_all(
@@ -136,16 +141,33 @@ class UserProjection:
                     tomb.c.projection == self.name, _matching(tomb.c.stream_id, part)
                 ),
             )
-            rows = (await conn.execute(stmt)).all()
-            for sid, version, is_tomb in rows:
-                if not is_tomb:
-                    change = changes[sid]
-                    change.in_db, change.version = True, version
-            for sid, version, is_tomb in rows:
-                change = changes[sid]
-                if is_tomb and version > change.version:
-                    change.deleted, change.version = True, version
+            self._loaded(changes, (await conn.execute(stmt)).all())
         return changes
+
+    @staticmethod
+    def _loaded(changes: dict[uuid.UUID, StreamChange], rows: Sequence[Any]) -> None:
+        for sid, version, is_tomb in rows:
+            if not is_tomb:
+                change = changes[sid]
+                change.in_db, change.version = True, version
+        for sid, version, is_tomb in rows:
+            change = changes[sid]
+            if is_tomb and version > change.version:
+                change.deleted, change.version = True, version
+
+    def _load_one(self) -> Any:
+        if self._load_one_stmt is None:
+            user, tomb = self.user_table, projection_tombstones
+            sid = bindparam("sid", type_=user.c.id.type)
+            self._load_one_stmt = union_all(
+                select(user.c.id, user.c.version, literal(False).label("tomb")).where(
+                    user.c.id == sid
+                ),
+                select(tomb.c.stream_id, tomb.c.version, literal(True)).where(
+                    tomb.c.projection == self.name, tomb.c.stream_id == sid
+                ),
+            )
+        return self._load_one_stmt
 
     # ------------------------------------------------------------------ writing
     async def write(

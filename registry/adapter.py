@@ -9,13 +9,14 @@ them (read-your-writes).
 from __future__ import annotations
 
 import uuid
+import weakref
 from typing import Any, Generic
 
 from fastapi_users.db.base import BaseUserDatabase
 from fastapi_users.exceptions import UserAlreadyExists, UserNotExists
 from fastapi_users.models import ID, OAP, UP
 from pydantic import ValidationError
-from sqlalchemy import func, inspect, select
+from sqlalchemy import bindparam, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 from sqlalchemy.sql import Select
@@ -38,6 +39,8 @@ from registry.errors import (
 from registry.handlers import Outcome
 from registry.runtime import Runtime, custom_columns, engine_of, runtime_for
 
+#: `get`'s statement per user model (prepared with a bind parameter, built once)
+_BY_ID: weakref.WeakKeyDictionary[Any, Select[Any]] = weakref.WeakKeyDictionary()
 USER_FIELDS = ("email", "password", "hashed_password", "is_active", "is_superuser", "is_verified")
 OAUTH_FIELDS = ("access_token", "expires_at", "refresh_token", "account_id", "account_email")
 
@@ -80,7 +83,11 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
     # ------------------------------------------------------------------ reads
     async def get(self, id: ID) -> UP | None:
         """The user with this id, or None."""
-        return await self._one(select(self.user_table).where(self._col("id") == id))
+        stmt = _BY_ID.get(self.user_table)
+        if stmt is None:  # built once per model: SQLAlchemy then reuses its cache key
+            stmt = self._prepare(select(self.user_table).where(self._col("id") == bindparam("id")))
+            _BY_ID[self.user_table] = stmt
+        return await self._one(stmt, {"id": id}, prepared=True)
 
     async def get_by_email(self, email: str) -> UP | None:
         """The user with this email, any letter case and surrounding spaces, or None."""
@@ -224,14 +231,20 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
         await runtime.wait(outcome)
         return outcome
 
-    async def _one(self, stmt: Select[Any]) -> UP | None:
-        mapper: Any = inspect(self.user_table)
-        rel = mapper.relationships.get("oauth_accounts")
+    def _prepare(self, stmt: Select[Any]) -> Select[Any]:
+        rel = inspect(self.user_table).relationships.get("oauth_accounts")
         if rel is not None:
             # one query: the user and its OAuth accounts joined (selectin costs a second one)
             stmt = stmt.options(joinedload(rel.class_attribute))
-        stmt = stmt.execution_options(populate_existing=True)
-        user: UP | None = (await self.session.execute(stmt)).unique().scalar_one_or_none()
+        return stmt.execution_options(populate_existing=True)
+
+    async def _one(
+        self, stmt: Select[Any], params: dict[str, Any] | None = None, *, prepared: bool = False
+    ) -> UP | None:
+        if not prepared:
+            stmt = self._prepare(stmt)
+        user: UP | None = (await self.session.execute(stmt, params)).unique().scalar_one_or_none()
+        rel = inspect(self.user_table).relationships.get("oauth_accounts")
         if user is not None and rel is not None:
             accounts = getattr(user, "oauth_accounts", None)
             if accounts and hasattr(accounts[0], "link_order"):
