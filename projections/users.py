@@ -3,6 +3,7 @@ few set-based statements (deletes, inserts and updates grouped by column set).""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -274,17 +275,24 @@ async def _update_grouped(
     `guard_version` a row already at or past the new version is left alone (another writer,
     such as an inline projection, got there first)."""
     for cols, group in itertools.groupby(sorted(rows, key=_key), key=_key):
-        names = [c for c in cols if c != "_id"]
-        # bind names must differ from column names in an UPDATE's SET clause
-        stmt = (
-            update(table)
-            .where(table.c.id == bindparam("_id"))
-            .values({n: bindparam(f"_v_{n}") for n in names})
-        )
-        if guard_version and "version" in names:
-            stmt = stmt.where(table.c.version < bindparam("_v_version"))
+        stmt = _update_statement(table, cols, guard_version)
         params = [{("_id" if k == "_id" else f"_v_{k}"): v for k, v in r.items()} for r in group]
         await conn.execute(stmt, params)
+
+
+@functools.lru_cache(maxsize=256)
+def _update_statement(table: Table, cols: tuple[str, ...], guard_version: bool) -> Any:
+    """An UPDATE by id of these columns, built once per column set (reused compiled form)."""
+    names = [c for c in cols if c != "_id"]
+    # bind names must differ from column names in an UPDATE's SET clause
+    stmt = (
+        update(table)
+        .where(table.c.id == bindparam("_id"))
+        .values({n: bindparam(f"_v_{n}") for n in names})
+    )
+    if guard_version and "version" in names:
+        stmt = stmt.where(table.c.version < bindparam("_v_version"))
+    return stmt
 
 
 async def projected_version(

@@ -29,13 +29,15 @@ from registry.decisions import UserState
 from registry.errors import EmailAlreadyRegisteredError, OAuthAccountAlreadyLinkedError
 from registry.tables import email_reservations, oauth_reservations
 
+#: built once: SQLAlchemy reuses its compiled form (one is built per call otherwise)
+_INSERT_EMAIL = insert(email_reservations)
+
 
 async def _take_email(conn: AsyncConnection, email: str, state: UserState) -> None:
     try:
         await conn.execute(
-            insert(email_reservations).values(
-                email=email, user_id=state.user_id, reserved_at=datetime.now(UTC)
-            )
+            _INSERT_EMAIL,
+            {"email": email, "user_id": state.user_id, "reserved_at": datetime.now(UTC)},
         )
     except IntegrityError as exc:
         raise EmailAlreadyRegisteredError(
