@@ -3,6 +3,7 @@ commit-safe order after a checkpoint, and wait for new events."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import uuid
@@ -122,6 +123,13 @@ _ROW_COLUMNS = (
 #: every append's INSERT is built once, so SQLAlchemy compiles it once (a statement built per
 #: call with `.values(rows)` has no cache key and was recompiled on every append)
 _INSERT = insert(events).returning(*_INSERTED)
+#: a group commit's INSERT: rows of several streams, told apart by stream id
+_INSERT_GROUP = insert(events).returning(*_INSERTED, events.c.stream_id)
+#: PostgreSQL group commit: at most this many group INSERTs in flight per store; appends that
+#: arrive meanwhile are queued and go together in the next one (an idle store sends at once)
+GROUP_COMMIT_INFLIGHT = 2
+
+_Returned = dict[int, tuple[int, int]]
 
 
 @functools.lru_cache(maxsize=64)
@@ -168,6 +176,9 @@ class EventStore:
     Appends are atomic per call. An append that is given `conn` joins the caller's transaction
     (so that other rows, such as an email reservation, commit with the events); the caller
     then calls `committed()` once its transaction has committed, to wake in-process waiters.
+
+    On PostgreSQL, concurrent appends to new streams (expected version 0, no `conn`) share
+    group commits: see `_grouped`. Each still succeeds or fails on its own.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -175,6 +186,8 @@ class EventStore:
         self.dialect = engine.dialect.name
         self.wakeup = engine_wakeup(engine)
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._queue: list[tuple[uuid.UUID, list[dict[str, Any]], asyncio.Future[_Returned]]] = []
+        self._inflight: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ writing
     async def append(
@@ -216,6 +229,8 @@ class EventStore:
         try:
             if conn is not None:
                 returned = await self._insert(conn, sid, version, rows)
+            elif self.dialect == "postgresql" and version == 0:
+                returned = await self._grouped(sid, rows)
             elif self.dialect == "postgresql":
                 # one statement is its own transaction: no BEGIN/COMMIT round trips
                 async with self._autocommit.connect() as own:
@@ -283,6 +298,72 @@ class EventStore:
             if not found:
                 raise _Conflict(False)
         return returned
+
+    # ------------------------------------------------------------------ group commit
+    async def _grouped(self, sid: uuid.UUID, rows: list[dict[str, Any]]) -> _Returned:
+        """PostgreSQL, own transaction, new stream: the append joins a group commit. Appends
+        that arrive while GROUP_COMMIT_INFLIGHT INSERTs are in flight go together in one
+        multi-row INSERT (one statement, one transaction, one NOTIFY). A group that trips the
+        unique index is retried one append at a time, so each append still succeeds or fails
+        on its own; each commits atomically (a group commits as a whole)."""
+        future: asyncio.Future[_Returned] = asyncio.get_running_loop().create_future()
+        self._queue.append((sid, rows, future))
+        self._start_flushes()
+        # the flush runs in its own task: a cancelled caller stops waiting, but never leaves
+        # the other appends of its group unresolved
+        return await asyncio.shield(future)
+
+    def _start_flushes(self) -> None:
+        while self._queue and len(self._inflight) < GROUP_COMMIT_INFLIGHT:
+            group: list[tuple[uuid.UUID, list[dict[str, Any]], asyncio.Future[_Returned]]] = []
+            count = 0
+            while self._queue and count + len(self._queue[0][1]) <= MAX_EVENTS_PER_APPEND:
+                count += len(self._queue[0][1])
+                group.append(self._queue.pop(0))
+            task = asyncio.create_task(self._flush(group))
+            self._inflight.add(task)
+            task.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._start_flushes()
+
+    async def _flush(
+        self, group: list[tuple[uuid.UUID, list[dict[str, Any]], asyncio.Future[_Returned]]]
+    ) -> None:
+        try:
+            if len(group) > 1:
+                with contextlib.suppress(IntegrityError):
+                    async with self._autocommit.connect() as own:
+                        result = await own.execute(_INSERT_GROUP, [r for g in group for r in g[1]])
+                        found: dict[uuid.UUID, _Returned] = {}
+                        for r in result:
+                            found.setdefault(r.stream_id, {})[r.stream_version] = (
+                                r.position,
+                                r.tx_id,
+                            )
+                    for sid, _, future in group:
+                        if not future.done():
+                            future.set_result(found[sid])
+                    return
+            # one append, or a group that tripped the unique index: one at a time
+            for sid, rows, future in group:
+                try:
+                    async with self._autocommit.connect() as own:
+                        returned = await self._insert(own, sid, 0, rows)
+                except Exception as exc:  # handed to that append's caller
+                    if not future.done():
+                        future.set_exception(exc)
+                else:
+                    if not future.done():
+                        future.set_result(returned)
+        except Exception as exc:  # e.g. the database is unreachable: every append fails
+            for _, _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+        finally:  # cancelled (the loop is closing): nobody may wait forever
+            for _, _, future in group:
+                future.cancel()
 
     async def _version_after_failure(
         self, sid: uuid.UUID, conn: AsyncConnection | None, *, aborted: bool
