@@ -232,7 +232,8 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
         return outcome
 
     def _prepare(self, stmt: Select[Any]) -> Select[Any]:
-        rel = inspect(self.user_table).relationships.get("oauth_accounts")
+        mapper: Any = inspect(self.user_table)
+        rel = mapper.relationships.get("oauth_accounts")
         if rel is not None:
             # one query: the user and its OAuth accounts joined (selectin costs a second one)
             stmt = stmt.options(joinedload(rel.class_attribute))
@@ -244,7 +245,8 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
         if not prepared:
             stmt = self._prepare(stmt)
         user: UP | None = (await self.session.execute(stmt, params)).unique().scalar_one_or_none()
-        rel = inspect(self.user_table).relationships.get("oauth_accounts")
+        mapper: Any = inspect(self.user_table)
+        rel = mapper.relationships.get("oauth_accounts")
         if user is not None and rel is not None:
             accounts = getattr(user, "oauth_accounts", None)
             if accounts and hasattr(accounts[0], "link_order"):
