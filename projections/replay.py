@@ -393,13 +393,16 @@ class Replay:
             locked = select(cp.c.partition).where(cp.c.name == name).order_by(cp.c.partition)
             if conn.dialect.name == "postgresql":
                 locked = locked.with_for_update()
+            # checkpoint rows before the tables: a live batch locks its checkpoint row and then
+            # writes the tables, so the other order deadlocks with it
+            partitions = [r.partition for r in await conn.execute(locked)]
+            if conn.dialect.name == "postgresql":
                 names = ", ".join(
                     conn.dialect.identifier_preparer.quote(t.name) for t in self.live_tables
                 )
                 existing = await conn.run_sync(lambda c: set(_table_names(c)))
                 if all(t.name in existing for t in self.live_tables):
                     await conn.execute(text(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE"))
-            partitions = [r.partition for r in await conn.execute(locked)]
             while True:
                 cursor, n = await self._apply_next(conn)
                 if n == 0:

@@ -215,8 +215,9 @@ class ProjectionWorker:
         self.ready.set()
 
     async def _leave(self) -> None:
+        # bounded: if the database is busy the leases simply expire (lease_ttl)
         with contextlib.suppress(Exception):
-            async with self.engine.begin() as conn:
+            async with asyncio.timeout(min(self.lease_ttl, 3.0)), self.engine.begin() as conn:
                 await leases.release(conn, self.name, sorted(self.held), self.worker_id)
                 await leases.leave(conn, self.name, self.worker_id)
         self.held.clear()

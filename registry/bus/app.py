@@ -56,21 +56,14 @@ async def cancel_and_wait(task: asyncio.Task[None], grace: float = 10.0) -> None
     """Cancel `task` and wait (at most `grace` seconds) for it to end, letting its clean-up
     (the lease release) finish; after that give up: an unreleased lease simply expires.
 
-    On Python 3.11 `asyncio.wait_for` can swallow a cancellation that lands just as its inner
-    wait completes, and the worker waits for wake-ups that way: one `cancel()` is then lost and
-    the worker loops on. So while the task is still in its loop (not in its clean-up), cancel
-    it again; never while it cleans up, which would orphan the shielded lease release."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace
+    Cancelled once only: a second cancel landing in the clean-up of a batch's connection would
+    abandon its rollback (on SQLite the orphaned connection then keeps the write lock). The
+    worker waits with `asyncio.timeout`, which never swallows a cancellation."""
     task.cancel()
-    while not task.done():
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            log.warning("relay did not stop in time; its lease will expire")
-            return
-        await asyncio.wait({task}, timeout=min(1.0, remaining))
-        if not task.done() and any(f.f_code.co_name == "_loop" for f in task.get_stack()):
-            task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=grace)
+    if not done:
+        log.warning("relay did not stop in time; its lease will expire")
+        return
     if not task.cancelled() and task.exception() is not None:
         log.error("relay stopped with an error", exc_info=task.exception())
 
