@@ -1,6 +1,6 @@
 """The write side and entry points of the event-sourced user registry.
 
-    from registry import EventSourcedUserDatabase, run_projector
+from registry import EventSourcedUserDatabase, run_projector
 """
 
 from __future__ import annotations
