@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Sequence
@@ -13,65 +12,39 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import (
     BigInteger,
-    Insert,
-    Integer,
     Select,
-    bindparam,
-    exists,
     func,
-    insert,
     literal,
     literal_column,
     select,
     tuple_,
-    union_all,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events import checks
-from events.catalog import Event, event_class
+from events.catalog import Event
 from events.checks import MAX_EVENTS_PER_APPEND
 from events.engine import asyncpg_dsn
 from events.envelope import Cursor, Metadata, RecordedEvent, shard_of
-from events.errors import ConcurrencyError, CorruptEventError, InvalidEventError
+from events.errors import ConcurrencyError, InvalidEventError
 from events.notify import Wakeup, pg_listening
+from events.statements import (
+    COLUMNS,
+    INSERT,
+    INSERT_GROUP,
+    PG_READ_HORIZON,
+    decode,
+    guarded_insert,
+)
 from events.tables import NOTIFY_CHANNEL, events
-from events.upcasting import upcast
-
-#: The read horizon on PostgreSQL: the oldest transaction still running in THIS database, or
-#: the snapshot's xmax when none is. `pg_snapshot_xmin` alone counts every database on the
-#: server, so a long transaction elsewhere would hold every reader back. Only an xid seen
-#: running in another database is left out; one we cannot place (a prepared transaction, a
-#: session whose xid pg_stat_activity hides from us) still counts, so this is never later
-#: than a transaction of ours that may still write events.
-PG_READ_HORIZON = """coalesce(
-  (SELECT min(x::text::bigint) FROM pg_snapshot_xip(pg_current_snapshot()) AS x
-   WHERE (x::text::bigint % 4294967296) NOT IN (
-     SELECT a.backend_xid::text::bigint FROM pg_stat_activity AS a
-     WHERE a.backend_xid IS NOT NULL AND a.datname IS DISTINCT FROM current_database())),
-  pg_snapshot_xmax(pg_current_snapshot())::text::bigint)"""
 
 #: how often a waiter re-checks the log when no wake-up arrives (a missed NOTIFY, or a writer
 #: in another process on SQLite)
 SLOW_POLL_SECONDS = {"postgresql": 2.0, "sqlite": 0.25}
 __all__ = ["MAX_EVENTS_PER_APPEND", "EventStore", "LogHead", "decode"]
-
-_COLUMNS = (
-    events.c.position,
-    events.c.tx_id,
-    events.c.stream_id,
-    events.c.stream_version,
-    events.c.event_id,
-    events.c.event_type,
-    events.c.schema_version,
-    events.c.data,
-    events.c.metadata,
-    events.c.recorded_at,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,76 +55,13 @@ class LogHead:
     position: int
 
 
-def decode(row: Any) -> RecordedEvent:
-    """A stored row as a `RecordedEvent`, its payload upcast to the current model."""
-    data = upcast(row.event_type, row.schema_version, row.data)
-    cls = event_class(row.event_type)
-    try:
-        event = cls.model_validate(data)
-        meta = Metadata.model_validate(row.metadata)
-    except ValidationError as exc:
-        problem = checks.describe(exc)
-        raise CorruptEventError(row.position, row.event_type, row.schema_version, problem) from None
-    return RecordedEvent(
-        position=row.position,
-        tx_id=row.tx_id,
-        stream_id=row.stream_id,
-        stream_version=row.stream_version,
-        event_id=row.event_id,
-        event_type=row.event_type,
-        schema_version=row.schema_version,
-        event=event,
-        metadata=meta,
-        recorded_at=row.recorded_at,
-    )
-
-
 _as_uuid = checks.stream_uuid
 
-_INSERTED = (events.c.position, events.c.tx_id, events.c.stream_version)
-_ROW_COLUMNS = (
-    "stream_id",
-    "stream_version",
-    "shard",
-    "event_id",
-    "event_type",
-    "schema_version",
-    "data",
-    "metadata",
-    "recorded_at",
-)
-#: every append's INSERT is built once, so SQLAlchemy compiles it once (a statement built per
-#: call with `.values(rows)` has no cache key and was recompiled on every append)
-_INSERT = insert(events).returning(*_INSERTED)
-#: a group commit's INSERT: rows of several streams, told apart by stream id
-_INSERT_GROUP = insert(events).returning(*_INSERTED, events.c.stream_id)
 #: PostgreSQL group commit: at most this many group INSERTs in flight per store; appends that
 #: arrive meanwhile are queued and go together in the next one (an idle store sends at once)
 GROUP_COMMIT_INFLIGHT = 2
 
 _Returned = dict[int, tuple[int, int]]
-
-
-@functools.lru_cache(maxsize=64)
-def _guarded_insert(count: int) -> Insert:
-    """PostgreSQL, expected version > 0: one statement that inserts `count` rows only if the
-    expected version exists (no gap); a stale expectation still trips the unique index.
-    Parameters: `<column>_<i>` for row i, `guard_stream_id`, `guard_version`. Built (and so
-    compiled) once per row count."""
-    rows = [
-        select(*(bindparam(f"{c}_{i}", type_=events.c[c].type).label(c) for c in _ROW_COLUMNS))
-        for i in range(count)
-    ]
-    guard = exists().where(
-        events.c.stream_id == bindparam("guard_stream_id", type_=events.c.stream_id.type),
-        events.c.stream_version == bindparam("guard_version", type_=Integer()),
-    )
-    if count == 1:
-        source = rows[0].where(guard)
-    else:
-        new = union_all(*rows).subquery("new")
-        source = select(*(new.c[c] for c in _ROW_COLUMNS)).where(guard)
-    return insert(events).from_select(list(_ROW_COLUMNS), source).returning(*_INSERTED)
 
 
 class _Conflict(Exception):
@@ -276,12 +186,12 @@ class EventStore:
             if expected_version == 0 or self.dialect != "postgresql":
                 # one row: a plain INSERT; several: one multi-row INSERT (insertmanyvalues,
                 # a single statement up to MAX_EVENTS_PER_APPEND rows); compiled once, cached
-                result = await conn.execute(_INSERT, rows[0] if len(rows) == 1 else rows)
+                result = await conn.execute(INSERT, rows[0] if len(rows) == 1 else rows)
             else:
                 params = {f"{c}_{i}": v for i, row in enumerate(rows) for c, v in row.items()}
                 params["guard_stream_id"] = sid
                 params["guard_version"] = expected_version
-                result = await conn.execute(_guarded_insert(len(rows)), params)
+                result = await conn.execute(guarded_insert(len(rows)), params)
         except IntegrityError as exc:
             # a stale expectation trips the unique index (PostgreSQL aborts the transaction)
             raise _Conflict(self.dialect == "postgresql") from exc
@@ -335,7 +245,7 @@ class EventStore:
             if len(group) > 1:
                 with contextlib.suppress(IntegrityError):
                     async with self._autocommit.connect() as own:
-                        result = await own.execute(_INSERT_GROUP, [r for g in group for r in g[1]])
+                        result = await own.execute(INSERT_GROUP, [r for g in group for r in g[1]])
                         found: dict[uuid.UUID, _Returned] = {}
                         for r in result:
                             found.setdefault(r.stream_id, {})[r.stream_version] = (
@@ -403,7 +313,7 @@ class EventStore:
         """One stream's events in version order: whole, up to `to_version`, or recorded at or
         before `until`."""
         sid = _as_uuid(stream_id, "stream id")
-        stmt = select(*_COLUMNS).where(events.c.stream_id == sid)
+        stmt = select(*COLUMNS).where(events.c.stream_id == sid)
         if to_version is not None:
             stmt = stmt.where(events.c.stream_version <= to_version)
         if until is not None:
@@ -417,7 +327,7 @@ class EventStore:
         self, cursor: Cursor, limit: int, shards: Sequence[int] | None = None
     ) -> Select[Any]:
         """The query behind `read_after` (exposed for streaming readers such as replay)."""
-        stmt = select(*_COLUMNS).where(
+        stmt = select(*COLUMNS).where(
             tuple_(events.c.tx_id, events.c.position)
             > tuple_(literal(cursor.tx_id, BigInteger()), literal(cursor.position, BigInteger()))
         )

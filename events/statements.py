@@ -1,0 +1,108 @@
+"""The SQL behind the store: statements built (and so compiled) once, the read horizon, and
+the decoding of a stored row."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import Insert, Integer, bindparam, exists, insert, select, union_all
+
+from events import checks
+from events.catalog import event_class
+from events.envelope import Metadata, RecordedEvent
+from events.errors import CorruptEventError
+from events.tables import events
+from events.upcasting import upcast
+
+#: The read horizon on PostgreSQL: the oldest transaction still running in THIS database, or
+#: the snapshot's xmax when none is. `pg_snapshot_xmin` alone counts every database on the
+#: server, so a long transaction elsewhere would hold every reader back. Only an xid seen
+#: running in another database is left out; one we cannot place (a prepared transaction, a
+#: session whose xid pg_stat_activity hides from us) still counts, so this is never later
+#: than a transaction of ours that may still write events.
+PG_READ_HORIZON = """coalesce(
+  (SELECT min(x::text::bigint) FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+   WHERE (x::text::bigint % 4294967296) NOT IN (
+     SELECT a.backend_xid::text::bigint FROM pg_stat_activity AS a
+     WHERE a.backend_xid IS NOT NULL AND a.datname IS DISTINCT FROM current_database())),
+  pg_snapshot_xmax(pg_current_snapshot())::text::bigint)"""
+
+COLUMNS = (
+    events.c.position,
+    events.c.tx_id,
+    events.c.stream_id,
+    events.c.stream_version,
+    events.c.event_id,
+    events.c.event_type,
+    events.c.schema_version,
+    events.c.data,
+    events.c.metadata,
+    events.c.recorded_at,
+)
+
+
+INSERTED = (events.c.position, events.c.tx_id, events.c.stream_version)
+ROW_COLUMNS = (
+    "stream_id",
+    "stream_version",
+    "shard",
+    "event_id",
+    "event_type",
+    "schema_version",
+    "data",
+    "metadata",
+    "recorded_at",
+)
+#: every append's INSERT is built once, so SQLAlchemy compiles it once (a statement built per
+#: call with `.values(rows)` has no cache key and was recompiled on every append)
+INSERT = insert(events).returning(*INSERTED)
+#: a group commit's INSERT: rows of several streams, told apart by stream id
+INSERT_GROUP = insert(events).returning(*INSERTED, events.c.stream_id)
+
+
+@functools.lru_cache(maxsize=64)
+def guarded_insert(count: int) -> Insert:
+    """PostgreSQL, expected version > 0: one statement that inserts `count` rows only if the
+    expected version exists (no gap); a stale expectation still trips the unique index.
+    Parameters: `<column>_<i>` for row i, `guard_stream_id`, `guard_version`. Built (and so
+    compiled) once per row count."""
+    rows = [
+        select(*(bindparam(f"{c}_{i}", type_=events.c[c].type).label(c) for c in ROW_COLUMNS))
+        for i in range(count)
+    ]
+    guard = exists().where(
+        events.c.stream_id == bindparam("guard_stream_id", type_=events.c.stream_id.type),
+        events.c.stream_version == bindparam("guard_version", type_=Integer()),
+    )
+    if count == 1:
+        source = rows[0].where(guard)
+    else:
+        new = union_all(*rows).subquery("new")
+        source = select(*(new.c[c] for c in ROW_COLUMNS)).where(guard)
+    return insert(events).from_select(list(ROW_COLUMNS), source).returning(*INSERTED)
+
+
+def decode(row: Any) -> RecordedEvent:
+    """A stored row as a `RecordedEvent`, its payload upcast to the current model."""
+    data = upcast(row.event_type, row.schema_version, row.data)
+    cls = event_class(row.event_type)
+    try:
+        event = cls.model_validate(data)
+        meta = Metadata.model_validate(row.metadata)
+    except ValidationError as exc:
+        problem = checks.describe(exc)
+        raise CorruptEventError(row.position, row.event_type, row.schema_version, problem) from None
+    return RecordedEvent(
+        position=row.position,
+        tx_id=row.tx_id,
+        stream_id=row.stream_id,
+        stream_version=row.stream_version,
+        event_id=row.event_id,
+        event_type=row.event_type,
+        schema_version=row.schema_version,
+        event=event,
+        metadata=meta,
+        recorded_at=row.recorded_at,
+    )
