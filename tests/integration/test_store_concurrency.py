@@ -83,7 +83,8 @@ async def test_concurrent_appenders_on_one_stream(store: EventStore, retry: bool
     await asyncio.wait_for(asyncio.gather(*(appender(n) for n in range(APPENDERS))), 60)
     read = await store.read_stream(sid)
     tags = check_stream(read[1:], 2, first=2)
-    assert tags == winners
+    # the winners, each once (the order in which their tasks resumed is not the commit order)
+    assert sorted(tags) == sorted(winners)
     assert all(e.stream_id == sid for e in losses)
     if retry:
         assert sorted(tags) == sorted(f"a{n}" for n in range(APPENDERS))
