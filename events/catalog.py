@@ -27,6 +27,13 @@ class Event(BaseModel):
     schema_version: ClassVar[int] = 1
     #: field names whose values are secrets: never published, shown or logged
     secret_fields: ClassVar[frozenset[str]] = frozenset()
+    #: field names whose values are personal data: stored encrypted with the user's data key
+    #: (see `events.crypto`), never published
+    personal_fields: ClassVar[frozenset[str]] = frozenset()
+    #: a dict field whose keys may be personal (`profile`, `changes`), and which of its keys
+    #: always are; the app marks its own custom columns personal on top of these
+    personal_dict: ClassVar[str | None] = None
+    personal_keys: ClassVar[frozenset[str]] = frozenset()
 
     def redacted(self) -> dict[str, Any]:
         """The payload with secret fields replaced by ``"[redacted]"``."""
@@ -43,6 +50,8 @@ class UserRegistered(Event):
     event_type: ClassVar[str] = "UserRegistered"
     schema_version: ClassVar[int] = 2
     secret_fields: ClassVar[frozenset[str]] = frozenset({"hashed_password"})
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"email", "hashed_password"})
+    personal_dict: ClassVar[str | None] = "profile"
 
     email: str = Field(min_length=3, max_length=320)
     hashed_password: str = Field(max_length=1024)
@@ -54,12 +63,14 @@ class UserRegistered(Event):
 
 class UserEmailChanged(Event):
     event_type: ClassVar[str] = "UserEmailChanged"
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"email"})
     email: str = Field(min_length=3, max_length=320)
 
 
 class UserPasswordChanged(Event):
     event_type: ClassVar[str] = "UserPasswordChanged"
     secret_fields: ClassVar[frozenset[str]] = frozenset({"hashed_password"})
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"hashed_password"})
     hashed_password: str = Field(max_length=1024)
 
 
@@ -91,12 +102,18 @@ class UserProfileUpdated(Event):
     """Values of the app's custom columns changed (only the changed ones)."""
 
     event_type: ClassVar[str] = "UserProfileUpdated"
+    personal_dict: ClassVar[str | None] = "changes"
     changes: dict[str, JSONValue] = Field(min_length=1)
+
+
+#: what of an OAuth account is personal: its tokens, the provider's id and email for the user
+OAUTH_PERSONAL = frozenset({"access_token", "refresh_token", "account_id", "account_email"})
 
 
 class OAuthAccountLinked(Event):
     event_type: ClassVar[str] = "OAuthAccountLinked"
     secret_fields: ClassVar[frozenset[str]] = frozenset({"access_token", "refresh_token"})
+    personal_fields: ClassVar[frozenset[str]] = OAUTH_PERSONAL
 
     oauth_account_id: UUID
     oauth_name: str = Field(min_length=1, max_length=100)
@@ -112,6 +129,8 @@ class OAuthAccountUpdated(Event):
 
     event_type: ClassVar[str] = "OAuthAccountUpdated"
     secret_fields: ClassVar[frozenset[str]] = frozenset({"access_token", "refresh_token"})
+    personal_dict: ClassVar[str | None] = "changes"
+    personal_keys: ClassVar[frozenset[str]] = OAUTH_PERSONAL
 
     oauth_account_id: UUID
     changes: dict[str, JSONValue] = Field(min_length=1)
@@ -127,6 +146,13 @@ class OAuthAccountUpdated(Event):
 
 class UserDeleted(Event):
     event_type: ClassVar[str] = "UserDeleted"
+
+
+class UserErased(Event):
+    """The user's personal data was erased: their data key was destroyed in the same
+    transaction, so every personal field of their events is unreadable from now on."""
+
+    event_type: ClassVar[str] = "UserErased"
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -145,6 +171,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         OAuthAccountLinked,
         OAuthAccountUpdated,
         UserDeleted,
+        UserErased,
     )
 }
 

@@ -57,6 +57,8 @@ class RecordedEvent:
     event: Event
     metadata: Metadata
     recorded_at: datetime
+    #: the user was erased: the event's personal fields read "[erased]" (their key is gone)
+    erased: bool = False
 
     @property
     def cursor(self) -> Cursor:

@@ -11,9 +11,10 @@ from sqlalchemy import Insert, Integer, bindparam, exists, insert, select, union
 
 from events import checks
 from events.catalog import event_class
+from events.crypto import Crypto, MasterKeyError
 from events.envelope import Metadata, RecordedEvent
 from events.errors import CorruptEventError
-from events.tables import events
+from events.tables import data_keys, events
 from events.upcasting import upcast
 
 #: The read horizon on PostgreSQL: the oldest transaction still running in THIS database, or
@@ -40,7 +41,13 @@ COLUMNS = (
     events.c.data,
     events.c.metadata,
     events.c.recorded_at,
+    events.c.sealed,
+    data_keys.c.master_key_id,
+    data_keys.c.wrapped_key,
+    data_keys.c.erased_at,
 )
+#: what every read selects from: each event beside its stream's data key row (if any)
+EVENTS_WITH_KEYS = events.outerjoin(data_keys, data_keys.c.stream_id == events.c.stream_id)
 
 
 INSERTED = (events.c.position, events.c.tx_id, events.c.stream_version)
@@ -84,9 +91,29 @@ def guarded_insert(count: int) -> Insert:
     return insert(events).from_select(list(ROW_COLUMNS), source).returning(*INSERTED)
 
 
-def decode(row: Any) -> RecordedEvent:
-    """A stored row as a `RecordedEvent`, its payload upcast to the current model."""
-    data = upcast(row.event_type, row.schema_version, row.data)
+def opened(row: Any, crypto: Crypto | None) -> tuple[Any, bool]:
+    """A stored row's payload with its sealed values put back, and whether the stream was
+    erased (then the payload keeps "[erased]" for them). Needs the row's `sealed` and key
+    columns (`COLUMNS`)."""
+    if row.erased_at is not None:
+        return row.data, True
+    if row.sealed is None:
+        return row.data, False
+    if crypto is None:
+        raise MasterKeyError(
+            f"the event at position {row.position} is encrypted and no master key is "
+            "configured (REGISTRY_MASTER_KEY)"
+        )
+    if row.wrapped_key is None:
+        raise MasterKeyError(f"the event at position {row.position} has no data key")
+    key = crypto.key_from_row(row.stream_id, row.master_key_id, row.wrapped_key)
+    return crypto.open(key, row.stream_id, row.stream_version, row.data, row.sealed), False
+
+
+def decode(row: Any, crypto: Crypto | None = None) -> RecordedEvent:
+    """A stored row as a `RecordedEvent`, its payload opened and upcast to the current model."""
+    data, erased = opened(row, crypto)
+    data = upcast(row.event_type, row.schema_version, data)
     cls = event_class(row.event_type)
     try:
         event = cls.model_validate(data)
@@ -105,4 +132,5 @@ def decode(row: Any) -> RecordedEvent:
         event=event,
         metadata=meta,
         recorded_at=row.recorded_at,
+        erased=erased,
     )

@@ -16,6 +16,7 @@ from sqlalchemy import (
     BigInteger,
     Select,
     func,
+    insert,
     literal,
     literal_column,
     select,
@@ -27,19 +28,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from events import checks
 from events.catalog import Event
 from events.checks import MAX_EVENTS_PER_APPEND
+from events.crypto import Crypto, crypto_of
 from events.engine import asyncpg_dsn
 from events.envelope import Cursor, Metadata, RecordedEvent, shard_of
 from events.errors import ConcurrencyError, InvalidEventError
 from events.notify import Wakeup, pg_listening
 from events.statements import (
     COLUMNS,
+    EVENTS_WITH_KEYS,
     INSERT,
     INSERT_GROUP,
     PG_READ_HORIZON,
     decode,
     guarded_insert,
 )
-from events.tables import NOTIFY_CHANNEL, events
+from events.tables import NOTIFY_CHANNEL, data_keys, events
 
 #: how often a waiter re-checks the log when no wake-up arrives (a missed NOTIFY, or a writer
 #: in another process on SQLite)
@@ -62,6 +65,11 @@ _as_uuid = checks.stream_uuid
 GROUP_COMMIT_INFLIGHT = 2
 
 _Returned = dict[int, tuple[int, int]]
+#: a queued group-commit append: stream, rows, its new data key row (if any), its result
+_Queued = tuple[uuid.UUID, list[dict[str, Any]], dict[str, Any] | None, "asyncio.Future[_Returned]"]
+#: `EventStore(crypto=...)` not given: use what is attached to the engine
+_ATTACHED: Any = object()
+INSERT_KEY = insert(data_keys)
 
 
 class _Conflict(Exception):
@@ -91,12 +99,13 @@ class EventStore:
     group commits: see `_grouped`. Each still succeeds or fails on its own.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, crypto: Crypto | None = _ATTACHED) -> None:
         self.engine = engine
+        self._crypto = crypto
         self.dialect = engine.dialect.name
         self.wakeup = engine_wakeup(engine)
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._queue: list[tuple[uuid.UUID, list[dict[str, Any]], asyncio.Future[_Returned]]] = []
+        self._queue: list[_Queued] = []
         self._inflight: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ writing
@@ -133,21 +142,23 @@ class EventStore:
                 "data": data,
                 "metadata": meta_json,
                 "recorded_at": when,
+                "sealed": None,
             }
             for i, (item, data) in enumerate(checked, start=1)
         ]
+        key_row = await self._seal(sid, version, rows, conn)
         try:
             if conn is not None:
-                returned = await self._insert(conn, sid, version, rows)
+                returned = await self._insert(conn, sid, version, rows, key_row)
             elif self.dialect == "postgresql" and version == 0:
-                returned = await self._grouped(sid, rows)
-            elif self.dialect == "postgresql":
+                returned = await self._grouped(sid, rows, key_row)
+            elif self.dialect == "postgresql" and key_row is None:
                 # one statement is its own transaction: no BEGIN/COMMIT round trips
                 async with self._autocommit.connect() as own:
                     returned = await self._insert(own, sid, version, rows)
             else:
                 async with self.engine.begin() as own:
-                    returned = await self._insert(own, sid, version, rows)
+                    returned = await self._insert(own, sid, version, rows, key_row)
         except _Conflict as conflict:
             # looked up once our own connection is back in the pool (or on the caller's
             # connection while its transaction is still usable)
@@ -171,15 +182,51 @@ class EventStore:
             for i, (item, _) in enumerate(checked, start=1)
         ]
 
+    @property
+    def crypto(self) -> Crypto | None:
+        """What seals and opens personal data on this engine (`events.crypto.attach`)."""
+        return self._crypto if self._crypto is not _ATTACHED else crypto_of(self.engine)
+
+    async def _seal(
+        self,
+        sid: uuid.UUID,
+        version: int,
+        rows: list[dict[str, Any]],
+        conn: AsyncConnection | None,
+    ) -> dict[str, Any] | None:
+        """Encrypt the rows' personal values in place; the stream's new key row to insert with
+        them, if it had none. Raises `StreamErasedError` (nothing written) for an erased one."""
+        crypto = self.crypto
+        if crypto is None or not any(crypto.personal(r["event_type"]) for r in rows):
+            return None
+        key_row = None
+        key = None if version == 0 else crypto.cached(sid)
+        if key is None and version > 0:
+            if conn is not None:
+                key = await crypto.stored_key(conn, sid)
+            else:
+                async with self.engine.connect() as own:
+                    key = await crypto.stored_key(own, sid)
+        if key is None:  # a new stream, or one written before encryption
+            key, key_row = crypto.new_key(sid)
+        for row in rows:
+            if crypto.personal(row["event_type"]):
+                row["data"], row["sealed"] = crypto.seal(
+                    key, sid, row["stream_version"], row["event_type"], row["data"]
+                )
+        return key_row
+
     async def _insert(
         self,
         conn: AsyncConnection,
         sid: uuid.UUID,
         expected_version: int,
         rows: list[dict[str, Any]],
+        key_row: dict[str, Any] | None = None,
     ) -> dict[int, tuple[int, int]]:
-        """Insert the rows; {stream_version: (position, tx_id)}. Raises `_Conflict(aborted)`
-        when the stream is not at `expected_version`."""
+        """Insert the rows (and the stream's new data key row after them); {stream_version:
+        (position, tx_id)}. Raises `_Conflict(aborted)` when the stream is not at
+        `expected_version`."""
         try:
             # the INSERT is the transaction's first write: on PostgreSQL that is when the
             # transaction id (and so the reading order) is assigned, after the stream was read
@@ -207,17 +254,24 @@ class EventStore:
             )
             if not found:
                 raise _Conflict(False)
+        if key_row is not None:
+            try:
+                await conn.execute(INSERT_KEY, key_row)
+            except IntegrityError as exc:  # another writer gave this stream a key first
+                raise _Conflict(self.dialect == "postgresql") from exc
         return returned
 
     # ------------------------------------------------------------------ group commit
-    async def _grouped(self, sid: uuid.UUID, rows: list[dict[str, Any]]) -> _Returned:
+    async def _grouped(
+        self, sid: uuid.UUID, rows: list[dict[str, Any]], key_row: dict[str, Any] | None
+    ) -> _Returned:
         """PostgreSQL, own transaction, new stream: the append joins a group commit. Appends
         that arrive while GROUP_COMMIT_INFLIGHT INSERTs are in flight go together in one
         multi-row INSERT (one statement, one transaction, one NOTIFY). A group that trips the
         unique index is retried one append at a time, so each append still succeeds or fails
         on its own; each commits atomically (a group commits as a whole)."""
         future: asyncio.Future[_Returned] = asyncio.get_running_loop().create_future()
-        self._queue.append((sid, rows, future))
+        self._queue.append((sid, rows, key_row, future))
         self._start_flushes()
         # the flush runs in its own task: a cancelled caller stops waiting, but never leaves
         # the other appends of its group unresolved
@@ -225,7 +279,7 @@ class EventStore:
 
     def _start_flushes(self) -> None:
         while self._queue and len(self._inflight) < GROUP_COMMIT_INFLIGHT:
-            group: list[tuple[uuid.UUID, list[dict[str, Any]], asyncio.Future[_Returned]]] = []
+            group: list[_Queued] = []
             count = 0
             while self._queue and count + len(self._queue[0][1]) <= MAX_EVENTS_PER_APPEND:
                 count += len(self._queue[0][1])
@@ -238,13 +292,17 @@ class EventStore:
         self._inflight.discard(task)
         self._start_flushes()
 
-    async def _flush(
-        self, group: list[tuple[uuid.UUID, list[dict[str, Any]], asyncio.Future[_Returned]]]
-    ) -> None:
+    def _connect(self, keys: bool) -> Any:
+        """PostgreSQL: one statement runs in autocommit (no BEGIN/COMMIT round trips); with
+        data key rows to insert too, a transaction."""
+        return self.engine.begin() if keys else self._autocommit.connect()
+
+    async def _flush(self, group: list[_Queued]) -> None:
         try:
             if len(group) > 1:
+                keys = [g[2] for g in group if g[2] is not None]
                 with contextlib.suppress(IntegrityError):
-                    async with self._autocommit.connect() as own:
+                    async with self._connect(bool(keys)) as own:
                         result = await own.execute(INSERT_GROUP, [r for g in group for r in g[1]])
                         found: dict[uuid.UUID, _Returned] = {}
                         for r in result:
@@ -252,15 +310,17 @@ class EventStore:
                                 r.position,
                                 r.tx_id,
                             )
-                    for sid, _, future in group:
+                        if keys:
+                            await own.execute(INSERT_KEY, keys)
+                    for sid, _, _, future in group:
                         if not future.done():
                             future.set_result(found[sid])
                     return
             # one append, or a group that tripped the unique index: one at a time
-            for sid, rows, future in group:
+            for sid, rows, key_row, future in group:
                 try:
-                    async with self._autocommit.connect() as own:
-                        returned = await self._insert(own, sid, 0, rows)
+                    async with self._connect(key_row is not None) as own:
+                        returned = await self._insert(own, sid, 0, rows, key_row)
                 except Exception as exc:  # handed to that append's caller
                     if not future.done():
                         future.set_exception(exc)
@@ -268,11 +328,11 @@ class EventStore:
                     if not future.done():
                         future.set_result(returned)
         except Exception as exc:  # e.g. the database is unreachable: every append fails
-            for _, _, future in group:
+            for *_, future in group:
                 if not future.done():
                     future.set_exception(exc)
         finally:  # cancelled (the loop is closing): nobody may wait forever
-            for _, _, future in group:
+            for *_, future in group:
                 future.cancel()
 
     async def _version_after_failure(
@@ -313,7 +373,7 @@ class EventStore:
         """One stream's events in version order: whole, up to `to_version`, or recorded at or
         before `until`."""
         sid = _as_uuid(stream_id, "stream id")
-        stmt = select(*COLUMNS).where(events.c.stream_id == sid)
+        stmt = select(*COLUMNS).select_from(EVENTS_WITH_KEYS).where(events.c.stream_id == sid)
         if to_version is not None:
             stmt = stmt.where(events.c.stream_version <= to_version)
         if until is not None:
@@ -327,10 +387,10 @@ class EventStore:
         self, cursor: Cursor, limit: int, shards: Sequence[int] | None = None
     ) -> Select[Any]:
         """The query behind `read_after` (exposed for streaming readers such as replay)."""
-        stmt = select(*COLUMNS).where(
-            tuple_(events.c.tx_id, events.c.position)
-            > tuple_(literal(cursor.tx_id, BigInteger()), literal(cursor.position, BigInteger()))
+        after = tuple_(events.c.tx_id, events.c.position) > tuple_(
+            literal(cursor.tx_id, BigInteger()), literal(cursor.position, BigInteger())
         )
+        stmt = select(*COLUMNS).select_from(EVENTS_WITH_KEYS).where(after)
         if self.dialect == "postgresql":
             # Only transactions older than every still-running one: a position taken by a
             # slower transaction that has not committed yet can never be passed over.
@@ -373,12 +433,13 @@ class EventStore:
             cursor = batch[-1].cursor
 
     async def _fetch(self, stmt: Select[Any], conn: AsyncConnection | None) -> list[RecordedEvent]:
+        crypto = self.crypto
         if conn is not None:
             result = await conn.execute(stmt)
-            return [decode(r) for r in result]
+            return [decode(r, crypto) for r in result]
         async with self.engine.connect() as own:
             result = await own.execute(stmt)
-            return [decode(r) for r in result]
+            return [decode(r, crypto) for r in result]
 
     async def head(self, *, conn: AsyncConnection | None = None) -> LogHead:
         """Event count and highest position."""

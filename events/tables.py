@@ -13,6 +13,7 @@ from sqlalchemy import (
     Dialect,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -78,10 +79,26 @@ events = Table(
     Column("data", JSONType, nullable=False),
     Column("metadata", JSONType, nullable=False),
     Column("recorded_at", UTCDateTime(), nullable=False),
+    # the event's personal values, AES-GCM under its stream's data key (events.crypto);
+    # NULL when it has none (or was stored before encryption)
+    Column("sealed", LargeBinary, nullable=True),
     UniqueConstraint("stream_id", "stream_version", name="uq_events_stream_version"),
     Index("ix_events_tx_position", "tx_id", "position"),
     Index("ix_events_shard_tx_position", "shard", "tx_id", "position"),
     Index("ix_events_recorded_at", "recorded_at"),
+)
+
+#: one data key per stream (user), wrapped by a master key that is never stored; a destroyed
+#: key keeps its row (no key material, `erased_at` set) so the stream reads as erased
+data_keys = Table(
+    "event_data_keys",
+    metadata,
+    Column("stream_id", Uuid(as_uuid=True), primary_key=True),
+    Column("master_key_id", String(32), nullable=True),
+    Column("wrapped_key", LargeBinary, nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("erased_at", UTCDateTime(), nullable=True),
+    Index("ix_event_data_keys_master_key_id", "master_key_id"),
 )
 
 # On PostgreSQL the writing transaction's id is filled in by the database, and every

@@ -21,6 +21,7 @@ from events.catalog import (
     UserDeactivated,
     UserDeleted,
     UserEmailChanged,
+    UserErased,
     UserPasswordChanged,
     UserProfileUpdated,
     UserRegistered,
@@ -34,6 +35,7 @@ from events.catalog import (
 PROTECTED_USER_COLUMNS = frozenset({"id", "version", "created_at", "updated_at"})
 #: OAuth columns an `OAuthAccountUpdated` may change
 REGISTERED = UserRegistered.event_type
+ERASED = UserErased.event_type
 OAUTH_FIELDS = frozenset(
     {"oauth_name", "access_token", "expires_at", "refresh_token", "account_id", "account_email"}
 )
@@ -104,6 +106,7 @@ class Folder:
             OAuthAccountLinked.event_type: self.oauth_linked,
             OAuthAccountUpdated.event_type: self.oauth_updated,
             UserDeleted.event_type: self.deleted,
+            UserErased.event_type: self.deleted,
         }
 
     def apply_recorded(self, change: StreamChange, recorded: RecordedEvent) -> None:
@@ -113,6 +116,7 @@ class Folder:
             recorded.event_type,
             recorded.event.__dict__,
             recorded.recorded_at,
+            recorded.erased,
         )
 
     def apply(
@@ -122,11 +126,15 @@ class Folder:
         event_type: str,
         data: Mapping[str, Any],
         recorded_at: datetime,
+        erased: bool = False,
     ) -> None:
-        """Fold one event into `change` (a no-op when already applied)."""
+        """Fold one event into `change` (a no-op when already applied). Every event of an
+        erased user folds as a deletion: an erased user leaves no rows, live or replayed."""
         if version <= change.version:
             return
-        if event_type == REGISTERED:
+        if erased or event_type == ERASED:
+            self.deleted(change, data, version)
+        elif event_type == REGISTERED:
             self.registered(change, data, version)
             assert change.insert is not None
             change.insert["created_at"] = recorded_at

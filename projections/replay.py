@@ -42,8 +42,10 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events import Cursor, EventStore
+from events.crypto import crypto_of
 from events.envelope import SHARDS
-from events.tables import events
+from events.statements import EVENTS_WITH_KEYS
+from events.tables import data_keys, events
 from projections import leases
 from projections.errors import ReplayError
 from projections.folding import StreamChange
@@ -84,6 +86,12 @@ OnProgress = Callable[[Progress], None]
 
 
 #: what a replay reads of each event (no metadata, no event id: the projection needs neither)
+_KEY_COLUMNS = (
+    events.c.sealed,
+    data_keys.c.master_key_id,
+    data_keys.c.wrapped_key,
+    data_keys.c.erased_at,
+)
 REPLAY_COLUMNS = (
     events.c.position,
     events.c.tx_id,
@@ -93,11 +101,13 @@ REPLAY_COLUMNS = (
     events.c.schema_version,
     events.c.data,
     events.c.recorded_at,
+    *_KEY_COLUMNS,
 )
 #: on PostgreSQL the driver already returns aware UTC timestamps: skip the type decorator
 PG_REPLAY_COLUMNS = (
-    *REPLAY_COLUMNS[:-1],
+    *REPLAY_COLUMNS[:7],
     type_coerce(events.c.recorded_at, DateTime(timezone=True)).label("recorded_at"),
+    *_KEY_COLUMNS,
 )
 
 
@@ -270,7 +280,7 @@ class Replay:
             while (item := await queue.get()) is not None:
                 shard, chunk = item
                 if chunk is not None:
-                    self.target.fold_rows(changes, chunk)
+                    self.target.fold_rows(changes, chunk, crypto_of(self.engine))
                     self.progress.done += len(chunk)
                     self.on_progress(self.progress)
                     continue
@@ -318,6 +328,7 @@ class Replay:
                 while True:
                     stmt = (
                         select(*columns)
+                        .select_from(EVENTS_WITH_KEYS)
                         .where(events.c.shard == shard, pos > _at(cursor))
                         .where(pos <= _at(head))
                         .order_by(events.c.tx_id, events.c.position)
@@ -367,7 +378,7 @@ class Replay:
         if not batch:
             return cursor, 0
         changes = await self.target.load(conn, {r.stream_id for r in batch})
-        self.target.fold_rows(changes, batch)
+        self.target.fold_rows(changes, batch, crypto_of(self.engine))
         await self.target.write(conn, changes.values())
         cursor = Cursor(batch[-1].tx_id, batch[-1].position)
         await conn.execute(

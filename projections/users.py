@@ -14,6 +14,8 @@ from sqlalchemy import Table, bindparam, delete, insert, literal, select, union_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events import EVENT_TYPES, RecordedEvent
+from events.crypto import Crypto
+from events.statements import opened
 from events.upcasting import upcast
 from projections.folding import Folder, StreamChange
 from projections.tables import projection_tombstones
@@ -104,9 +106,15 @@ class UserProjection:
                 change = changes[recorded.stream_id] = StreamChange(recorded.stream_id)
             apply(change, recorded)
 
-    def fold_rows(self, changes: dict[uuid.UUID, StreamChange], rows: Iterable[Any]) -> int:
+    def fold_rows(
+        self,
+        changes: dict[uuid.UUID, StreamChange],
+        rows: Iterable[Any],
+        crypto: Crypto | None = None,
+    ) -> int:
         """Fold stored rows (stream_id, stream_version, event_type, schema_version, data,
-        recorded_at) without building event models: the replay's fast path. Returns the count."""
+        recorded_at, sealed and the stream's key columns: `events.statements.COLUMNS`) without
+        building event models: the replay's fast path. Returns the count."""
         apply = self.folder.apply
         n = 0
         for row in rows:
@@ -114,10 +122,14 @@ class UserProjection:
             change = changes.get(sid)
             if change is None:
                 change = changes[sid] = StreamChange(sid)
-            data = row.data
+            erased = False
+            if row.sealed is None and row.erased_at is None:
+                data = row.data
+            else:
+                data, erased = opened(row, crypto)
             if row.schema_version != CURRENT_VERSIONS[row.event_type]:
                 data = upcast(row.event_type, row.schema_version, data)
-            apply(change, row.stream_version, row.event_type, data, row.recorded_at)
+            apply(change, row.stream_version, row.event_type, data, row.recorded_at, erased)
             n += 1
         return n
 

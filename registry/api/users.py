@@ -54,10 +54,9 @@ def users_router(container: Container, read_model: ReadModel) -> APIRouter:
 
     async def wait_for(user_id: UUID, version: int) -> None:
         nonlocal projection
-        from projections.worker import wait_for_version
-
         from projections import UserProjection
         from projections.errors import ProjectionTimeout
+        from projections.worker import wait_for_version
 
         if projection is None:
             projection = UserProjection(container.user_table, container.oauth_table)

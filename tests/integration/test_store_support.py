@@ -22,6 +22,7 @@ from events import (
     UserActivated,
     UserDeactivated,
     UserDeleted,
+    UserErased,
     UserEmailChanged,
     UserPasswordChanged,
     UserProfileUpdated,
@@ -72,6 +73,7 @@ def samples() -> list[Event]:
             oauth_account_id=ACCOUNT, changes={"access_token": "ya29.new", "expires_at": None}
         ),
         UserDeleted(),
+        UserErased(),
     ]
     assert {e.event_type for e in out} == set(EVENT_TYPES), "a sample for every event type"
     return out

@@ -54,6 +54,7 @@ EXPECTED_TYPES = {
     "OAuthAccountLinked",
     "OAuthAccountUpdated",
     "UserDeleted",
+    "UserErased",
 }
 
 

@@ -1,0 +1,408 @@
+"""Personal data in an immutable log: per-user encryption and erasure (crypto-shredding).
+
+Each user (stream) gets a random 256-bit data key the first time one of its events is sealed.
+The key is stored in `event_data_keys`, wrapped (AES-GCM) by a master key that never touches
+the database; only the master key's id (a fingerprint) is stored beside it. An event's personal
+fields (`Event.personal_fields`, the always-personal keys of its `personal_dict`, and the app's
+custom columns marked personal) are moved out of its JSON payload into one AES-GCM ciphertext
+in the `sealed` column; the payload keeps `"[erased]"` in their place. So the stored payload
+is already what remains once the user is erased: erasing destroys the data key (in the same
+transaction as the `UserErased` event), and every sealed field is unreadable from then on.
+
+Ciphertexts are bound to their place in the log (associated data: stream id and version), data
+keys to their stream. Reading joins each event to its stream's key row: a key marked erased
+makes every event of that stream read as erased (`RecordedEvent.erased`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from events.catalog import EVENT_TYPES
+from events.errors import EventStoreError, InvalidEventError
+from events.tables import data_keys, events
+
+#: what a personal field reads as once its key is gone (and what the stored payload holds)
+ERASED = "[erased]"
+#: the format byte that starts every sealed value
+SEAL_FORMAT = b"\x01"
+NONCE_BYTES = 12
+KEY_CACHE_SIZE = 50_000
+#: personal fields of stored payloads older than the current models (upcast after opening)
+LEGACY_PERSONAL: dict[str, frozenset[str]] = {"UserRegistered": frozenset({"password_hash"})}
+#: events whose `personal_dict` holds the app's custom columns (the app's personal ones sealed)
+PROFILE_EVENTS = frozenset({"UserRegistered", "UserProfileUpdated"})
+
+
+class MasterKeyError(EventStoreError):
+    """The master key is missing, malformed, or not the one that wrapped the data keys."""
+
+
+class StreamErasedError(InvalidEventError):
+    """The stream's data key was destroyed: nothing more can be written to it."""
+
+    def __init__(self, stream_id: UUID) -> None:
+        self.stream_id = stream_id
+        super().__init__(f"stream {stream_id} was erased: nothing can be appended to it")
+
+
+# ---------------------------------------------------------------------------- master keys
+@dataclass(frozen=True)
+class MasterKey:
+    """A 256-bit key-encryption key. `key_id` (a fingerprint) is all the database sees of it."""
+
+    secret: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.secret) != 32:
+            raise MasterKeyError("a master key is 32 bytes")
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"MasterKey(key_id={self.key_id!r})"
+
+    @property
+    def key_id(self) -> str:
+        return hashlib.sha256(b"registry-master-key\x00" + self.secret).hexdigest()[:16]
+
+    @classmethod
+    def generate(cls) -> MasterKey:
+        return cls(secrets.token_bytes(32))
+
+    @classmethod
+    def parse(cls, text: str, *, source: str = "REGISTRY_MASTER_KEY") -> MasterKey:
+        """A key from its text form: 32 bytes in URL-safe base64 (what `encoded()` gives)."""
+        cleaned = text.strip()
+        try:
+            raw = base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
+        except (ValueError, TypeError):
+            raw = b""
+        if len(raw) != 32:
+            raise MasterKeyError(
+                f"{source} is not a master key: expected 32 bytes in URL-safe base64 "
+                "(make one with `registry keygen`)"
+            )
+        return cls(raw)
+
+    def encoded(self) -> str:
+        return base64.urlsafe_b64encode(self.secret).decode("ascii").rstrip("=")
+
+
+def _key_aad(stream_id: UUID) -> bytes:
+    return b"registry-data-key\x00" + stream_id.bytes
+
+
+class Keyring:
+    """The active master key (wraps new data keys) and previous ones (still unwrap, during a
+    rotation)."""
+
+    def __init__(self, active: MasterKey, previous: Iterable[MasterKey] = ()) -> None:
+        self.active = active
+        self.keys = {k.key_id: k for k in (*previous, active)}
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        return frozenset(self.keys)
+
+    def wrap(self, stream_id: UUID, data_key: bytes) -> tuple[str, bytes]:
+        nonce = os.urandom(NONCE_BYTES)
+        wrapped = AESGCM(self.active.secret).encrypt(nonce, data_key, _key_aad(stream_id))
+        return self.active.key_id, nonce + wrapped
+
+    def unwrap(self, stream_id: UUID, key_id: str, wrapped: bytes) -> bytes:
+        master = self.keys.get(key_id)
+        if master is None:
+            raise MasterKeyError(
+                f"the data key of stream {stream_id} is wrapped by master key {key_id}, which "
+                "is not configured (REGISTRY_MASTER_KEY, REGISTRY_PREVIOUS_MASTER_KEYS)"
+            )
+        try:
+            return AESGCM(master.secret).decrypt(
+                wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _key_aad(stream_id)
+            )
+        except InvalidTag:
+            raise MasterKeyError(
+                f"the data key of stream {stream_id} does not open with master key {key_id}"
+            ) from None
+
+
+# ---------------------------------------------------------------------------- sealing
+def _event_aad(stream_id: UUID, stream_version: int) -> bytes:
+    return stream_id.bytes + stream_version.to_bytes(4, "big")
+
+
+def _clear(value: Any) -> Any:
+    return None if value is None else ERASED
+
+
+class Crypto:
+    """Seals and opens event payloads, and keeps the data keys (one per engine, see `attach`).
+
+    `personal_profile`: the app's custom columns that hold personal data; their values in
+    `profile` (UserRegistered) and `changes` (UserProfileUpdated) are sealed too.
+    """
+
+    def __init__(self, keyring: Keyring, personal_profile: Iterable[str] = ()) -> None:
+        self.keyring = keyring
+        self.personal_profile = frozenset(personal_profile)
+        #: unwrapped keys by stream, with the wrapped bytes they came from (a re-wrapped or
+        #: destroyed key row never matches a stale entry)
+        self._keys: OrderedDict[UUID, tuple[bytes, AESGCM]] = OrderedDict()
+        self._spec = {
+            name: (
+                cls.personal_fields | LEGACY_PERSONAL.get(name, frozenset()),
+                cls.personal_dict,
+                cls.personal_keys
+                | (self.personal_profile if name in PROFILE_EVENTS else frozenset()),
+            )
+            for name, cls in EVENT_TYPES.items()
+        }
+
+    def mark_personal(self, columns: Iterable[str]) -> None:
+        """Also seal these custom columns (an app model's columns marked personal)."""
+        more = frozenset(columns) - self.personal_profile
+        if not more:
+            return
+        self.personal_profile |= more
+        for name, (fields, nested, keys) in self._spec.items():
+            if name in PROFILE_EVENTS:
+                self._spec[name] = (fields, nested, keys | more)
+
+    def personal(self, event_type: str) -> bool:
+        spec = self._spec.get(event_type)
+        return spec is not None and bool(spec[0] or spec[2])
+
+    def split(self, event_type: str, data: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+        """(the payload with personal values replaced by "[erased]", the personal values)
+        — the second is None when the payload holds nothing personal."""
+        fields, nested, keys = self._spec[event_type]
+        clear = dict(data)
+        secret: dict[str, Any] = {}
+        for name in fields:
+            if name in clear and clear[name] is not None:
+                secret[name] = clear[name]
+                clear[name] = ERASED
+        if nested is not None and keys:
+            inner = clear.get(nested)
+            if isinstance(inner, dict):
+                hidden = {k: v for k, v in inner.items() if k in keys and v is not None}
+                if hidden:
+                    secret[nested] = hidden
+                    clear[nested] = {k: (_clear(v) if k in keys else v) for k, v in inner.items()}
+        return clear, (secret or None)
+
+    def seal(
+        self, key: AESGCM, stream_id: UUID, version: int, event_type: str, data: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], bytes | None]:
+        """The payload to store and its sealed personal values (None: nothing personal)."""
+        clear, secret = self.split(event_type, data)
+        if secret is None:
+            return clear, None
+        nonce = os.urandom(NONCE_BYTES)
+        plain = json.dumps(secret, separators=(",", ":")).encode()
+        return clear, SEAL_FORMAT + nonce + key.encrypt(
+            nonce, plain, _event_aad(stream_id, version)
+        )
+
+    @staticmethod
+    def open(
+        key: AESGCM, stream_id: UUID, version: int, data: Mapping[str, Any], sealed: bytes
+    ) -> dict[str, Any]:
+        """The stored payload with its sealed values put back."""
+        if sealed[:1] != SEAL_FORMAT:
+            raise MasterKeyError(f"stream {stream_id} v{version}: unknown sealed format")
+        try:
+            plain = key.decrypt(
+                sealed[1 : 1 + NONCE_BYTES],
+                sealed[1 + NONCE_BYTES :],
+                _event_aad(stream_id, version),
+            )
+        except InvalidTag:
+            raise MasterKeyError(
+                f"stream {stream_id} v{version}: sealed data does not open with its data key"
+            ) from None
+        out = dict(data)
+        for name, value in json.loads(plain).items():
+            if isinstance(value, dict) and isinstance(out.get(name), dict):
+                out[name] = {**out[name], **value}
+            else:
+                out[name] = value
+        return out
+
+    # ------------------------------------------------------------------ data keys
+    def key_from_row(self, stream_id: UUID, key_id: str, wrapped: bytes) -> AESGCM:
+        """The stream's data key from its stored row (unwrapped once, then cached)."""
+        wrapped = bytes(wrapped)
+        found = self._keys.get(stream_id)
+        if found is not None and found[0] == wrapped:
+            self._keys.move_to_end(stream_id)
+            return found[1]
+        key = AESGCM(self.keyring.unwrap(stream_id, key_id, wrapped))
+        self._remember(stream_id, wrapped, key)
+        return key
+
+    def _remember(self, stream_id: UUID, wrapped: bytes, key: AESGCM) -> None:
+        self._keys[stream_id] = (wrapped, key)
+        self._keys.move_to_end(stream_id)
+        if len(self._keys) > KEY_CACHE_SIZE:
+            self._keys.popitem(last=False)
+
+    def cached(self, stream_id: UUID) -> AESGCM | None:
+        found = self._keys.get(stream_id)
+        return None if found is None else found[1]
+
+    def new_key(self, stream_id: UUID) -> tuple[AESGCM, dict[str, Any]]:
+        """A fresh data key for a stream and the row that stores it (insert it with the
+        stream's first sealed event)."""
+        raw = AESGCM.generate_key(bit_length=256)
+        key_id, wrapped = self.keyring.wrap(stream_id, raw)
+        key = AESGCM(raw)
+        self._remember(stream_id, wrapped, key)
+        row = {
+            "stream_id": stream_id,
+            "master_key_id": key_id,
+            "wrapped_key": wrapped,
+            "created_at": datetime.now(UTC),
+            "erased_at": None,
+        }
+        return key, row
+
+    async def stored_key(self, conn: AsyncConnection, stream_id: UUID) -> AESGCM | None:
+        """The stream's data key from the database; None when it has none yet. Raises
+        `StreamErasedError` when it was destroyed."""
+        row = (
+            await conn.execute(
+                select(data_keys.c.master_key_id, data_keys.c.wrapped_key).where(
+                    data_keys.c.stream_id == stream_id
+                )
+            )
+        ).first()
+        if row is None:
+            return None
+        if row.wrapped_key is None:
+            raise StreamErasedError(stream_id)
+        return self.key_from_row(stream_id, row.master_key_id, row.wrapped_key)
+
+    def forget(self, stream_id: UUID) -> None:
+        self._keys.pop(stream_id, None)
+
+
+# ---------------------------------------------------------------------------- per engine
+_CRYPTO: weakref.WeakKeyDictionary[Any, Crypto] = weakref.WeakKeyDictionary()
+
+
+def attach(engine: AsyncEngine, crypto: Crypto | None) -> None:
+    """Make every `EventStore` on `engine` seal and open with `crypto` (None: detach)."""
+    if crypto is None:
+        _CRYPTO.pop(engine.sync_engine, None)
+    else:
+        _CRYPTO[engine.sync_engine] = crypto
+
+
+def crypto_of(engine: AsyncEngine) -> Crypto | None:
+    return _CRYPTO.get(engine.sync_engine)
+
+
+# ---------------------------------------------------------------------------- erasure
+async def shred(conn: AsyncConnection, crypto: Crypto | None, stream_id: UUID) -> None:
+    """Destroy a stream's data key, in the caller's transaction (with its `UserErased`).
+
+    The key row stays as a marker (no key material, `erased_at` set), so every event of the
+    stream reads as erased. Events stored in clear (before encryption was on, or by a store
+    without a key) have their personal values overwritten with "[erased]" here too."""
+    now = datetime.now(UTC)
+    done = await conn.execute(
+        update(data_keys)
+        .where(data_keys.c.stream_id == stream_id)
+        .values(master_key_id=None, wrapped_key=None, erased_at=now)
+    )
+    if not done.rowcount:
+        await conn.execute(
+            insert(data_keys).values(
+                stream_id=stream_id,
+                master_key_id=None,
+                wrapped_key=None,
+                created_at=now,
+                erased_at=now,
+            )
+        )
+    if crypto is not None:
+        crypto.forget(stream_id)
+    splitter = crypto or Crypto(Keyring(MasterKey(bytes(32))))
+    rows = (
+        await conn.execute(
+            select(events.c.position, events.c.event_type, events.c.data).where(
+                events.c.stream_id == stream_id, events.c.sealed.is_(None)
+            )
+        )
+    ).all()
+    for row in rows:
+        if row.event_type not in EVENT_TYPES:
+            continue
+        clear, secret = splitter.split(row.event_type, row.data)
+        if secret is not None:
+            await conn.execute(
+                update(events).where(events.c.position == row.position).values(data=clear)
+            )
+
+
+# ---------------------------------------------------------------------------- checks
+async def verify(engine: AsyncEngine, keyring: Keyring) -> None:
+    """Refuse to start when a stored data key is wrapped by a master key this process does not
+    have (a wrong or missing key): raises `MasterKeyError`, writes nothing."""
+    async with engine.connect() as conn:
+        found = (
+            await conn.execute(
+                select(data_keys.c.master_key_id)
+                .where(data_keys.c.master_key_id.is_not(None))
+                .group_by(data_keys.c.master_key_id)
+            )
+        ).scalars()
+        unknown = sorted(set(found) - keyring.key_ids)
+        if unknown:
+            raise MasterKeyError(
+                "the configured master key does not match the data keys in the database: they "
+                f"are wrapped by master key {', '.join(unknown)}, this process has "
+                f"{', '.join(sorted(keyring.key_ids))} (check REGISTRY_MASTER_KEY; during a "
+                "rotation put the old key in REGISTRY_PREVIOUS_MASTER_KEYS)"
+            )
+        # a fingerprint match is a key match; open one key per master key to be sure
+        for key_id in keyring.key_ids:
+            row = (
+                await conn.execute(
+                    select(data_keys.c.stream_id, data_keys.c.wrapped_key)
+                    .where(data_keys.c.master_key_id == key_id)
+                    .limit(1)
+                )
+            ).first()
+            if row is not None:
+                keyring.unwrap(row.stream_id, key_id, bytes(row.wrapped_key))
+
+
+__all__ = [
+    "ERASED",
+    "Crypto",
+    "Keyring",
+    "MasterKey",
+    "MasterKeyError",
+    "StreamErasedError",
+    "attach",
+    "crypto_of",
+    "shred",
+    "verify",
+]
