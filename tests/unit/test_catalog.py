@@ -24,6 +24,7 @@ from events import (
     UserDeactivated,
     UserDeleted,
     UserEmailChanged,
+    UserErased,
     UserPasswordChanged,
     UserProfileUpdated,
     UserRegistered,
@@ -80,6 +81,7 @@ def samples() -> list[Event]:
         ),
         OAuthAccountUpdated(oauth_account_id=ACCOUNT, changes={"access_token": "gho_new"}),
         UserDeleted(),
+        UserErased(),
     ]
 
 
