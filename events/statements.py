@@ -61,6 +61,7 @@ ROW_COLUMNS = (
     "data",
     "metadata",
     "recorded_at",
+    "sealed",
 )
 #: every append's INSERT is built once, so SQLAlchemy compiles it once (a statement built per
 #: call with `.values(rows)` has no cache key and was recompiled on every append)
