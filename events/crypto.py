@@ -23,7 +23,7 @@ import os
 import secrets
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -145,7 +145,8 @@ class Keyring:
 #: the JSON codec of sealed values, bound once (json.loads/dumps re-create these per call:
 #: half the cost of opening an event during a replay)
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_scan = json.JSONDecoder().scan_once
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
 
 def _event_aad(stream_id: UUID, stream_version: int) -> bytes:
     return stream_id.bytes + stream_version.to_bytes(4, "big")
