@@ -37,10 +37,12 @@ from events.statements import (
     COLUMNS,
     EVENTS_WITH_KEYS,
     INSERT,
-    INSERT_GROUP,
+    PG_INSERT_ROWS,
+    PG_INSERT_ROWS_AND_KEYS,
     PG_READ_HORIZON,
     decode,
     guarded_insert,
+    pg_columns,
 )
 from events.tables import NOTIFY_CHANNEL, data_keys, events
 
@@ -230,7 +232,13 @@ class EventStore:
         try:
             # the INSERT is the transaction's first write: on PostgreSQL that is when the
             # transaction id (and so the reading order) is assigned, after the stream was read
-            if expected_version == 0 or self.dialect != "postgresql":
+            if expected_version == 0 and self.dialect == "postgresql":
+                # one statement, also for the stream's new data key row
+                stmt = PG_INSERT_ROWS_AND_KEYS if key_row is not None else PG_INSERT_ROWS
+                keys = [key_row] if key_row is not None else []
+                result = await conn.execute(stmt, pg_columns(rows, keys))
+                key_row = None
+            elif expected_version == 0 or self.dialect != "postgresql":
                 # one row: a plain INSERT; several: one multi-row INSERT (insertmanyvalues,
                 # a single statement up to MAX_EVENTS_PER_APPEND rows); compiled once, cached
                 result = await conn.execute(INSERT, rows[0] if len(rows) == 1 else rows)
@@ -292,26 +300,22 @@ class EventStore:
         self._inflight.discard(task)
         self._start_flushes()
 
-    def _connect(self, keys: bool) -> Any:
-        """PostgreSQL: one statement runs in autocommit (no BEGIN/COMMIT round trips); with
-        data key rows to insert too, a transaction."""
-        return self.engine.begin() if keys else self._autocommit.connect()
-
     async def _flush(self, group: list[_Queued]) -> None:
         try:
             if len(group) > 1:
                 keys = [g[2] for g in group if g[2] is not None]
+                stmt = PG_INSERT_ROWS_AND_KEYS if keys else PG_INSERT_ROWS
                 with contextlib.suppress(IntegrityError):
-                    async with self._connect(bool(keys)) as own:
-                        result = await own.execute(INSERT_GROUP, [r for g in group for r in g[1]])
+                    async with self._autocommit.connect() as own:
+                        result = await own.execute(
+                            stmt, pg_columns([r for g in group for r in g[1]], keys)
+                        )
                         found: dict[uuid.UUID, _Returned] = {}
                         for r in result:
                             found.setdefault(r.stream_id, {})[r.stream_version] = (
                                 r.position,
                                 r.tx_id,
                             )
-                        if keys:
-                            await own.execute(INSERT_KEY, keys)
                     for sid, _, _, future in group:
                         if not future.done():
                             future.set_result(found[sid])
@@ -319,7 +323,7 @@ class EventStore:
             # one append, or a group that tripped the unique index: one at a time
             for sid, rows, key_row, future in group:
                 try:
-                    async with self._connect(key_row is not None) as own:
+                    async with self._autocommit.connect() as own:
                         returned = await self._insert(own, sid, 0, rows, key_row)
                 except Exception as exc:  # handed to that append's caller
                     if not future.done():
