@@ -27,6 +27,7 @@ FIGURES = {
     "lag": "bench.lag",
     "bus": "bench.bus",
     "http": "bench.http",
+    "encryption": "bench.encryption",
 }
 
 
