@@ -65,6 +65,19 @@ class DeleteUser(Command):
     user_id: UUID
 
 
+class EraseUser(Command):
+    """Erase a user's personal data (the right to erasure): their data key is destroyed in the
+    same transaction as a `UserErased` event, so every personal field of their events (email,
+    password hash, OAuth tokens and account ids, personal custom columns) is unreadable from
+    then on; their read-model rows and their email/OAuth reservations go, and the address can
+    be registered again (as a new user). Works on a live or a deleted user; erasing an erased
+    user again is accepted and changes nothing. Unknown user: USER_NOT_FOUND."""
+
+    name: ClassVar[str] = "erase"
+
+    user_id: UUID
+
+
 class LinkOAuthAccount(Command):
     name: ClassVar[str] = "link-oauth"
 
@@ -95,5 +108,12 @@ class UpdateOAuthAccount(Command):
 
 COMMANDS: dict[str, type[Command]] = {
     cls.name: cls
-    for cls in (RegisterUser, UpdateUser, DeleteUser, LinkOAuthAccount, UpdateOAuthAccount)
+    for cls in (
+        RegisterUser,
+        UpdateUser,
+        DeleteUser,
+        EraseUser,
+        LinkOAuthAccount,
+        UpdateOAuthAccount,
+    )
 }

@@ -21,6 +21,7 @@ from events import (
     UserDeactivated,
     UserDeleted,
     UserEmailChanged,
+    UserErased,
     UserPasswordChanged,
     UserProfileUpdated,
     UserRegistered,
@@ -32,6 +33,7 @@ from events import (
 from registry.commands import (
     Command,
     DeleteUser,
+    EraseUser,
     LinkOAuthAccount,
     RegisterUser,
     UpdateOAuthAccount,
@@ -69,6 +71,10 @@ class UserState:
     version: int = 0
     exists: bool = False
     deleted: bool = False
+    #: the user's personal data was erased (their data key is gone): never alive again
+    erased: bool = False
+    #: the stream holds a `UserErased` (a key destroyed without one gets one on erase)
+    erasure_recorded: bool = False
     email: str = ""
     hashed_password: str = ""
     is_active: bool = True
@@ -80,7 +86,7 @@ class UserState:
 
     @property
     def alive(self) -> bool:
-        return self.exists and not self.deleted
+        return self.exists and not self.deleted and not self.erased
 
     def oauth_by_name(self, oauth_name: str, account_id: str) -> OAuthAccountState | None:
         for account in self.oauth_accounts.values():
@@ -129,13 +135,18 @@ def evolve(state: UserState, event: Event) -> None:
                 state.oauth_accounts[event.oauth_account_id] = replace(old, **changes)
         case UserDeleted():
             state.deleted = True
+        case UserErased():
+            state.erased = state.erasure_recorded = True
 
 
 def fold(user_id: UUID, stream: Iterable[RecordedEvent]) -> UserState:
-    """The state after a stream's events (in version order)."""
+    """The state after a stream's events (in version order). A stream whose data key was
+    destroyed (`RecordedEvent.erased`) or that holds `UserErased` folds to an erased user."""
     state = UserState(user_id=user_id)
     for recorded in stream:
         evolve(state, recorded.event)
+        if recorded.erased:
+            state.erased = True
         state.version = recorded.stream_version
     return state
 
@@ -143,11 +154,16 @@ def fold(user_id: UUID, stream: Iterable[RecordedEvent]) -> UserState:
 def decide(state: UserState, command: Command) -> list[Event]:
     """The events that carry out `command` on `state`; [] when it changes nothing.
 
-    Raises UserNotFoundError (unknown or deleted user), UserAlreadyExistsError (register on a
-    used id), OAuthAccountNotFoundError, OAuthAccountAlreadyLinkedError, InvalidCommandError.
+    Raises UserNotFoundError (unknown, deleted or erased user; erase: unknown only),
+    UserAlreadyExistsError (register on a used id), OAuthAccountNotFoundError,
+    OAuthAccountAlreadyLinkedError, InvalidCommandError.
     """
     if isinstance(command, RegisterUser):
         return _register(state, command)
+    if isinstance(command, EraseUser):
+        return _erase(state)
+    if state.erased:
+        raise UserNotFoundError(f"user {state.user_id} was erased")
     if not state.alive:
         raise UserNotFoundError(f"user {state.user_id} does not exist")
     if isinstance(command, UpdateUser):
@@ -176,6 +192,15 @@ def _register(state: UserState, command: RegisterUser) -> list[Event]:
             profile=dict(command.profile),
         )
     ]
+
+
+def _erase(state: UserState) -> list[Event]:
+    """Erase a live or deleted user; an erased one again changes nothing (idempotent)."""
+    if state.version == 0:
+        raise UserNotFoundError(f"user {state.user_id} does not exist")
+    if state.erasure_recorded:
+        return []
+    return [UserErased()]
 
 
 def _flag(current: bool, wanted: bool | None, on: Event, off: Event) -> list[Event]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime
 
@@ -15,6 +16,7 @@ from events import (
     RecordedEvent,
     UserDeleted,
     UserEmailChanged,
+    UserErased,
     UserPasswordChanged,
     UserProfileUpdated,
     UserRegistered,
@@ -24,6 +26,7 @@ from events import (
 )
 from registry.commands import (
     DeleteUser,
+    EraseUser,
     LinkOAuthAccount,
     RegisterUser,
     UpdateOAuthAccount,
@@ -189,3 +192,60 @@ def test_profile_check() -> None:
         check_profile({"nope": 1}, frozenset({"a"}))
     with pytest.raises(InvalidCommandError, match="built-in"):
         check_profile({"email": "x"}, None)
+
+
+REG = UserRegistered(email="a@x.io", hashed_password="h1")
+
+
+def erased_copy(items: list[RecordedEvent]) -> list[RecordedEvent]:
+    """The same stream as read once its data key is gone."""
+    return [dataclasses.replace(r, erased=True) for r in items]
+
+
+def test_erase_a_live_or_deleted_user_emits_user_erased() -> None:
+    live = fold(UID, recorded(REG))
+    assert decide(live, EraseUser(user_id=UID)) == [UserErased()]
+    deleted = fold(UID, recorded(REG, UserDeleted()))
+    assert decide(deleted, EraseUser(user_id=UID)) == [UserErased()]
+
+
+def test_erase_an_unknown_user_is_refused() -> None:
+    with pytest.raises(UserNotFoundError, match="does not exist"):
+        decide(UserState(user_id=UID), EraseUser(user_id=UID))
+
+
+def test_an_erased_user_is_not_alive_and_refuses_other_commands() -> None:
+    stream = erased_copy(recorded(REG, UserEmailChanged(email="[erased]"), UserErased()))
+    state = fold(UID, stream)
+    assert state.erased and not state.alive and state.version == 3
+    for cmd in (
+        UpdateUser(user_id=UID, is_verified=True),
+        DeleteUser(user_id=UID),
+        LinkOAuthAccount.model_validate(
+            {
+                "user_id": UID,
+                "oauth_account_id": uuid.uuid4(),
+                "oauth_name": "github",
+                "access_token": "t",
+                "account_id": "1",
+                "account_email": "a@x.io",
+            }
+        ),
+    ):
+        with pytest.raises(UserNotFoundError, match="was erased"):
+            decide(state, cmd)
+    with pytest.raises(UserAlreadyExistsError):
+        decide(state, RegisterUser(email="a@x.io", hashed_password="h", user_id=UID))
+
+
+def test_erasing_twice_changes_nothing() -> None:
+    state = fold(UID, erased_copy(recorded(REG, UserErased())))
+    assert decide(state, EraseUser(user_id=UID)) == []
+    # the UserErased itself marks the state, with or without the key row read as erased
+    assert fold(UID, recorded(REG, UserErased())).erased
+
+
+def test_a_destroyed_key_without_user_erased_is_erased_but_gets_the_event() -> None:
+    state = fold(UID, erased_copy(recorded(REG)))
+    assert state.erased and not state.alive
+    assert decide(state, EraseUser(user_id=UID)) == [UserErased()]
