@@ -1,8 +1,9 @@
 """Command handlers: the one write path (adapter, bus consumer and import tool all use it).
 
 `CommandHandlers.handle(command)` reads the user's stream, decides, and in ONE transaction
-appends the events (first), then takes/moves/releases reservations, records the command_id
-and, in inline mode, projects. On any error nothing is written.
+appends the events (first), then takes/moves/releases reservations, destroys the user's data
+key when the events erase them (crypto-shredding, `events.crypto.shred`), records the
+command_id and, in inline mode, projects. On any error nothing is written.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from events import ConcurrencyError, EventStore, Metadata, RecordedEvent
+from events import ConcurrencyError, EventStore, Metadata, RecordedEvent, UserErased
+from events.crypto import shred
 from registry.commands import Command, LinkOAuthAccount, RegisterUser
 from registry.decisions import UserState, decide, fold
 from registry.errors import RegistryError, VersionConflictError
@@ -206,6 +208,8 @@ class CommandHandlers:
                         conn=conn,
                     )
                     await reserve(conn, state, recorded)
+                    if any(isinstance(r.event, UserErased) for r in recorded):
+                        await shred(conn, self.store.crypto, user_id)
                 version = recorded[-1].stream_version if recorded else state.version
                 if command.command_id is not None:
                     await self._record(conn, command, user_id, state.version, version)

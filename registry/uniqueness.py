@@ -5,6 +5,8 @@ inserted: it takes, moves or releases the reservations the new events imply. A r
 that another user holds raises EmailAlreadyRegisteredError (or OAuthAccountAlreadyLinkedError)
 and the caller rolls the whole transaction back, events included. The database's primary key
 decides races: of 50 concurrent registrations of one address exactly one commits.
+`UserDeleted` and `UserErased` release every reservation of the user (the address is free
+again; an erased user's address and OAuth account ids are nowhere in clear afterwards).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from events import (
     RecordedEvent,
     UserDeleted,
     UserEmailChanged,
+    UserErased,
     UserRegistered,
     normalise_email,
 )
@@ -102,7 +105,7 @@ async def reserve(
                     f"{name} account {new_id} is already linked to a user"
                 ) from exc
             accounts[event.oauth_account_id] = (name, new_id)
-        elif isinstance(event, UserDeleted):
+        elif isinstance(event, UserDeleted | UserErased):
             await conn.execute(
                 delete(email_reservations).where(email_reservations.c.user_id == before.user_id)
             )
