@@ -96,7 +96,7 @@ async def running_bus(
         max_workers=max_workers if max_workers is not None else settings.bus_max_workers,
         ack_wait=ack_wait if ack_wait is not None else settings.bus_ack_wait,
     )
-    publisher = EventPublisher(broker, ch)
+    publisher = EventPublisher(broker, ch, container.store)
     await broker.connect()
     try:
         await consumer.prepare()

@@ -62,8 +62,11 @@ def build_spec_broker(url: str | None, channels: Channels | None = None) -> Any:
         channel = ch.event(event_type)
         options: dict[str, Any] = {
             "title": channel,
-            "description": f"{event_type} events after commit; secrets redacted; "
-            "message id = event id.",
+            "description": f"{event_type} events after commit; message id = event id. "
+            'Secrets read "[redacted]" and personal values (email, OAuth account id and email, '
+            'custom columns marked personal) "[personal]": read personal data from the read '
+            "API (`GET /users/{id}`), which forgets an erased user. `UserErased` tells "
+            "subscribers to erase their own copies of that user's data.",
             "schema": PublishedEvent,
         }
         if kind == "redis":

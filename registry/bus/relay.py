@@ -6,7 +6,13 @@ never republishes. Delivery is at least once: a batch's checkpoint commits only 
 event in it was published (and, on NATS JetStream, acknowledged by the server). The event id is
 the message id (`Nats-Msg-Id` on NATS, so JetStream drops a republished duplicate within its
 duplicate window; `message_id` on RabbitMQ; a `message_id` header on Redis and Kafka).
-Payloads carry `Event.redacted()`: no password hash, no OAuth token ever leaves.
+
+Payloads carry no secret and no personal data: secret fields (password hash, OAuth tokens)
+read "[redacted]", personal ones (email, OAuth account id and email, the app's custom columns
+marked personal) "[personal]". Messages stay on brokers and in subscribers' stores, out of
+reach of an erasure; a subscriber that needs a user's personal data reads it from the read API
+(`GET /users/{id}`), which forgets it when the user is erased. `UserErased` is published like
+any event, so subscribers can erase their own copies.
 """
 
 from __future__ import annotations
@@ -19,19 +25,23 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from events import RecordedEvent
+from events import Event, EventStore, RecordedEvent
+from events.crypto import PROFILE_EVENTS
 from registry.bus.brokers import broker_kind_of
 from registry.bus.channels import Channels
 
 log = logging.getLogger("registry.bus.relay")
 
 RELAY_NAME = "relay"
+#: what a personal value reads as on the bus
+PERSONAL = "[personal]"
 DUPLICATE_WINDOW_SECONDS = 120.0
 
 
 class PublishedEvent(BaseModel):
     """What the relay publishes for each event: the envelope, the metadata, and the payload
-    with secrets replaced by "[redacted]"."""
+    with secrets replaced by "[redacted]" and personal values by "[personal]" (read those
+    from the read API: `GET /users/{stream_id}`)."""
 
     event_id: UUID
     event_type: str
@@ -44,7 +54,29 @@ class PublishedEvent(BaseModel):
     data: dict[str, Any]
 
 
-def event_message(recorded: RecordedEvent) -> dict[str, Any]:
+def _hide(value: Any) -> Any:
+    return value if value is None or value == "[redacted]" else PERSONAL
+
+
+def public_payload(event: Event, personal_profile: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """`event`'s payload with secrets "[redacted]" and personal values "[personal]".
+    `personal_profile`: the app's custom columns marked personal (hidden in `profile` /
+    `changes` of the events that carry custom columns)."""
+    cls = type(event)
+    data = event.redacted()
+    for name in cls.personal_fields:
+        if name in data:
+            data[name] = _hide(data[name])
+    nested = cls.personal_dict
+    keys = cls.personal_keys | (personal_profile if cls.event_type in PROFILE_EVENTS else set())
+    if nested is not None and keys and isinstance(data.get(nested), dict):
+        data[nested] = {k: (_hide(v) if k in keys else v) for k, v in data[nested].items()}
+    return data
+
+
+def event_message(
+    recorded: RecordedEvent, personal_profile: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """The published form of a stored event (see `PublishedEvent`)."""
     return PublishedEvent(
         event_id=recorded.event_id,
@@ -55,18 +87,28 @@ def event_message(recorded: RecordedEvent) -> dict[str, Any]:
         position=recorded.position,
         recorded_at=recorded.recorded_at,
         metadata=recorded.metadata.as_json(),
-        data=recorded.event.redacted(),
+        data=public_payload(recorded.event, personal_profile),
     ).model_dump(mode="json")
 
 
 class EventPublisher:
     """Publishes one event message on a connected broker, waiting for the broker's confirmation
-    where it gives one (JetStream PubAck, RabbitMQ publisher confirm)."""
+    where it gives one (JetStream PubAck, RabbitMQ publisher confirm).
 
-    def __init__(self, broker: Any, channels: Channels | None = None) -> None:
+    `store`: the event store whose crypto names the app's personal custom columns
+    (`Crypto.personal_profile`, read at each publish: the crypto may be attached later)."""
+
+    def __init__(
+        self, broker: Any, channels: Channels | None = None, store: EventStore | None = None
+    ) -> None:
         self.broker = broker
         self.channels = channels or Channels()
         self.kind = broker_kind_of(broker)
+        self.store = store
+
+    def personal_profile(self) -> frozenset[str]:
+        crypto = self.store.crypto if self.store is not None else None
+        return crypto.personal_profile if crypto is not None else frozenset()
 
     async def prepare(self) -> None:
         """Declare where events go (call once the broker is connected)."""
@@ -93,7 +135,7 @@ class EventPublisher:
             )
 
     async def publish(self, recorded: RecordedEvent) -> None:
-        body = event_message(recorded)
+        body = event_message(recorded, self.personal_profile())
         subject = self.channels.event(recorded.event_type)
         event_id = str(recorded.event_id)
         if self.kind == "nats":

@@ -28,6 +28,7 @@ from events import Cursor, RecordedEvent
 from projections.worker import ProjectionWorker
 from registry.bootstrap import Container
 from registry.bus import Channels, EventPublisher, EventRelay, command_handlers, create_broker
+from registry.bus.relay import public_payload
 from registry.commands import LinkOAuthAccount, RegisterUser, UpdateOAuthAccount, UpdateUser
 
 pytestmark = pytest.mark.broker
@@ -145,7 +146,7 @@ def check_published(messages: Sequence[Any], events: Sequence[RecordedEvent], ch
         assert msg.headers["Nats-Msg-Id"] == str(event.event_id)
         assert body["event_id"] == str(event.event_id)
         assert (body["position"], body["stream_version"]) == (event.position, event.stream_version)
-        assert body["data"] == event.event.redacted()
+        assert body["data"] == public_payload(event.event)
         raw = msg.data.decode()
         for secret in SECRETS:
             assert secret not in raw
@@ -153,6 +154,10 @@ def check_published(messages: Sequence[Any], events: Sequence[RecordedEvent], ch
             value = getattr(event.event, field, None)
             if value:
                 assert value not in raw and body["data"][field] == "[redacted]"
+        for field in ("email", "account_id", "account_email"):  # personal: never published
+            value = getattr(event.event, field, None)
+            if value:
+                assert value not in raw and body["data"][field] == "[personal]"
 
 
 async def test_relay_publishes_every_event_in_order_redacted_and_resumes(
