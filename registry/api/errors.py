@@ -57,8 +57,8 @@ _HTTP_CODES = {
 _DESCRIPTIONS = {
     400: "Bad request (`INVALID_CURSOR`).",
     401: "Missing or wrong bearer token (`UNAUTHORIZED`).",
-    404: "No such user (`USER_NOT_FOUND`), or `min_version` beyond the user's stream "
-    "(`VERSION_NOT_FOUND`).",
+    404: "No such user, or an erased one (`USER_NOT_FOUND`), or `min_version` beyond the "
+    "user's stream (`VERSION_NOT_FOUND`).",
     422: "Invalid parameters (`INVALID_REQUEST`).",
     503: "Not ready (`NOT_READY`).",
     504: "The read model did not reach `min_version` in time (`PROJECTION_TIMEOUT`).",

@@ -48,7 +48,8 @@ class UserPageOut(_Out):
 
 
 class HistoryEntry(_Out):
-    """One event of a user's stream, its secret fields replaced by "[redacted]"."""
+    """One event of a user's stream, its secret fields replaced by "[redacted]" (by "[erased]",
+    like every personal field, once the user was erased)."""
 
     position: int
     stream_version: int
@@ -63,6 +64,10 @@ class HistoryEntry(_Out):
 class HistoryOut(_Out):
     user_id: UUID
     version: int
+    erased: bool = Field(
+        default=False,
+        description='The user was erased: every personal value in `events` reads "[erased]".',
+    )
     events: list[HistoryEntry]
 
 

@@ -9,15 +9,19 @@ from uuid import UUID
 from events import EventStore
 from projections.queries import ReadModel
 from registry.decisions import fold
+from registry.errors import UserNotFoundError
 
 
 async def user_as_of(
     store: EventStore, read_model: ReadModel, user_id: UUID, when: datetime
 ) -> dict[str, Any] | None:
     """The user's public state from the events recorded at or before `when`; None before the
-    registration or after the deletion."""
+    registration or after the deletion. An erased user has no past either: UserNotFoundError
+    saying so (their personal data is gone, at every instant)."""
     stream = await store.read_stream(user_id, until=when)
     state = fold(user_id, stream)
+    if state.erased:
+        raise UserNotFoundError(f"user {user_id} was erased: their past states are gone too")
     if not state.alive:
         return None
     return {

@@ -10,6 +10,8 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query
 
+from events import RecordedEvent
+from events.crypto import ERASED
 from projections.queries import ReadModel, UserFilter
 from registry.api.errors import ApiProblem, responses
 from registry.api.schemas import HistoryEntry, HistoryOut, UserOut, UserPageOut
@@ -44,6 +46,20 @@ def decode_cursor(cursor: str) -> UUID:
 def not_found(user_id: UUID, when: datetime | None = None) -> UserNotFoundError:
     at = f" at {when.isoformat()}" if when is not None else ""
     return UserNotFoundError(f"user {user_id} does not exist{at}")
+
+
+def history_data(recorded: RecordedEvent) -> dict[str, Any]:
+    """An event's payload for the history: secrets "[redacted]"; of an erased user, every
+    personal value "[erased]" (secrets included: nothing is left to redact)."""
+    data = recorded.event.redacted()
+    if not recorded.erased:
+        return data
+    for name, value in recorded.event.model_dump(mode="json").items():
+        if value == ERASED:
+            data[name] = ERASED
+        elif isinstance(value, dict) and isinstance(data.get(name), dict):
+            data[name] = {k: ERASED if v == ERASED else data[name][k] for k, v in value.items()}
+    return data
 
 
 def users_router(container: Container, read_model: ReadModel) -> APIRouter:
@@ -137,6 +153,8 @@ def users_router(container: Container, read_model: ReadModel) -> APIRouter:
         response_model=HistoryOut,
         responses=responses(401, 404, 422),
         summary="The user's events with their metadata, secrets redacted",
+        description="An erased user's history stays readable: `erased` is true and every "
+        'personal value reads "[erased]".',
     )
     async def history(user_id: UUID) -> HistoryOut:
         stream = await container.store.read_stream(user_id)
@@ -145,6 +163,7 @@ def users_router(container: Container, read_model: ReadModel) -> APIRouter:
         return HistoryOut(
             user_id=user_id,
             version=stream[-1].stream_version,
+            erased=any(r.erased or r.event_type == "UserErased" for r in stream),
             events=[
                 HistoryEntry(
                     position=r.position,
@@ -153,7 +172,7 @@ def users_router(container: Container, read_model: ReadModel) -> APIRouter:
                     event_type=r.event_type,
                     schema_version=r.schema_version,
                     recorded_at=r.recorded_at,
-                    data=r.event.redacted(),
+                    data=history_data(r),
                     metadata=r.metadata.as_json(),
                 )
                 for r in stream
