@@ -1,7 +1,9 @@
 """The composition root: builds engine, store, models, handlers and broker from settings.
 
 Entry points (CLI commands, the API, the bus consumer) get what they need from here and nothing
-else constructs these objects.
+else constructs these objects. Every entry point calls `Container.encrypt()` before it migrates
+or writes anything (`run_projector` and the adapter's runtime do the same through
+`registry.keys.enable`), so personal data is sealed whichever process writes it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import EventStore, create_engine
+from events.crypto import Crypto
 from registry.settings import Settings
 
 
@@ -63,21 +66,32 @@ class Container:
         handlers = self.extras.get("handlers")
         if handlers is None:
             from projections import UserProjection
-            from registry.handlers import CommandHandlers
-            from registry.runtime import custom_columns
+            from registry.runtime import EncryptingHandlers, custom_columns
 
             inline = None
             if self.settings.projection_mode == "inline":
                 inline = UserProjection(self.user_table, self.oauth_table)
             custom = self.settings.user_model is not None
-            handlers = CommandHandlers(
+            # a safety net: the handlers turn encryption on before their first write when the
+            # entry point has not (each one calls `encrypt()` at start)
+            handlers = EncryptingHandlers(
                 self.engine,
                 self.store,
                 profile_fields=custom_columns(self.user_table) if custom else None,
                 inline_projection=inline,
+                settings=self.settings,
+                models=(self.user_table, self.oauth_table),
             )
             self.extras["handlers"] = handlers
         return handlers
+
+    async def encrypt(self) -> Crypto:
+        """Turn on sealing of personal data for this container's engine (`registry.keys.enable`
+        with these models): call it first, before the schema is migrated or anything written.
+        Raises `MasterKeyError` for a wrong or missing master key; nothing is written then."""
+        from registry.keys import enable
+
+        return await enable(self.engine, self.settings, self.user_table, self.oauth_table)
 
     async def aclose(self) -> None:
         await self.engine.dispose()

@@ -301,5 +301,13 @@ def replay(
     click.echo(message)
 
 
+from registry.cli_keys import register as _register_key_commands  # noqa: E402
+
+_register_key_commands(main)
+
+from registry.cli_erase import register as _register_erase  # noqa: E402
+
+_register_erase(main)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -233,6 +233,7 @@ async def run_import(
         )
     container = build(settings)
     try:
+        await container.encrypt()  # a wrong or missing master key: nothing written
         await migrate(container.engine)
         handlers = container.handlers()
         return await import_users(

@@ -140,8 +140,17 @@ async def run_projector(
 ) -> AsyncIterator[ProjectionWorker]:
     """Project the log into `user_table` (and `oauth_table`) in this process until the block
     exits. With `migrate` (the default) the registry's tables and the app's model tables are
-    created when missing first. Several processes may each run one: they share partitions."""
+    created when missing first. Several processes may each run one: they share partitions.
+
+    Encryption of personal data is turned on for `engine` from settings (the master key, the
+    model's columns marked `info={"personal": True}`) unless the app attached a Crypto itself;
+    raises `MasterKeyError` before projecting anything when the master key is wrong or missing.
+    """
+    from registry.keys import enable
+
     settings = settings or get_settings()
+    # the master key is checked first: a wrong or missing one changes nothing, schema included
+    await enable(engine, settings, user_table, oauth_table)
     await ensure_schema(engine, user_table, oauth_table, migrate=migrate)
     worker = make_worker(engine, user_table, oauth_table, settings=settings)
     task = worker.task = asyncio.create_task(worker.run(), name="projector")
@@ -206,6 +215,7 @@ async def run_replay(
 
     container = build(settings)
     try:
+        await container.encrypt()
         await ensure_schema(container.engine, container.user_table, container.oauth_table)
         job_args: dict[str, Any] = {
             "in_place": in_place,

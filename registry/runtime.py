@@ -3,7 +3,8 @@ for read-your-writes.
 
 `EventSourcedUserDatabase(session, User)` finds everything here from the session's engine:
 handlers are built on first use (inline projection when `REGISTRY_PROJECTION_MODE=inline`)
-and cached per engine and models. An app (or the composition root) may install its own with
+and cached per engine and models; they turn encryption on before their first write. An app
+(or the composition root) may install its own with
 `use_handlers(engine, handlers, user_table, oauth_table)`.
 """
 
@@ -21,9 +22,11 @@ from events import EventStore
 from projections import ProjectionTimeout, UserProjection
 from projections import User as DefaultUser
 from projections.waiting import wait_for_version
+from registry.commands import Command
 from registry.errors import ProjectionTimeoutError
 from registry.handlers import CommandHandlers, Outcome, profile_fields_of
-from registry.settings import get_settings
+from registry.keys import enable, enabled
+from registry.settings import Settings, get_settings
 
 #: columns of the read model that are not the app's custom ("profile") columns
 BUILTIN_COLUMNS = frozenset(c.key for c in DefaultUser.__table__.columns)
@@ -67,6 +70,23 @@ class Runtime:
             )
         except ProjectionTimeout as exc:
             raise ProjectionTimeoutError(str(exc)) from None
+
+
+class EncryptingHandlers(CommandHandlers):
+    """The adapter's command handlers: the adapter has no start-up of its own, so encryption
+    is turned on from settings (`registry.keys.enable`, verified against the stored keys)
+    before the first command is handled; a wrong or missing master key fails that command
+    with `MasterKeyError` and writes nothing."""
+
+    def __init__(self, *args: Any, settings: Settings, models: tuple[Any, ...], **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.settings = settings
+        self.models = models
+
+    async def handle(self, command: Command, *, imported: bool = False) -> Outcome:
+        if not enabled(self.engine):
+            await enable(self.engine, self.settings, *self.models)
+        return await super().handle(command, imported=imported)
 
 
 _runtimes: weakref.WeakKeyDictionary[Any, dict[tuple[Any, Any], Runtime]] = (
@@ -122,12 +142,14 @@ def runtime_for(engine: AsyncEngine, user_table: Any, oauth_table: Any = None) -
         inline = UserProjection(user_table, oauth_table)
     else:  # worker mode: a write still skips the projector hop when it safely can
         own = UserProjection(user_table, oauth_table)
-    handlers = CommandHandlers(
+    handlers = EncryptingHandlers(
         engine,
         EventStore(engine),
         profile_fields=custom_columns(user_table),
         inline_projection=inline,
         own_projection=own,
+        settings=settings,
+        models=(user_table, oauth_table),
     )
     runtime = use_handlers(engine, handlers, user_table, oauth_table)
     runtime.projection = inline or own or runtime.projection

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -46,12 +46,22 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     #: request/reply timeout for `registry send`, seconds
     request_timeout: float = Field(default=10.0, gt=0, le=600)
+    #: the master key that wraps every user's data key (`registry keygen` makes one); unset:
+    #: the key in `master_key_file` (generated there on SQLite, the embedded default)
+    master_key: SecretStr | None = None
+    #: master keys being retired, comma-separated: they still unwrap data keys (rotation)
+    previous_master_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    #: where the master key is kept when REGISTRY_MASTER_KEY is unset (owner-only, 0600)
+    master_key_file: Path = Path("registry.key")
+    #: custom profile keys to seal in the log when serving the default models, comma-separated
+    #: (an app's own model marks its columns with `info={"personal": True}` instead)
+    personal_fields: Annotated[list[str], NoDecode] = Field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
 
-    @field_validator("api_tokens", mode="before")
+    @field_validator("api_tokens", "previous_master_keys", "personal_fields", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:
         if isinstance(value, str):

@@ -19,11 +19,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import create_engine
+from events.crypto import MasterKey
 
 PG_BASE_URL = os.environ.get(
     "REGISTRY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 BACKENDS = ["sqlite", "postgresql"]
+
+#: every process of the test session (e2e `registry serve`/`worker` on PostgreSQL included)
+#: has a master key; tests of a missing or wrong one change their own environment
+TEST_MASTER_KEY = os.environ.setdefault("REGISTRY_MASTER_KEY", MasterKey.generate().encoded())
 
 
 def _admin_dsn() -> str:

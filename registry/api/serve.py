@@ -104,6 +104,7 @@ async def serve(settings: Settings, stop: _Stop, echo: Echo) -> int:
     container = build(settings)
     try:
         container.settings = settings = with_token(settings, echo)
+        await container.encrypt()  # a wrong or missing master key: nothing written
         await migrate(container.engine)
         if stop.requested:
             return 0

@@ -27,6 +27,7 @@ async def consume(settings: Settings, *, relay: bool = True) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
+        await container.encrypt()  # a wrong or missing master key: nothing consumed or written
         async with running_bus(container, relay=relay):
             await stop.wait()
     finally:
