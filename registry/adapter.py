@@ -25,6 +25,7 @@ from events import normalise_email
 from registry.commands import (
     Command,
     DeleteUser,
+    EraseUser,
     LinkOAuthAccount,
     RegisterUser,
     UpdateOAuthAccount,
@@ -62,6 +63,8 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
     :param session: the app's SQLAlchemy `AsyncSession` (reads, and the engine to write on).
     :param user_table: the app's user model (a `BaseUserTableUUID` subclass).
     :param oauth_account_table: the app's OAuth account model, if it uses OAuth.
+    :param erase_on_delete: make `delete()` erase the user (`erase()`), so FastAPI Users'
+        `DELETE /users/{id}` (and `UserManager.delete`) honours the right to erasure.
 
     Writes raise `fastapi_users.exceptions.UserAlreadyExists` for a taken email (any letter
     case), `UserNotExists` for a deleted user, `registry.errors.InvalidCommandError` for a key
@@ -74,10 +77,13 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
         session: AsyncSession,
         user_table: type[UP],
         oauth_account_table: type[Any] | None = None,
+        *,
+        erase_on_delete: bool = False,
     ) -> None:
         self.session = session
         self.user_table = user_table
         self.oauth_account_table = oauth_account_table
+        self.erase_on_delete = erase_on_delete
         self._runtime: Runtime | None = None
 
     # ------------------------------------------------------------------ reads
@@ -127,8 +133,23 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
         return await self._reload(user_id)
 
     async def delete(self, user: UP) -> None:
-        """Delete a user, OAuth accounts included; `get` returns None afterwards."""
+        """Delete a user, OAuth accounts included; `get` returns None afterwards. With
+        `erase_on_delete=True` the user is erased instead (see `erase`)."""
+        if self.erase_on_delete:
+            await self.erase(user)
+            return
         await self._write(DeleteUser(user_id=self._id_of(user)))
+
+    async def erase(self, user: UP) -> None:
+        """Erase the user's personal data (the right to erasure; cannot be undone).
+
+        Their data key is destroyed in the same transaction as a `UserErased` event: email,
+        password hash, OAuth tokens and account ids and personal custom columns become
+        unreadable everywhere in the log; their rows and email/OAuth reservations go (`get`
+        returns None once this returns) and the address can be registered again. Works on a
+        deleted user too; erasing an erased one changes nothing. Raises `UserNotExists` for a
+        user id the log never had."""
+        await self._write(EraseUser(user_id=self._id_of(user)))
 
     async def add_oauth_account(self, user: UP, create_dict: dict[str, Any]) -> UP:
         """Link an OAuth account; the user is returned with `oauth_accounts` in link order."""
