@@ -21,17 +21,24 @@ async def erase_user(settings: Settings, user_id: uuid.UUID) -> Outcome:
 
     When the read model is caught up with the user, their rows go in the same transaction;
     otherwise the projector removes them when it applies the `UserErased`."""
+    from sqlalchemy import inspect
+
+    from events.tables import events
     from projections import UserProjection
     from registry.bootstrap import build
     from registry.commands import EraseUser
-    from registry.schema import current_revision, migrate
+    from registry.lifespan import ensure_schema
 
     container = build(settings)
     try:
         await container.encrypt()  # a wrong or missing master key: nothing written
-        if await current_revision(container.engine) is None:
-            raise LookupError(f"no registry database at {settings.database_url}")
-        await migrate(container.engine)  # an older schema (no data key table) is brought up
+        async with container.engine.connect() as conn:
+            found = await conn.run_sync(lambda c: inspect(c).has_table(events.name))
+        if not found:  # a mistyped URL must not create an empty registry
+            where = container.engine.url.render_as_string(hide_password=True)
+            raise LookupError(f"no registry database at {where}")
+        # an older schema (without the data key table) is brought up to date first
+        await ensure_schema(container.engine, container.user_table, container.oauth_table)
         handlers = container.handlers()
         if handlers.inline_projection is None and handlers.own_projection is None:
             handlers.own_projection = UserProjection(container.user_table, container.oauth_table)

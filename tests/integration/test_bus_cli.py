@@ -36,15 +36,19 @@ sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 REGISTRY = str(Path(sys.executable).with_name("registry"))
 
 
-async def cli(*args: str, env: dict[str, str], timeout: float = 30) -> tuple[int, Any, str]:
+async def cli(
+    *args: str, env: dict[str, str], timeout: float = 30, stdin: str | None = None
+) -> tuple[int, Any, str]:
     proc = await asyncio.create_subprocess_exec(
         REGISTRY,
         *args,
         env={**os.environ, **env},
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    feed = stdin.encode() if stdin is not None else None
+    out, err = await asyncio.wait_for(proc.communicate(feed), timeout)
     text = out.decode()
     try:
         data = json.loads(text) if text.strip() else None
@@ -112,9 +116,9 @@ async def test_asyncapi_documents_every_channel(url: str, tmp_path: Path) -> Non
     doc = json.loads(out.read_text())
     assert doc["asyncapi"].startswith("3.")
     channels = {c["address"] for c in doc["channels"].values()}
-    for name in ("register", "update", "delete", "link-oauth", "update-oauth"):
+    for name in ("register", "update", "delete", "erase", "link-oauth", "update-oauth"):
         assert f"registry.users.{name}" in channels
-    assert "registry.events.UserRegistered" in channels
+    assert {"registry.events.UserRegistered", "registry.events.UserErased"} <= channels
     schemas = doc["components"]["schemas"]
     assert "RegisterUser" in schemas and "PublishedEvent" in schemas
     assert "role" not in schemas["RegisterUser"]["properties"]
