@@ -203,8 +203,8 @@ def consume(no_relay: bool) -> None:
 @click.argument("payload")
 @click.option("--timeout", type=float, default=None, help="Seconds [REGISTRY_REQUEST_TIMEOUT].")
 def send(command: str, payload: str, timeout: float | None) -> None:
-    """Send COMMAND (register, update, delete, link-oauth, update-oauth) with a JSON PAYLOAD
-    over the bus and print the reply as JSON.
+    """Send COMMAND (register, update, delete, erase, link-oauth, update-oauth) with a JSON
+    PAYLOAD over the bus and print the reply as JSON.
 
     A command_id is added when the payload has none (printed in the reply; send it again to
     retry safely). Exit codes: 0 accepted, 3 rejected, 4 no reply in time, 1 bus error,
