@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from test_keys_support import (
     cli,
+    erase,
     log_contents,
     populate,
     project,
@@ -23,8 +24,8 @@ from test_keys_support import (
     settings_for,
 )
 
-from events import EventStore, UserErased, create_engine
-from events.crypto import Keyring, MasterKey, MasterKeyError, shred, verify
+from events import EventStore, create_engine
+from events.crypto import Keyring, MasterKey, MasterKeyError, verify
 from events.keyops import keys_to_rotate, rotate
 from events.tables import data_keys
 from registry.commands import RegisterUser, UpdateUser
@@ -57,15 +58,6 @@ async def wrapped_by(engine: AsyncEngine) -> dict[str | None, int]:
             select(data_keys.c.master_key_id, func.count()).group_by(data_keys.c.master_key_id)
         )
         return {r[0]: r[1] for r in rows}
-
-
-async def erase(engine: AsyncEngine, sid: uuid.UUID) -> None:
-    store = EventStore(engine)
-    async with engine.begin() as conn:
-        version = await store.stream_version(sid, conn=conn)
-        await store.append(sid, [UserErased()], expected_version=version, conn=conn)
-        await shred(conn, store.crypto, sid)
-    store.committed()
 
 
 async def test_rotation_resumes_runs_online_and_retires_the_old_key(

@@ -16,8 +16,8 @@ from sqlalchemy import Connection, MetaData, Table, func, inspect, select
 from sqlalchemy.exc import SAWarning
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from events import EventStore, RecordedEvent
-from events.crypto import MasterKey
+from events import EventStore, RecordedEvent, UserErased
+from events.crypto import MasterKey, shred
 from events.tables import data_keys, events
 from projections import OAuthAccount, User, UserProjection
 from projections.replay import replay
@@ -52,8 +52,9 @@ class Population:
 async def populate(
     engine: AsyncEngine, n: int, *, tag: str = "", handlers: CommandHandlers | None = None
 ) -> Population:
-    """`n` users (registered, half with a changed email, a third with an OAuth account) through
-    the one write path, then the read model built by a replay."""
+    """`n` users (registered, half with a changed email, a quarter with a changed password, a
+    third with an OAuth account) through the one write path, then the read model built by a
+    replay."""
     await ensure_schema(engine, User, OAuthAccount)
     handlers = handlers or CommandHandlers(engine, EventStore(engine))
     pop = Population()
@@ -67,6 +68,10 @@ async def populate(
             new_email = f"renamed{i}{tag}@example.org"
             await handlers.handle(UpdateUser(user_id=out.user_id, email=new_email))
             pop.secrets.append(new_email)
+        if i % 4 == 1:
+            rehashed = f"$argon2id$v=19$m=65536,t=3,p=4$salt{i}{tag}$rehashed{i}{tag}"
+            await handlers.handle(UpdateUser(user_id=out.user_id, hashed_password=rehashed))
+            pop.secrets.append(rehashed)
         if i % 3 == 0:
             token = f"ya29.accesstoken{i}{tag}"
             await handlers.handle(
@@ -81,6 +86,16 @@ async def populate(
             pop.secrets += [token, f"oauth{i}{tag}@gmail.com"]
     await project(engine)
     return pop
+
+
+async def erase(engine: AsyncEngine, sid: uuid.UUID) -> None:
+    """What the erase command does: UserErased and the key destroyed in one transaction."""
+    store = EventStore(engine)
+    async with engine.begin() as conn:
+        version = await store.stream_version(sid, conn=conn)
+        await store.append(sid, [UserErased()], expected_version=version, conn=conn)
+        await shred(conn, store.crypto, sid)
+    store.committed()
 
 
 async def project(engine: AsyncEngine) -> None:
