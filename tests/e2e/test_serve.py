@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -112,12 +113,17 @@ def start(tmp_path: Path) -> Iterator[object]:
             server.proc.wait(10)
 
 
-async def write_users(db: Path) -> list[tuple[str, int]]:
-    """Register, update and link through the command handlers, on the server's SQLite file."""
+async def write_users(db: Path, key_file: Path) -> list[tuple[str, int]]:
+    """Register, update and link through the command handlers, on the server's SQLite file,
+    sealed with the master key the server generated (as a second process would)."""
     from registry.handlers import CommandHandlers
+    from registry.keys import enable
+    from registry.settings import Settings
 
-    engine = create_engine(f"sqlite+aiosqlite:///{db}")
+    url = f"sqlite+aiosqlite:///{db}"
+    engine = create_engine(url)
     try:
+        await enable(engine, Settings(database_url=url, master_key=None, master_key_file=key_file))
         handlers = CommandHandlers(engine, EventStore(engine))
         out = []
         for i in range(3):
@@ -166,7 +172,18 @@ def test_serve_from_an_empty_directory(start: object, tmp_path: Path) -> None:
     db = tmp_path / "registry.db"
     assert db.exists()
 
-    written = asyncio.run(write_users(db))
+    key_file = tmp_path / "registry.key"  # the embedded default's master key, owner-only
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key_file.read_text().strip() not in "".join(server.lines + server.stderr)
+
+    written = asyncio.run(write_users(db, key_file))
+    assert (
+        b"User0@Example.com"
+        not in sqlite3.connect(db)
+        .execute("SELECT group_concat(data) FROM events")
+        .fetchone()[0]
+        .encode()
+    )  # sealed at rest; the API below reads it back
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=base, timeout=20) as client:
         assert client.get("/healthz").status_code == 200
