@@ -14,8 +14,9 @@ COPY projections ./projections
 COPY registry ./registry
 RUN pip install . \
     && useradd --create-home --uid 10001 registry \
-    && mkdir -p /data \
-    && chown registry /data
+    && mkdir -p /data /keys \
+    && chown registry /data /keys \
+    && chmod 700 /keys
 
 USER registry
 WORKDIR /data

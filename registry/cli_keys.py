@@ -58,7 +58,13 @@ def _run_or_fail(what: str, go: Callable[[], Awaitable[Any]]) -> Any:
     default=None,
     help="Write the key into this new file (mode 0600) instead of printing it.",
 )
-def keygen(output: Path | None) -> None:
+@click.option(
+    "--keep-existing",
+    is_flag=True,
+    help="With --output: an existing key file is kept (exit 0) instead of an error; for "
+    "deployments that make the key on first start.",
+)
+def keygen(output: Path | None, keep_existing: bool) -> None:
     """Make a new master key (32 random bytes, URL-safe base64) and print it.
 
     Set it as REGISTRY_MASTER_KEY in every process (or keep it in the file named by
@@ -69,6 +75,9 @@ def keygen(output: Path | None) -> None:
     key = MasterKey.generate()
     if output is not None:
         if not write_key_file(output, key):
+            if keep_existing:
+                click.echo(f"{output} exists already: kept", err=True)
+                return
             fail(f"{output} exists already: not replaced", EXIT_USAGE)
         click.echo(f"master key {key.key_id} written to {output} (mode 0600)", err=True)
         click.echo(f"use it with REGISTRY_MASTER_KEY_FILE={output}", err=True)

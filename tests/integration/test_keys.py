@@ -36,7 +36,13 @@ from registry import EventSourcedUserDatabase
 from registry.bootstrap import build
 from registry.commands import RegisterUser
 from registry.handlers import CommandHandlers
-from registry.keys import enable, load_keyring, personal_columns, write_key_file
+from registry.keys import (
+    enable,
+    load_keyring,
+    personal_columns,
+    read_key_file,
+    write_key_file,
+)
 from registry.lifespan import ensure_schema, run_projector
 from registry.settings import Settings, get_settings
 
@@ -199,6 +205,26 @@ def test_key_files_are_created_owner_only_never_replaced_and_checked(tmp_path: P
         load_keyring(Settings(master_key=SecretStr("short")))
     with pytest.raises(MasterKeyError, match="REGISTRY_PREVIOUS_MASTER_KEYS"):
         load_keyring(Settings(master_key=SecretStr(first.encoded()), previous_master_keys="x"))
+
+
+def test_keygen_into_a_file_keeps_an_existing_one_only_when_asked(tmp_path: Path) -> None:
+    """What the docker-compose `keys` one-shot runs on every `up`."""
+    from click.testing import CliRunner
+
+    from registry.cli import main
+
+    path = tmp_path / "registry.key"
+    runner = CliRunner()
+    made = runner.invoke(main, ["keygen", "--output", str(path), "--keep-existing"])
+    assert made.exit_code == 0, made.output
+    key = read_key_file(path)
+    assert key.encoded() not in made.output  # written, never printed
+    again = runner.invoke(main, ["keygen", "--output", str(path), "--keep-existing"])
+    assert again.exit_code == 0 and "kept" in again.output
+    assert read_key_file(path) == key
+    refused = runner.invoke(main, ["keygen", "--output", str(path)])
+    assert refused.exit_code == 2 and "not replaced" in refused.output
+    assert read_key_file(path) == key
 
 
 class AppBase(DeclarativeBase):
