@@ -117,6 +117,13 @@ async def main(argv: list[str] | None = None) -> int:
     p.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if not os.environ.get("REGISTRY_MASTER_KEY"):
+        # the registry encrypts personal data on PostgreSQL and refuses to start without a
+        # master key: one for this run (every figure uses scratch databases), inherited by
+        # the figures' child processes
+        from events.crypto import MasterKey
+
+        os.environ["REGISTRY_MASTER_KEY"] = MasterKey.generate().encoded()
     events = args.events if args.events is not None else (20_000 if args.quick else 200_000)
     opts = Options(database_url=args.database_url, quick=args.quick, events=events)
     info = await machine(opts.database_url)
