@@ -24,17 +24,18 @@ import secrets
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.catalog import EVENT_TYPES
+from events.envelope import shard_of
 from events.errors import EventStoreError, InvalidEventError
 from events.tables import data_keys, events
 
@@ -68,17 +69,16 @@ class MasterKey:
     """A 256-bit key-encryption key. `key_id` (a fingerprint) is all the database sees of it."""
 
     secret: bytes
+    key_id: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.secret) != 32:
             raise MasterKeyError("a master key is 32 bytes")
+        fingerprint = hashlib.sha256(b"registry-master-key\x00" + self.secret).hexdigest()[:16]
+        object.__setattr__(self, "key_id", fingerprint)
 
     def __repr__(self) -> str:  # never print the secret
         return f"MasterKey(key_id={self.key_id!r})"
-
-    @property
-    def key_id(self) -> str:
-        return hashlib.sha256(b"registry-master-key\x00" + self.secret).hexdigest()[:16]
 
     @classmethod
     def generate(cls) -> MasterKey:
@@ -114,6 +114,7 @@ class Keyring:
     def __init__(self, active: MasterKey, previous: Iterable[MasterKey] = ()) -> None:
         self.active = active
         self.keys = {k.key_id: k for k in (*previous, active)}
+        self._aead = {k.key_id: AESGCM(k.secret) for k in self.keys.values()}
 
     @property
     def key_ids(self) -> frozenset[str]:
@@ -121,20 +122,18 @@ class Keyring:
 
     def wrap(self, stream_id: UUID, data_key: bytes) -> tuple[str, bytes]:
         nonce = os.urandom(NONCE_BYTES)
-        wrapped = AESGCM(self.active.secret).encrypt(nonce, data_key, _key_aad(stream_id))
+        wrapped = self._aead[self.active.key_id].encrypt(nonce, data_key, _key_aad(stream_id))
         return self.active.key_id, nonce + wrapped
 
     def unwrap(self, stream_id: UUID, key_id: str, wrapped: bytes) -> bytes:
-        master = self.keys.get(key_id)
-        if master is None:
+        aead = self._aead.get(key_id)
+        if aead is None:
             raise MasterKeyError(
                 f"the data key of stream {stream_id} is wrapped by master key {key_id}, which "
                 "is not configured (REGISTRY_MASTER_KEY, REGISTRY_PREVIOUS_MASTER_KEYS)"
             )
         try:
-            return AESGCM(master.secret).decrypt(
-                wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _key_aad(stream_id)
-            )
+            return aead.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _key_aad(stream_id))
         except InvalidTag:
             raise MasterKeyError(
                 f"the data key of stream {stream_id} does not open with master key {key_id}"
@@ -282,6 +281,7 @@ class Crypto:
         self._remember(stream_id, wrapped, key)
         row = {
             "stream_id": stream_id,
+            "shard": shard_of(stream_id),
             "master_key_id": key_id,
             "wrapped_key": wrapped,
             "created_at": datetime.now(UTC),
@@ -292,13 +292,7 @@ class Crypto:
     async def stored_key(self, conn: AsyncConnection, stream_id: UUID) -> AESGCM | None:
         """The stream's data key from the database; None when it has none yet. Raises
         `StreamErasedError` when it was destroyed."""
-        row = (
-            await conn.execute(
-                select(data_keys.c.master_key_id, data_keys.c.wrapped_key).where(
-                    data_keys.c.stream_id == stream_id
-                )
-            )
-        ).first()
+        row = (await conn.execute(_STORED_KEY, {"sid": stream_id})).first()
         if row is None:
             return None
         if row.wrapped_key is None:
@@ -307,6 +301,12 @@ class Crypto:
 
     def forget(self, stream_id: UUID) -> None:
         self._keys.pop(stream_id, None)
+
+
+#: one stream's key row (built once: a statement built per call costs more than the query)
+_STORED_KEY = select(data_keys.c.master_key_id, data_keys.c.wrapped_key).where(
+    data_keys.c.stream_id == bindparam("sid", type_=data_keys.c.stream_id.type)
+)
 
 
 # ---------------------------------------------------------------------------- per engine
@@ -342,6 +342,7 @@ async def shred(conn: AsyncConnection, crypto: Crypto | None, stream_id: UUID) -
         await conn.execute(
             insert(data_keys).values(
                 stream_id=stream_id,
+                shard=shard_of(stream_id),
                 master_key_id=None,
                 wrapped_key=None,
                 created_at=now,

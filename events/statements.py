@@ -62,7 +62,10 @@ COLUMNS = (
     data_keys.c.erased_at,
 )
 #: what every read selects from: each event beside its stream's data key row (if any)
-EVENTS_WITH_KEYS = events.outerjoin(data_keys, data_keys.c.stream_id == events.c.stream_id)
+EVENTS_WITH_KEYS = events.outerjoin(
+    data_keys,
+    (data_keys.c.stream_id == events.c.stream_id) & (data_keys.c.shard == events.c.shard),
+)
 
 
 INSERTED = (events.c.position, events.c.tx_id, events.c.stream_version)
@@ -105,6 +108,13 @@ def guarded_insert(count: int) -> Insert:
     return insert(events).from_select(list(ROW_COLUMNS), source).returning(*INSERTED)
 
 
+def no_master_key(position: int) -> MasterKeyError:
+    return MasterKeyError(
+        f"the event at position {position} is encrypted and no master key is configured "
+        "(REGISTRY_MASTER_KEY)"
+    )
+
+
 def opened(row: Any, crypto: Crypto | None) -> tuple[Any, bool]:
     """A stored row's payload with its sealed values put back, and whether the stream was
     erased (then the payload keeps "[erased]" for them). Needs the row's `sealed` and key
@@ -114,10 +124,7 @@ def opened(row: Any, crypto: Crypto | None) -> tuple[Any, bool]:
     if row.sealed is None:
         return row.data, False
     if crypto is None:
-        raise MasterKeyError(
-            f"the event at position {row.position} is encrypted and no master key is "
-            "configured (REGISTRY_MASTER_KEY)"
-        )
+        raise no_master_key(row.position)
     if row.wrapped_key is None:
         raise MasterKeyError(f"the event at position {row.position} has no data key")
     key = crypto.key_from_row(row.stream_id, row.master_key_id, row.wrapped_key)
@@ -180,12 +187,14 @@ def _pg_unnest_insert(with_keys: bool) -> TextualSelect:
     if with_keys:
         keys = (
             "WITH new_keys AS (INSERT INTO event_data_keys "
-            "(stream_id, master_key_id, wrapped_key, created_at) "
-            "SELECT * FROM unnest(CAST(:k_stream_id AS UUID[]), CAST(:k_master_key_id AS TEXT[]), "
-            "CAST(:k_wrapped_key AS BYTEA[]), CAST(:k_created_at AS TIMESTAMPTZ[]))) "
+            "(stream_id, shard, master_key_id, wrapped_key, created_at) "
+            "SELECT * FROM unnest(CAST(:k_stream_id AS UUID[]), CAST(:k_shard AS SMALLINT[]), "
+            "CAST(:k_master_key_id AS TEXT[]), CAST(:k_wrapped_key AS BYTEA[]), "
+            "CAST(:k_created_at AS TIMESTAMPTZ[]))) "
         )
         params += [
             _pg_array("k_stream_id", Uuid()),
+            _pg_array("k_shard", SmallInteger()),
             _pg_array("k_master_key_id", String()),
             _pg_array("k_wrapped_key", LargeBinary()),
             _pg_array("k_created_at", DateTime(timezone=True)),
@@ -215,6 +224,6 @@ def pg_columns(rows: list[dict[str, Any]], keys: list[dict[str, Any]]) -> dict[s
     """The parameters of `PG_INSERT_ROWS(_AND_KEYS)`: one list per column."""
     params = {c: [r[c] for r in rows] for c in ROW_COLUMNS}
     if keys:
-        for c in ("stream_id", "master_key_id", "wrapped_key", "created_at"):
+        for c in ("stream_id", "shard", "master_key_id", "wrapped_key", "created_at"):
             params[f"k_{c}"] = [k[c] for k in keys]
     return params

@@ -206,8 +206,8 @@ class EventStore:
         if key is None and version > 0:
             if conn is not None:
                 key = await crypto.stored_key(conn, sid)
-            else:
-                async with self.engine.connect() as own:
+            else:  # one statement: no BEGIN/ROLLBACK round trips
+                async with self._autocommit.connect() as own:
                     key = await crypto.stored_key(own, sid)
         if key is None:  # a new stream, or one written before encryption
             key, key_row = crypto.new_key(sid)

@@ -94,11 +94,15 @@ data_keys = Table(
     "event_data_keys",
     metadata,
     Column("stream_id", Uuid(as_uuid=True), primary_key=True),
+    # the stream's shard (events.envelope.shard_of): a replay reading one shard joins only
+    # that shard's keys
+    Column("shard", SmallInteger, nullable=False),
     Column("master_key_id", String(32), nullable=True),
     Column("wrapped_key", LargeBinary, nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("erased_at", UTCDateTime(), nullable=True),
     Index("ix_event_data_keys_master_key_id", "master_key_id"),
+    Index("ix_event_data_keys_shard", "shard"),
 )
 
 # On PostgreSQL the writing transaction's id is filled in by the database, and every

@@ -40,6 +40,7 @@ from sqlalchemy import (
     type_coerce,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.types import NullType
 
 from events import Cursor, EventStore
 from events.crypto import crypto_of
@@ -86,10 +87,11 @@ OnProgress = Callable[[Progress], None]
 
 
 #: what a replay reads of each event (no metadata, no event id: the projection needs neither)
+#: the drivers return bytes already: skip LargeBinary's per-value result processing
 _KEY_COLUMNS = (
-    events.c.sealed,
+    type_coerce(events.c.sealed, NullType()).label("sealed"),
     data_keys.c.master_key_id,
-    data_keys.c.wrapped_key,
+    type_coerce(data_keys.c.wrapped_key, NullType()).label("wrapped_key"),
     data_keys.c.erased_at,
 )
 REPLAY_COLUMNS = (

@@ -23,6 +23,7 @@ def upgrade() -> None:
     op.create_table(
         "event_data_keys",
         sa.Column("stream_id", sa.Uuid(), nullable=False),
+        sa.Column("shard", sa.SmallInteger(), nullable=False),
         sa.Column("master_key_id", sa.String(length=32), nullable=True),
         sa.Column("wrapped_key", sa.LargeBinary(), nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),
@@ -32,9 +33,11 @@ def upgrade() -> None:
     op.create_index(
         "ix_event_data_keys_master_key_id", "event_data_keys", ["master_key_id"], unique=False
     )
+    op.create_index("ix_event_data_keys_shard", "event_data_keys", ["shard"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_event_data_keys_shard", table_name="event_data_keys")
     op.drop_index("ix_event_data_keys_master_key_id", table_name="event_data_keys")
     op.drop_table("event_data_keys")
     with op.batch_alter_table("events") as batch:
