@@ -148,16 +148,23 @@ class EventStore:
             }
             for i, (item, data) in enumerate(checked, start=1)
         ]
-        key_row = await self._seal(sid, version, rows, conn)
+        pg_existing = conn is None and self.dialect == "postgresql" and version > 0
+        key_row = None if pg_existing else await self._seal(sid, version, rows, conn)
         try:
             if conn is not None:
                 returned = await self._insert(conn, sid, version, rows, key_row)
             elif self.dialect == "postgresql" and version == 0:
                 returned = await self._grouped(sid, rows, key_row)
-            elif self.dialect == "postgresql" and key_row is None:
-                # one statement is its own transaction: no BEGIN/COMMIT round trips
+            elif pg_existing:
+                # one statement is its own transaction: no BEGIN/COMMIT round trips; a key
+                # not cached is read on the same connection first
                 async with self._autocommit.connect() as own:
-                    returned = await self._insert(own, sid, version, rows)
+                    key_row = await self._seal(sid, version, rows, own)
+                    if key_row is None:
+                        returned = await self._insert(own, sid, version, rows)
+                if key_row is not None:  # a stream written before encryption: its first key
+                    async with self.engine.begin() as own:
+                        returned = await self._insert(own, sid, version, rows, key_row)
             else:
                 async with self.engine.begin() as own:
                     returned = await self._insert(own, sid, version, rows, key_row)
@@ -206,8 +213,8 @@ class EventStore:
         if key is None and version > 0:
             if conn is not None:
                 key = await crypto.stored_key(conn, sid)
-            else:  # one statement: no BEGIN/ROLLBACK round trips
-                async with self._autocommit.connect() as own:
+            else:
+                async with self.engine.connect() as own:
                     key = await crypto.stored_key(own, sid)
         if key is None:  # a new stream, or one written before encryption
             key, key_row = crypto.new_key(sid)
