@@ -22,7 +22,6 @@ import json
 import os
 import secrets
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -167,7 +166,8 @@ class Crypto:
         self.personal_profile = frozenset(personal_profile)
         #: unwrapped keys by stream, with the wrapped bytes they came from (a re-wrapped or
         #: destroyed key row never matches a stale entry)
-        self._keys: OrderedDict[UUID, tuple[bytes, AESGCM]] = OrderedDict()
+        #: (first in, first out: a hit costs one dict lookup, no reordering)
+        self._keys: dict[UUID, tuple[bytes, AESGCM]] = {}
         self._spec = {
             name: (
                 cls.personal_fields | LEGACY_PERSONAL.get(name, frozenset()),
@@ -256,17 +256,16 @@ class Crypto:
             wrapped = bytes(wrapped)
         found = self._keys.get(stream_id)
         if found is not None and found[0] == wrapped:
-            self._keys.move_to_end(stream_id)
             return found[1]
         key = AESGCM(self.keyring.unwrap(stream_id, key_id, wrapped))
         self._remember(stream_id, wrapped, key)
         return key
 
     def _remember(self, stream_id: UUID, wrapped: bytes, key: AESGCM) -> None:
+        self._keys.pop(stream_id, None)
         self._keys[stream_id] = (wrapped, key)
-        self._keys.move_to_end(stream_id)
         if len(self._keys) > KEY_CACHE_SIZE:
-            self._keys.popitem(last=False)
+            del self._keys[next(iter(self._keys))]
 
     def cached(self, stream_id: UUID) -> AESGCM | None:
         found = self._keys.get(stream_id)

@@ -119,6 +119,7 @@ class UserProjection:
         as much as opening a sealed event). Returns the count."""
         apply = self.folder.apply
         current = CURRENT_VERSIONS
+        keys: dict[uuid.UUID, Any] = {}  # this call's streams' data keys
         n = 0
         for (
             position,
@@ -141,7 +142,9 @@ class UserProjection:
             if sealed is not None and not erased:
                 if crypto is None:
                     raise no_master_key(position)
-                key = crypto.key_from_row(sid, key_id, wrapped)
+                key = keys.get(sid)
+                if key is None:
+                    key = keys[sid] = crypto.key_from_row(sid, key_id, wrapped)
                 data = crypto.open(key, sid, version, data, sealed)
             if schema_version != current[event_type]:
                 data = upcast(event_type, schema_version, data)
