@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import itertools
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -14,7 +14,7 @@ from sqlalchemy import Table, bindparam, delete, insert, literal, select, union_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events import EVENT_TYPES, RecordedEvent
-from events.crypto import Crypto
+from events.crypto import Crypto, MasterKeyError
 from events.statements import no_master_key
 from events.upcasting import upcast
 from projections.folding import Folder, StreamChange
@@ -111,15 +111,18 @@ class UserProjection:
         changes: dict[uuid.UUID, StreamChange],
         rows: Iterable[Any],
         crypto: Crypto | None = None,
+        keys: Mapping[uuid.UUID, Any] | None = None,
     ) -> int:
         """Fold stored rows without building event models: the replay's fast path. Each row is
         `(position, tx_id, stream_id, stream_version, event_type, schema_version, data,
-        recorded_at, sealed, master_key_id, wrapped_key, erased_at)`, the order of
-        `projections.replay.REPLAY_COLUMNS` (unpacked once: a named attribute of a row costs
-        as much as opening a sealed event). Returns the count."""
+        recorded_at, sealed)`, the order of `projections.replay.REPLAY_COLUMNS` (unpacked
+        once: a named attribute of a row costs as much as opening a sealed event); `keys` maps
+        the streams that have a data key row to its `(master_key_id, wrapped_key, erased_at)`.
+        Returns the count."""
         apply = self.folder.apply
         current = CURRENT_VERSIONS
-        keys: dict[uuid.UUID, Any] = {}  # this call's streams' data keys
+        stored = keys or {}
+        opened: dict[uuid.UUID, Any] = {}  # this call's streams' data keys, unwrapped
         n = 0
         for (
             position,
@@ -131,20 +134,20 @@ class UserProjection:
             data,
             recorded_at,
             sealed,
-            key_id,
-            wrapped,
-            erased_at,
         ) in rows:
             change = changes.get(sid)
             if change is None:
                 change = changes[sid] = StreamChange(sid)
-            erased = erased_at is not None
+            row = stored.get(sid)
+            erased = row is not None and row[2] is not None
             if sealed is not None and not erased:
                 if crypto is None:
                     raise no_master_key(position)
-                key = keys.get(sid)
+                key = opened.get(sid)
                 if key is None:
-                    key = keys[sid] = crypto.key_from_row(sid, key_id, wrapped)
+                    if row is None:
+                        raise MasterKeyError(f"the event at position {position} has no data key")
+                    key = opened[sid] = crypto.key_from_row(sid, row[0], row[1])
                 data = crypto.open(key, sid, version, data, sealed)
             if schema_version != current[event_type]:
                 data = upcast(event_type, schema_version, data)
