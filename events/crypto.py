@@ -43,6 +43,8 @@ ERASED = "[erased]"
 #: the format byte that starts every sealed value
 SEAL_FORMAT = b"\x01"
 NONCE_BYTES = 12
+#: where the ciphertext starts in a sealed value (format byte, nonce)
+_SEALED_AT = 1 + NONCE_BYTES
 KEY_CACHE_SIZE = 50_000
 #: personal fields of stored payloads older than the current models (upcast after opening)
 LEGACY_PERSONAL: dict[str, frozenset[str]] = {"UserRegistered": frozenset({"password_hash"})}
@@ -226,24 +228,30 @@ class Crypto:
 
     @staticmethod
     def open(
-        key: AESGCM, stream_id: UUID, version: int, data: Mapping[str, Any], sealed: bytes
+        key: AESGCM,
+        stream_id: UUID,
+        version: int,
+        data: Mapping[str, Any],
+        sealed: bytes,
+        *,
+        stream_bytes: bytes | None = None,
+        in_place: bool = False,
     ) -> dict[str, Any]:
-        """The stored payload with its sealed values put back."""
+        """The stored payload with its sealed values put back. A caller opening many events
+        may pass the stream id's bytes, and `in_place` for a payload it owns (a row just
+        decoded) to have it filled instead of copied."""
         if sealed[:1] != SEAL_FORMAT:
             raise MasterKeyError(f"stream {stream_id} v{version}: unknown sealed format")
+        aad = (stream_bytes or stream_id.bytes) + version.to_bytes(4, "big")
         try:
-            plain = key.decrypt(
-                sealed[1 : 1 + NONCE_BYTES],
-                sealed[1 + NONCE_BYTES :],
-                _event_aad(stream_id, version),
-            )
+            plain = key.decrypt(sealed[1:_SEALED_AT], sealed[_SEALED_AT:], aad)
         except InvalidTag:
             raise MasterKeyError(
                 f"stream {stream_id} v{version}: sealed data does not open with its data key"
             ) from None
-        out = dict(data)
+        out = data if in_place and type(data) is dict else dict(data)
         for name, value in _scan(plain.decode(), 0)[0].items():
-            if isinstance(value, dict) and isinstance(out.get(name), dict):
+            if type(value) is dict and type(out.get(name)) is dict:
                 out[name] = {**out[name], **value}
             else:
                 out[name] = value

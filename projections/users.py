@@ -143,12 +143,15 @@ class UserProjection:
             if sealed is not None and not erased:
                 if crypto is None:
                     raise no_master_key(position)
-                key = opened.get(sid)
-                if key is None:
+                found = opened.get(sid)
+                if found is None:
                     if row is None:
                         raise MasterKeyError(f"the event at position {position} has no data key")
-                    key = opened[sid] = crypto.key_from_row(sid, row[0], row[1])
-                data = crypto.open(key, sid, version, data, sealed)
+                    key = crypto.key_from_row(sid, row[0], row[1])
+                    found = opened[sid] = (key, sid.bytes)
+                data = crypto.open(
+                    found[0], sid, version, data, sealed, stream_bytes=found[1], in_place=True
+                )
             if schema_version != current[event_type]:
                 data = upcast(event_type, schema_version, data)
             apply(change, version, event_type, data, recorded_at, erased)
