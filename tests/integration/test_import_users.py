@@ -151,7 +151,7 @@ async def old_sqlite(tmp_path: Path) -> AsyncIterator[tuple[str, list[OldUserRow
 
 
 async def check_app_logs_them_in(target: str, old: list[OldUserRow]) -> None:
-    app = create_app(target, secret="import-test")
+    app = create_app(target, secret="import-test-secret-of-at-least-32-bytes")
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
