@@ -85,6 +85,8 @@ class ProjectionWorker:
         #: set once the worker has taken its first share of partitions
         self.ready = asyncio.Event()
         self._dirty = asyncio.Event()
+        #: set by `stop()`: the loop ends between batches (no transaction is cut short)
+        self._stopping = False
         self._woken_at = 0.0
         self._is_pg = engine.dialect.name == "postgresql"
         self._shards = {p: leases.shards_of(p, partitions) for p in range(partitions)}
@@ -125,7 +127,7 @@ class ProjectionWorker:
     async def _loop(self) -> None:
         interval = self.lease_ttl / 3
         next_maintenance = 0.0
-        while True:
+        while not self._stopping:
             now = time.monotonic()
             if now >= next_maintenance:
                 try:
@@ -136,6 +138,8 @@ class ProjectionWorker:
             self._dirty.clear()
             progressed = False
             for partition in sorted(self.held):
+                if self._stopping:
+                    break
                 try:
                     progressed = await self.run_batch(partition) > 0 or progressed
                 except LeaseLost:
@@ -159,6 +163,11 @@ class ProjectionWorker:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await self._dirty.wait()
+
+    def stop(self) -> None:
+        """Ask `run` to return after the batch in progress (then it releases its leases)."""
+        self._stopping = True
+        self._dirty.set()
 
     async def _forward_wakeups(self) -> None:
         # the store's wait returns on a commit signal or after its slow poll: either way,
