@@ -156,6 +156,42 @@ def _clear(value: Any) -> Any:
     return None if value is None else ERASED
 
 
+#: what of an event type is personal: top-level fields, the dict field whose keys may be, and
+#: which of its keys are
+_Spec = tuple[frozenset[str], str | None, frozenset[str]]
+
+
+def personal_spec(personal_profile: frozenset[str]) -> dict[str, _Spec]:
+    """Every event type's personal parts, with the app's personal profile columns."""
+    return {
+        name: (
+            cls.personal_fields | LEGACY_PERSONAL.get(name, frozenset()),
+            cls.personal_dict,
+            cls.personal_keys | (personal_profile if name in PROFILE_EVENTS else frozenset()),
+        )
+        for name, cls in EVENT_TYPES.items()
+    }
+
+
+def split_personal(spec: _Spec, data: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    """See `Crypto.split`."""
+    fields, nested, keys = spec
+    clear = dict(data)
+    secret: dict[str, Any] = {}
+    for name in fields:
+        if name in clear and clear[name] is not None:
+            secret[name] = clear[name]
+            clear[name] = ERASED
+    if nested is not None and keys:
+        inner = clear.get(nested)
+        if isinstance(inner, dict):
+            hidden = {k: v for k, v in inner.items() if k in keys and v is not None}
+            if hidden:
+                secret[nested] = hidden
+                clear[nested] = {k: (_clear(v) if k in keys else v) for k, v in inner.items()}
+    return clear, (secret or None)
+
+
 class Crypto:
     """Seals and opens event payloads, and keeps the data keys (one per engine, see `attach`).
 
@@ -170,25 +206,14 @@ class Crypto:
         #: destroyed key row never matches a stale entry)
         #: (first in, first out: a hit costs one dict lookup, no reordering)
         self._keys: dict[UUID, tuple[bytes, AESGCM]] = {}
-        self._spec = {
-            name: (
-                cls.personal_fields | LEGACY_PERSONAL.get(name, frozenset()),
-                cls.personal_dict,
-                cls.personal_keys
-                | (self.personal_profile if name in PROFILE_EVENTS else frozenset()),
-            )
-            for name, cls in EVENT_TYPES.items()
-        }
+        self._spec = personal_spec(self.personal_profile)
 
     def mark_personal(self, columns: Iterable[str]) -> None:
         """Also seal these custom columns (an app model's columns marked personal)."""
         more = frozenset(columns) - self.personal_profile
-        if not more:
-            return
-        self.personal_profile |= more
-        for name, (fields, nested, keys) in self._spec.items():
-            if name in PROFILE_EVENTS:
-                self._spec[name] = (fields, nested, keys | more)
+        if more:
+            self.personal_profile |= more
+            self._spec = personal_spec(self.personal_profile)
 
     def personal(self, event_type: str) -> bool:
         spec = self._spec.get(event_type)
@@ -197,21 +222,7 @@ class Crypto:
     def split(self, event_type: str, data: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
         """(the payload with personal values replaced by "[erased]", the personal values)
         — the second is None when the payload holds nothing personal."""
-        fields, nested, keys = self._spec[event_type]
-        clear = dict(data)
-        secret: dict[str, Any] = {}
-        for name in fields:
-            if name in clear and clear[name] is not None:
-                secret[name] = clear[name]
-                clear[name] = ERASED
-        if nested is not None and keys:
-            inner = clear.get(nested)
-            if isinstance(inner, dict):
-                hidden = {k: v for k, v in inner.items() if k in keys and v is not None}
-                if hidden:
-                    secret[nested] = hidden
-                    clear[nested] = {k: (_clear(v) if k in keys else v) for k, v in inner.items()}
-        return clear, (secret or None)
+        return split_personal(self._spec[event_type], data)
 
     def seal(
         self, key: AESGCM, stream_id: UUID, version: int, event_type: str, data: Mapping[str, Any]
@@ -358,7 +369,7 @@ async def shred(conn: AsyncConnection, crypto: Crypto | None, stream_id: UUID) -
         )
     if crypto is not None:
         crypto.forget(stream_id)
-    splitter = crypto or Crypto(Keyring(MasterKey(bytes(32))))
+    spec = personal_spec(crypto.personal_profile if crypto is not None else frozenset())
     rows = (
         await conn.execute(
             select(events.c.position, events.c.event_type, events.c.data).where(
@@ -369,7 +380,7 @@ async def shred(conn: AsyncConnection, crypto: Crypto | None, stream_id: UUID) -
     for row in rows:
         if row.event_type not in EVENT_TYPES:
             continue
-        clear, secret = splitter.split(row.event_type, row.data)
+        clear, secret = split_personal(spec[row.event_type], row.data)
         if secret is not None:
             await conn.execute(
                 update(events).where(events.c.position == row.position).values(data=clear)
