@@ -104,15 +104,9 @@ async def test_concurrent_read_decide_append_transactions(
     """The command handlers' shape: read the stream and append in one transaction
     (`conn=`), retrying on `ConcurrencyError`. No barrier: the pool bounds the concurrency.
 
-    KNOWN BUG (SQLite, not yet diagnosed): with ~15-20 such transactions racing on one
-    stream, a connection intermittently keeps the write lock after its failed append, and
-    the others stall until the 30 s busy timeout ("database is locked") or the pool timeout.
-    It happens with the seed's store too (every time at 20), with a larger pool, and without
-    the read on the same connection; appends in the store's own transactions
-    (`test_concurrent_appenders_on_one_stream`) do not stall. Not run on SQLite until fixed:
-    each stall costs 30 s. Remove the xfail to reproduce."""
-    if backend == "sqlite":
-        pytest.xfail("SQLite: conflicting appends in callers' transactions can stall")
+    On SQLite this used to stall for the 30 s busy timeout at 15-20 appenders: the cursor of
+    a failed append was freed by the garbage collector on the event loop while its pooled
+    connection was busy-waiting for another writer (events/sqlite_cursors.py)."""
     sid = uuid.uuid4()
     engine = store.engine
     attempts = 0
