@@ -8,19 +8,24 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import (
+    BigInteger,
     DateTime,
     Insert,
     Integer,
     LargeBinary,
+    Select,
     SmallInteger,
     String,
     TextualSelect,
     Uuid,
+    any_,
     bindparam,
     exists,
     insert,
+    literal_column,
     select,
     text,
+    tuple_,
     union_all,
 )
 
@@ -106,6 +111,39 @@ def guarded_insert(count: int) -> Insert:
         new = union_all(*rows).subquery("new")
         source = select(*(new.c[c] for c in ROW_COLUMNS)).where(guard)
     return insert(events).from_select(list(ROW_COLUMNS), source).returning(*INSERTED)
+
+
+@functools.lru_cache(maxsize=64)
+def pg_after_each(count: int) -> Select[Any]:
+    """PostgreSQL: events after each of `count` cursors, each within its own shards, merged
+    in log order below the read horizon (computed once). Built and compiled once per count;
+    parameters `tx_<i>`, `position_<i>`, `shards_<i>` (an array: one parameter whatever the
+    number of shards) and `limit`."""
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    limit = bindparam("limit", type_=Integer())
+    ranges = []
+    for i in range(count):
+        after = tuple_(events.c.tx_id, events.c.position) > tuple_(
+            bindparam(f"tx_{i}", type_=BigInteger()), bindparam(f"position_{i}", type_=BigInteger())
+        )
+        shards = events.c.shard == any_(bindparam(f"shards_{i}", type_=ARRAY(SmallInteger())))
+        part = (
+            select(*COLUMNS)
+            .select_from(EVENTS_WITH_KEYS)
+            .where(after, shards)
+            .order_by(events.c.tx_id, events.c.position)
+            .limit(limit)
+            .subquery()
+        )
+        ranges.append(select(*part.c))
+    merged = union_all(*ranges).subquery() if count > 1 else ranges[0].subquery()
+    return (
+        select(*merged.c)
+        .where(merged.c.tx_id < literal_column(PG_READ_HORIZON))
+        .order_by(merged.c.tx_id, merged.c.position)
+        .limit(limit)
+    )
 
 
 def no_master_key(position: int) -> MasterKeyError:

@@ -42,6 +42,7 @@ from events.statements import (
     PG_READ_HORIZON,
     decode,
     guarded_insert,
+    pg_after_each,
     pg_columns,
 )
 from events.tables import NOTIFY_CHANNEL, data_keys, events
@@ -395,14 +396,20 @@ class EventStore:
         return await self._fetch(stmt, conn)
 
     def after_statement(
-        self, cursor: Cursor, limit: int, shards: Sequence[int] | None = None
+        self,
+        cursor: Cursor,
+        limit: int,
+        shards: Sequence[int] | None = None,
+        *,
+        horizon: bool = True,
     ) -> Select[Any]:
-        """The query behind `read_after` (exposed for streaming readers such as replay)."""
+        """The query behind `read_after` (exposed for streaming readers such as replay).
+        `horizon=False` leaves the read horizon to the caller (see `read_after_each`)."""
         after = tuple_(events.c.tx_id, events.c.position) > tuple_(
             literal(cursor.tx_id, BigInteger()), literal(cursor.position, BigInteger())
         )
         stmt = select(*COLUMNS).select_from(EVENTS_WITH_KEYS).where(after)
-        if self.dialect == "postgresql":
+        if horizon and self.dialect == "postgresql":
             # Only transactions older than every still-running one: a position taken by a
             # slower transaction that has not committed yet can never be passed over.
             stmt = stmt.where(events.c.tx_id < literal_column(PG_READ_HORIZON))
@@ -428,6 +435,29 @@ class EventStore:
         """
         return await self._fetch(self.after_statement(cursor, limit, shards), conn)
 
+    async def read_after_each(
+        self,
+        cursors: Sequence[tuple[Cursor, Sequence[int]]],
+        *,
+        limit: int = 1000,
+        conn: AsyncConnection | None = None,
+    ) -> list[RecordedEvent]:
+        """`read_after` for several sets of shards at once, each after its own cursor (the
+        partitions of a projector): up to `limit` events in all, in log order, so each set's
+        events are the next ones after its cursor. One statement: on PostgreSQL an ordered
+        merge of one index range per set."""
+        if self.dialect == "postgresql":
+            params: dict[str, Any] = {"limit": limit}
+            for i, (cursor, shards) in enumerate(cursors):
+                params[f"tx_{i}"], params[f"position_{i}"] = cursor.tx_id, cursor.position
+                params[f"shards_{i}"] = list(shards)
+            return await self._fetch(pg_after_each(len(cursors)), conn, params)
+        found: list[RecordedEvent] = []
+        for cursor, shards in cursors:  # SQLite: one after the other, then merged
+            found += await self.read_after(cursor, limit=limit, shards=shards, conn=conn)
+        found.sort(key=lambda e: (e.tx_id, e.position))
+        return found[:limit]
+
     async def iter_after(
         self,
         cursor: Cursor,
@@ -443,13 +473,18 @@ class EventStore:
             yield batch
             cursor = batch[-1].cursor
 
-    async def _fetch(self, stmt: Select[Any], conn: AsyncConnection | None) -> list[RecordedEvent]:
+    async def _fetch(
+        self,
+        stmt: Select[Any],
+        conn: AsyncConnection | None,
+        params: dict[str, Any] | None = None,
+    ) -> list[RecordedEvent]:
         crypto = self.crypto
         if conn is not None:
-            result = await conn.execute(stmt)
+            result = await conn.execute(stmt, params)
             return [decode(r, crypto) for r in result]
         async with self.engine.connect() as own:
-            result = await own.execute(stmt)
+            result = await own.execute(stmt, params)
             return [decode(r, crypto) for r in result]
 
     async def head(self, *, conn: AsyncConnection | None = None) -> LogHead:

@@ -13,7 +13,17 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, literal_column, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    delete,
+    func,
+    literal_column,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -125,6 +135,84 @@ async def renew(conn: AsyncConnection, name: str, partition: int, holder: str, t
         .values(expires_at=now + ttl)
     )
     return bool(result.rowcount)
+
+
+async def claim(
+    conn: AsyncConnection, name: str, partitions: list[int], holder: str, ttl: float
+) -> dict[int, Cursor]:
+    """Start a batch's writes: renew our live leases of `partitions` and read their
+    checkpoints, locked until commit on PostgreSQL (one statement there). Returns the
+    checkpoint of each partition still ours; a partition missing from it was lost."""
+    if conn.dialect.name != "postgresql":
+        found: dict[int, Cursor] = {}
+        for partition in partitions:
+            if await renew(conn, name, partition, holder, ttl):
+                at = await read_checkpoint(conn, name, partition)
+                if at is not None:
+                    found[partition] = at
+        return found
+    now = db_now(conn)
+    renewed = (
+        update(leases)
+        .where(
+            leases.c.name == name,
+            leases.c.partition.in_(partitions),
+            leases.c.holder == holder,
+            leases.c.expires_at > now,
+        )
+        .values(expires_at=now + ttl)
+        .returning(leases.c.partition)
+        .cte("renewed")
+    )
+    stmt = (
+        select(cp.c.partition, cp.c.tx_id, cp.c.position)
+        .join_from(cp, renewed, renewed.c.partition == cp.c.partition)
+        .where(cp.c.name == name)
+        .order_by(cp.c.partition)
+        .with_for_update(of=cp)
+    )
+    rows = (await conn.execute(stmt)).all()
+    return {row.partition: Cursor(row.tx_id, row.position) for row in rows}
+
+
+#: PostgreSQL: every partition's new checkpoint and the wake-up of waiting readers, in one
+#: statement with a fixed text (prepared once)
+_ADVANCE_PG = text(
+    """
+    WITH moved AS (
+      UPDATE projection_checkpoints AS c
+      SET tx_id = v.tx_id, position = v.position, updated_at = :now
+      FROM unnest(CAST(:partitions AS integer[]), CAST(:tx_ids AS bigint[]),
+                  CAST(:positions AS bigint[])) AS v(partition, tx_id, position)
+      WHERE c.name = :name AND c.partition = v.partition
+      RETURNING c.partition
+    )
+    SELECT (SELECT count(*) FROM moved), pg_notify(:channel, :name)
+    """
+)
+
+
+async def advance(
+    conn: AsyncConnection, name: str, cursors: dict[int, Cursor], *, notify: str
+) -> None:
+    """Move the checkpoints of a batch's partitions (inside its transaction); on PostgreSQL
+    also NOTIFY `notify` with the projection's name when the transaction commits."""
+    if conn.dialect.name != "postgresql":
+        for partition, at in cursors.items():
+            await write_checkpoint(conn, name, partition, at)
+        return
+    parts = sorted(cursors)
+    await conn.execute(
+        _ADVANCE_PG,
+        {
+            "now": utcnow(),
+            "partitions": parts,
+            "tx_ids": [cursors[p].tx_id for p in parts],
+            "positions": [cursors[p].position for p in parts],
+            "name": name,
+            "channel": notify,
+        },
+    )
 
 
 async def acquire(

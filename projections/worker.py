@@ -21,12 +21,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from events import EventStore, RecordedEvent
+from events import Cursor, EventStore, RecordedEvent
 from projections import leases
-from projections.errors import LeaseLost, ProjectionError
+from projections.errors import ProjectionError
 from projections.signals import PROJECTIONS_CHANNEL, projection_wakeup
 from projections.waiting import wait_for_version
 
@@ -79,6 +78,9 @@ class ProjectionWorker:
         self.worker_id = worker_id or default_worker_id()
         self.listen = listen
         self.held: set[int] = set()
+        #: the checkpoint of each held partition as this worker last committed it (a batch
+        #: checks it under lock before writing, so a stale one only costs a re-read)
+        self._cursors: dict[int, Cursor] = {}
         self.applied = 0
         #: the task running `run()`, when started by `registry.lifespan.run_projector`
         self.task: asyncio.Task[None] | None = None
@@ -137,20 +139,19 @@ class ProjectionWorker:
                 next_maintenance = now + interval
             self._dirty.clear()
             progressed = False
-            for partition in sorted(self.held):
+            # PostgreSQL: every held partition in one batch (one transaction); SQLite has one
+            # writer at a time anyway: a partition per batch keeps each write lock short
+            held = sorted(self.held)
+            groups = [held] if self._is_pg and held else [[p] for p in held]
+            for group in groups:
                 if self._stopping:
                     break
                 try:
-                    progressed = await self.run_batch(partition) > 0 or progressed
-                except LeaseLost:
-                    self.held.discard(partition)
-                    log.warning(
-                        "lease lost", extra={"projection": self.name, "partition": partition}
-                    )
+                    progressed = await self.run_batches(group) > 0 or progressed
                 except Exception:
                     log.exception(
                         "batch failed; retrying",
-                        extra={"projection": self.name, "partition": partition},
+                        extra={"projection": self.name, "partitions": group},
                     )
                     await asyncio.sleep(0.5)
                     progressed = True
@@ -220,6 +221,8 @@ class ProjectionWorker:
             )
         if gained:
             self._dirty.set()
+        for p in set(self._cursors) - (kept - set(gained)):
+            del self._cursors[p]  # read a gained partition's checkpoint afresh
         self.held = kept
         self.ready.set()
 
@@ -233,35 +236,60 @@ class ProjectionWorker:
         log.info("projector stopped", extra={"projection": self.name, "worker": self.worker_id})
 
     # ------------------------------------------------------------------ one batch
-    async def run_batch(self, partition: int) -> int:
-        """Apply the next batch of `partition`; the number of events applied (0: caught up).
-        Raises `LeaseLost` when the lease is no longer ours (nothing was committed)."""
+    async def run_batches(self, partitions: Sequence[int]) -> int:
+        """Apply the next batch of these partitions' events in one transaction: up to
+        `batch_size` events in log order, each after its partition's checkpoint, and the
+        checkpoints moved with what the subscriber wrote. Returns the number of events applied
+        (0: caught up). A partition whose lease is no longer ours is dropped from `held` and
+        from the batch (nothing of it is committed); one whose checkpoint another worker moved
+        is read again next time.
+
+        On PostgreSQL a batch is seven round trips whatever the number of partitions: begin,
+        read the events, renew the leases and lock the checkpoints, the subscriber's load and
+        write, move the checkpoints and notify, commit."""
         started = time.perf_counter()
         async with self.engine.connect() as conn:
-            cursor = await leases.read_checkpoint(conn, self.name, partition)
-            if cursor is None:
-                raise LeaseLost(f"no checkpoint row for partition {partition}")
-            batch = await self.store.read_after(
-                cursor, limit=self.batch_size, shards=self._shards[partition], conn=conn
+            cursors: dict[int, Cursor] = {}
+            for partition in partitions:
+                at = self._cursors.get(partition)
+                if at is None:
+                    at = await leases.read_checkpoint(conn, self.name, partition)
+                if at is None:
+                    self._lose(partition, "no checkpoint row")
+                    continue
+                cursors[partition] = at
+            if not cursors:
+                await conn.rollback()
+                return 0
+            batch = await self.store.read_after_each(
+                [(at, self._shards[p]) for p, at in cursors.items()],
+                limit=self.batch_size,
+                conn=conn,
             )
             if not batch:
                 await conn.rollback()
                 return 0
+            touched = sorted({e.shard % self.partitions for e in batch})
             # writes start here: the lease renewal is the transaction's first write
-            if not await leases.renew(conn, self.name, partition, self.worker_id, self.lease_ttl):
-                await conn.rollback()
-                raise LeaseLost(f"partition {partition} of {self.name}")
-            if await leases.read_checkpoint(conn, self.name, partition, lock=True) != cursor:
-                await conn.rollback()  # someone else moved it while we read: read again
-                return 1
+            ours = await leases.claim(conn, self.name, touched, self.worker_id, self.lease_ttl)
+            keep = set()
+            for partition in touched:
+                if partition not in ours:
+                    self._lose(partition, "lease lost")
+                elif ours[partition] != cursors[partition]:
+                    self._cursors.pop(partition, None)  # moved by someone else: read again
+                else:
+                    keep.add(partition)
+            if len(keep) < len(touched):
+                batch = [e for e in batch if e.shard % self.partitions in keep]
+                if not batch:
+                    await conn.rollback()
+                    return 1 if len(ours) > len(keep) else 0  # moved: look again now
             await self.subscriber.handle(conn, batch)
-            await leases.write_checkpoint(conn, self.name, partition, batch[-1].cursor)
-            if self._is_pg:
-                await conn.execute(
-                    text("SELECT pg_notify(:channel, :name)"),
-                    {"channel": PROJECTIONS_CHANNEL, "name": self.name},
-                )
+            moved = {e.shard % self.partitions: e.cursor for e in batch}
+            await leases.advance(conn, self.name, moved, notify=PROJECTIONS_CHANNEL)
             await conn.commit()
+        self._cursors.update(moved)
         projection_wakeup(self.engine).notify()
         self.applied += len(batch)
         lag = (datetime.now(UTC) - batch[-1].recorded_at).total_seconds()
@@ -270,7 +298,7 @@ class ProjectionWorker:
             "batch applied",
             extra={
                 "projection": self.name,
-                "partition": partition,
+                "partitions": sorted(moved),
                 "events": len(batch),
                 "position": batch[-1].position,
                 "lag_seconds": round(lag, 3),
@@ -278,3 +306,8 @@ class ProjectionWorker:
             },
         )
         return len(batch)
+
+    def _lose(self, partition: int, why: str) -> None:
+        self.held.discard(partition)
+        self._cursors.pop(partition, None)
+        log.warning(why, extra={"projection": self.name, "partition": partition})
