@@ -110,6 +110,7 @@ class EventStore:
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._queue: list[_Queued] = []
         self._inflight: set[asyncio.Task[None]] = set()
+        self._kicked = False
 
     # ------------------------------------------------------------------ writing
     async def append(
@@ -288,12 +289,21 @@ class EventStore:
         on its own; each commits atomically (a group commits as a whole)."""
         future: asyncio.Future[_Returned] = asyncio.get_running_loop().create_future()
         self._queue.append((sid, rows, key_row, future))
-        self._start_flushes()
+        self._kick()
         # the flush runs in its own task: a cancelled caller stops waiting, but never leaves
         # the other appends of its group unresolved
         return await asyncio.shield(future)
 
+    def _kick(self) -> None:
+        """Start flushes once the appends already on their way have queued: the callers a
+        group commit just released resume in the same loop iteration, and each one starting
+        a flush of its own would send a group of one."""
+        if not self._kicked:
+            self._kicked = True
+            asyncio.get_running_loop().call_soon(self._start_flushes)
+
     def _start_flushes(self) -> None:
+        self._kicked = False
         while self._queue and len(self._inflight) < GROUP_COMMIT_INFLIGHT:
             group: list[_Queued] = []
             count = 0
@@ -306,7 +316,7 @@ class EventStore:
 
     def _flushed(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        self._start_flushes()
+        self._kick()
 
     async def _flush(self, group: list[_Queued]) -> None:
         try:

@@ -245,3 +245,35 @@ async def test_parallel_writers_and_a_tailing_reader(store: EventStore, backend:
     cursors = [(r.tx_id, r.position) for r in seen]
     assert cursors == sorted(cursors) and len(set(cursors)) == total
     assert wakeups > 0, "the reader was woken by appends, not only by the slow poll"
+
+
+# ---------------------------------------------------------------- group commit (PostgreSQL)
+async def test_writers_released_together_commit_together(pg_url: str) -> None:
+    """New-stream appends from 8 writers in step: the writers a group commit releases queue
+    again before the next group starts, so groups stay whole (before: every released group
+    sent its first append alone, then the other seven: 1, 7, 1, 7...)."""
+    from sqlalchemy import event
+
+    engine = create_engine(pg_url)
+    inserts: list[int] = []
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def count(conn: object, cursor: object, stmt: str, params: object, *_: object) -> None:
+        if stmt.lstrip().startswith(("INSERT INTO events", "WITH")) and "unnest" in stmt:
+            inserts.append(1)
+
+    try:
+        store = await open_store(engine)
+        rounds, writers = 20, 8
+
+        async def writer(w: int) -> None:
+            for r in range(rounds):
+                email = f"w{w}r{r}@example.com"
+                registered = UserRegistered(email=email, hashed_password=HASH)
+                await store.append(uuid.uuid4(), [registered], expected_version=0)
+
+        await asyncio.gather(*(writer(w) for w in range(writers)))
+        assert (await store.head()).count == rounds * writers
+        assert len(inserts) <= rounds * writers / 5, f"{len(inserts)} INSERTs"
+    finally:
+        await engine.dispose()
