@@ -87,6 +87,21 @@ class UserProjection:
         if not recorded:
             return False
         sid = recorded[0].stream_id
+        if after_version == 0:
+            # the stream begins in this very transaction: nothing of it can be projected yet
+            # (a projector only reads committed events), so there is nothing to load
+            changes = {sid: StreamChange(sid)}
+            self.fold(changes, recorded)
+            await self.write(conn, changes.values())
+            return True
+        assumed = StreamChange(sid, version=after_version, in_db=True)
+        self.fold({sid: assumed}, recorded)
+        if _row_update_only(assumed):
+            # no load: the UPDATE itself checks that the row is at `after_version`
+            stmt = _own_update_statement(self.user_table, tuple(sorted(assumed.update)))
+            params = {f"_v_{k}": v for k, v in assumed.update.items()}
+            result = await conn.execute(stmt, {**params, "_id": sid, "_after": after_version})
+            return bool(result.rowcount)
         changes = await self.load(conn, [sid])
         if changes[sid].version != after_version:
             return False
@@ -330,6 +345,27 @@ def _update_statement(table: Table, cols: tuple[str, ...], guard_version: bool) 
     if guard_version and "version" in names:
         stmt = stmt.where(table.c.version < bindparam("_v_version"))
     return stmt
+
+
+def _row_update_only(change: StreamChange) -> bool:
+    """The folded change only updates columns of an existing user row."""
+    return bool(
+        change.update
+        and change.insert is None
+        and not (change.wipe or change.deleted or change.tombstone_dirty)
+        and not (change.oauth_insert or change.oauth_update)
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _own_update_statement(table: Table, cols: tuple[str, ...]) -> Any:
+    """An UPDATE of these columns of the row with id `_id` only if it is at version `_after`
+    (the writer-side fast path: applied, or left to the projector)."""
+    return (
+        update(table)
+        .where(table.c.id == bindparam("_id"), table.c.version == bindparam("_after"))
+        .values({n: bindparam(f"_v_{n}") for n in cols})
+    )
 
 
 async def projected_version(

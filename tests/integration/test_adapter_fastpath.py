@@ -76,3 +76,17 @@ async def test_fast_path_projects_own_events_and_never_over_a_gap(
     assert (row.version, row.is_verified, row.first_name) == (3, True, "B")
     row = await _row(engine, a)  # re-applied by the projector: unchanged
     assert (row.version, row.is_verified, row.first_name) == (3, True, "A")  # two events
+
+    # the row exists but is behind (the projector has not seen a plain writer's change yet):
+    # the fast path's guarded UPDATE matches nothing and leaves both changes to the projector
+    await plain.handle(UpdateUser(user_id=b, profile={"first_name": "Bee"}))  # version 4
+    out = await fast.handle(UpdateUser(user_id=b, is_superuser=True))  # decided on 4
+    assert not out.projected and out.version == 5
+    row = await _row(engine, b)
+    assert (row.version, row.first_name, row.is_superuser) == (3, "B", False)
+    async with run_projector(
+        engine, User, OAuthAccount, settings=Settings(database_url=database_url), migrate=False
+    ):
+        await _caught_up(engine, store)
+    row = await _row(engine, b)
+    assert (row.version, row.first_name, row.is_superuser) == (5, "Bee", True)
