@@ -215,7 +215,11 @@ class CommandHandlers:
                     await self._record(conn, command, user_id, state.version, version)
                 projected = False
                 if recorded and self.inline_projection is not None:
-                    await self.inline_projection.apply(conn, recorded)
+                    # the fast path when the projection has one (no read-model load); else,
+                    # or when the read model is not where the command was decided, fold
+                    own = getattr(self.inline_projection, "apply_own", None)
+                    if own is None or not await own(conn, recorded, state.version):
+                        await self.inline_projection.apply(conn, recorded)
                     projected = True
                 elif recorded and self.own_projection is not None:
                     projected = await self.own_projection.apply_own(conn, recorded, state.version)
