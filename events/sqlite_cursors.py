@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 _PENDING: set[asyncio.Task[Any]] = set()
@@ -48,10 +49,25 @@ def _close(adapted: Any, cursor: Any, cancelled: bool) -> None:
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
-def _execute(self: Any, operation: Any, parameters: Any = None) -> Any:
-    cursor = None
+@contextlib.contextmanager
+def _closed_on_failure(adapted: Any, opened: list[Any]) -> Iterator[None]:
+    """On failure, close the driver cursor opened (if any) on its thread, then raise as
+    SQLAlchemy's adapter does."""
     try:
+        yield
+    except Exception as error:
+        _close(adapted, opened[0] if opened else None, cancelled=False)
+        adapted._adapt_connection._handle_exception(error)
+    except BaseException:
+        _close(adapted, opened[0] if opened else None, cancelled=True)
+        raise
+
+
+def _execute(self: Any, operation: Any, parameters: Any = None) -> Any:
+    opened: list[Any] = []
+    with _closed_on_failure(self, opened):
         cursor = self.await_(self._connection.cursor())
+        opened.append(cursor)
         if parameters is None:
             self.await_(cursor.execute(operation))
         else:
@@ -69,29 +85,18 @@ def _execute(self: Any, operation: Any, parameters: Any = None) -> Any:
             self.await_(cursor.close())
         else:
             self._cursor = cursor
-    except Exception as error:
-        _close(self, cursor, cancelled=False)
-        self._adapt_connection._handle_exception(error)
-    except BaseException:
-        _close(self, cursor, cancelled=True)
-        raise
 
 
 def _executemany(self: Any, operation: Any, seq_of_parameters: Any) -> Any:
-    cursor = None
-    try:
+    opened: list[Any] = []
+    with _closed_on_failure(self, opened):
         cursor = self.await_(self._connection.cursor())
+        opened.append(cursor)
         self.await_(cursor.executemany(operation, seq_of_parameters))
         self.description = None
         self.lastrowid = cursor.lastrowid
         self.rowcount = cursor.rowcount
         self.await_(cursor.close())
-    except Exception as error:
-        _close(self, cursor, cancelled=False)
-        self._adapt_connection._handle_exception(error)
-    except BaseException:
-        _close(self, cursor, cancelled=True)
-        raise
 
 
 def install() -> bool:
