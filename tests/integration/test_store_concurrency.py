@@ -250,8 +250,9 @@ async def test_parallel_writers_and_a_tailing_reader(store: EventStore, backend:
 # ---------------------------------------------------------------- group commit (PostgreSQL)
 async def test_writers_released_together_commit_together(pg_url: str) -> None:
     """New-stream appends from 8 writers in step: the writers a group commit releases queue
-    again before the next group starts, so groups stay whole (before: every released group
-    sent its first append alone, then the other seven: 1, 7, 1, 7...)."""
+    again before the next flush starts, and the two flights share them (two groups of four;
+    before: every released group sent its first append alone, then the others: 1, 6, 1, 6,
+    60 INSERTs for these 160 appends)."""
     from sqlalchemy import event
 
     engine = create_engine(pg_url)
@@ -274,6 +275,6 @@ async def test_writers_released_together_commit_together(pg_url: str) -> None:
 
         await asyncio.gather(*(writer(w) for w in range(writers)))
         assert (await store.head()).count == rounds * writers
-        assert len(inserts) <= rounds * writers / 5, f"{len(inserts)} INSERTs"
+        assert len(inserts) <= rounds * writers / 3.3, f"{len(inserts)} INSERTs"
     finally:
         await engine.dispose()
