@@ -134,10 +134,9 @@ class CommandHandlers:
             actor=command.actor,
             imported=True if imported else None,
         )
-        if command.command_id is not None:
-            prior = await self._prior(command.command_id)
-            if prior is not None:
-                return prior
+        # a command_id seen before is not looked up first (a round trip for every command, for
+        # the rare redelivery): recording it again trips its unique key, the attempt rolls
+        # back whole, and the first outcome is returned below
         for attempt in range(MAX_ATTEMPTS):
             try:
                 outcome = await self._attempt(command, metadata, first=attempt == 0)
