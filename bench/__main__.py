@@ -1,6 +1,7 @@
 """`python -m bench`: every figure on PostgreSQL, each beside its baseline from the same run.
 
 python -m bench [--quick] [--events N] [--only FIGURE ...] [--json FILE] [--database-url URL]
+                [--check]
 """
 
 from __future__ import annotations
@@ -115,6 +116,11 @@ async def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", choices=sorted(FIGURES), help="run only these")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL))
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 unless every figure produced its numbers (a CI smoke run; goals not judged)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if not os.environ.get("REGISTRY_MASTER_KEY"):
@@ -147,6 +153,10 @@ async def main(argv: list[str] | None = None) -> int:
                 "rows": [r.as_dict() for r in rows],
             },
         )
+    missing = [r.figure for r in rows if r.ours is None]
+    if args.check and missing:
+        print(f"python -m bench: error: no figures for {', '.join(missing)}", file=sys.stderr)
+        return 1
     return 0
 
 
