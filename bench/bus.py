@@ -29,6 +29,7 @@ from bench.common import (
     scratch_database,
     side_by_side,
     throughput,
+    unavailable,
 )
 
 NATS_URL = os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222")
@@ -74,7 +75,27 @@ async def _in_child(prefix: str, seconds: float) -> float:
     return float(out.decode().strip().splitlines()[-1])
 
 
+async def _reachable(url: str, timeout: float = 3.0) -> str | None:
+    """Why the NATS server at `url` does not answer, or None (nats-py itself would keep
+    reconnecting for minutes)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 4222
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError) as exc:
+        return f"NATS at {host}:{port} does not answer ({exc or type(exc).__name__})"
+    writer.close()
+    return None
+
+
 async def run(opts: Options) -> list[Row]:
+    problem = await _reachable(NATS_URL)
+    if problem is not None:
+        return [
+            unavailable("5a commands over NATS vs in-process handlers", f">= {GOAL:g}x", problem)
+        ]
     from registry.bootstrap import build
     from registry.bus import Channels, running_bus
     from registry.bus.app import command_handlers
