@@ -288,7 +288,7 @@ async def _insert_grouped(
     copy = copy and conn.dialect.name == "postgresql"
     for cols, group in itertools.groupby(sorted(rows, key=_key), key=_key):
         items = list(group)
-        if copy and all(type(v) in COPYABLE for r in items for v in r.values()):
+        if copy and all(_copyable(v) for r in items for v in r.values()):
             await _copy(conn, table, cols, items)
             continue
         for part in chunks(items, 5000):
@@ -297,6 +297,12 @@ async def _insert_grouped(
 
 #: value types asyncpg's binary COPY takes as they are
 COPYABLE = frozenset({str, int, float, bool, uuid.UUID, datetime, type(None)})
+
+
+def _copyable(value: Any) -> bool:
+    # ids read back through asyncpg are its own uuid.UUID subclass: as good for COPY (an exact
+    # type check sent every replayed row through INSERT instead)
+    return type(value) in COPYABLE or isinstance(value, uuid.UUID)
 
 
 async def _copy(
