@@ -413,20 +413,14 @@ class EventStore:
         return await self._fetch(stmt, conn)
 
     def after_statement(
-        self,
-        cursor: Cursor,
-        limit: int,
-        shards: Sequence[int] | None = None,
-        *,
-        horizon: bool = True,
+        self, cursor: Cursor, limit: int, shards: Sequence[int] | None = None
     ) -> Select[Any]:
-        """The query behind `read_after` (exposed for streaming readers such as replay).
-        `horizon=False` leaves the read horizon to the caller (see `read_after_each`)."""
+        """The query behind `read_after` (exposed for streaming readers such as replay)."""
         after = tuple_(events.c.tx_id, events.c.position) > tuple_(
             literal(cursor.tx_id, BigInteger()), literal(cursor.position, BigInteger())
         )
         stmt = select(*COLUMNS).select_from(EVENTS_WITH_KEYS).where(after)
-        if horizon and self.dialect == "postgresql":
+        if self.dialect == "postgresql":
             # Only transactions older than every still-running one: a position taken by a
             # slower transaction that has not committed yet can never be passed over.
             stmt = stmt.where(events.c.tx_id < literal_column(PG_READ_HORIZON))
@@ -461,8 +455,8 @@ class EventStore:
     ) -> list[RecordedEvent]:
         """`read_after` for several sets of shards at once, each after its own cursor (the
         partitions of a projector): up to `limit` events in all, in log order, so each set's
-        events are the next ones after its cursor. One statement: on PostgreSQL an ordered
-        merge of one index range per set."""
+        events are the next ones after its cursor. On PostgreSQL one prepared statement (an
+        ordered merge of one index range per set); on SQLite one read per set, merged."""
         if self.dialect == "postgresql":
             params: dict[str, Any] = {"limit": limit}
             for i, (cursor, shards) in enumerate(cursors):

@@ -185,9 +185,8 @@ _ADVANCE_PG = text(
       FROM unnest(CAST(:partitions AS integer[]), CAST(:tx_ids AS bigint[]),
                   CAST(:positions AS bigint[])) AS v(partition, tx_id, position)
       WHERE c.name = :name AND c.partition = v.partition
-      RETURNING c.partition
     )
-    SELECT (SELECT count(*) FROM moved), pg_notify(:channel, :name)
+    SELECT pg_notify(:channel, :name)
     """
 )
 

@@ -367,11 +367,7 @@ def _row_update_only(change: StreamChange) -> bool:
 def _own_update_statement(table: Table, cols: tuple[str, ...]) -> Any:
     """An UPDATE of these columns of the row with id `_id` only if it is at version `_after`
     (the writer-side fast path: applied, or left to the projector)."""
-    return (
-        update(table)
-        .where(table.c.id == bindparam("_id"), table.c.version == bindparam("_after"))
-        .values({n: bindparam(f"_v_{n}") for n in cols})
-    )
+    return _update_statement(table, cols, False).where(table.c.version == bindparam("_after"))
 
 
 async def projected_version(

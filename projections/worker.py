@@ -34,6 +34,8 @@ from projections.waiting import wait_for_version
 #: of sleeping until the next wake-up or the slow poll
 HORIZON_RECHECK_INTERVAL = 0.005
 HORIZON_RECHECK_WINDOW = 0.5
+#: how long shutting down waits for the batch in progress before cancelling it, seconds
+STOP_TIMEOUT = 5.0
 
 __all__ = ["ProjectionWorker", "Subscriber", "wait_for_version"]
 
@@ -169,6 +171,22 @@ class ProjectionWorker:
         """Ask `run` to return after the batch in progress (then it releases its leases)."""
         self._stopping = True
         self._dirty.set()
+
+    async def shut_down(self, task: asyncio.Task[None], *, grace: float) -> bool:
+        """End `task` (running `run`): asked to stop after the batch in progress (a batch cut
+        short is rolled back and done again, by whoever holds its partitions next), cancelled
+        if it has not within STOP_TIMEOUT, then given at most `grace` seconds for its clean-up
+        (the lease release; an unreleased lease simply expires). False when it did not end.
+
+        Cancelled once only: a second cancel landing in the clean-up of a batch's connection
+        would abandon its rollback. `run` waits with `asyncio.timeout`, which never swallows a
+        cancellation."""
+        self.stop()
+        done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT)
+        if not done:
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=grace)
+        return bool(done)
 
     async def _forward_wakeups(self) -> None:
         # the store's wait returns on a commit signal or after its slow poll: either way,

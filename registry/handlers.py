@@ -38,20 +38,21 @@ log = logging.getLogger("registry.handlers")
 MAX_ATTEMPTS = 30
 
 
-class InlineProjection(Protocol):
-    """What inline mode needs of a projection (projections.UserProjection fits)."""
-
-    name: str
-
-    async def apply(self, conn: AsyncConnection, batch: Sequence[RecordedEvent]) -> None: ...
-
-
 class OwnProjection(Protocol):
     """What the writer-side fast path needs (projections.UserProjection fits)."""
 
     async def apply_own(
         self, conn: AsyncConnection, recorded: Sequence[RecordedEvent], after_version: int
     ) -> bool: ...
+
+
+class InlineProjection(OwnProjection, Protocol):
+    """What inline mode needs of a projection (projections.UserProjection fits): the fast
+    path, and the fold for when the read model is not where the command was decided."""
+
+    name: str
+
+    async def apply(self, conn: AsyncConnection, batch: Sequence[RecordedEvent]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -214,11 +215,9 @@ class CommandHandlers:
                     await self._record(conn, command, user_id, state.version, version)
                 projected = False
                 if recorded and self.inline_projection is not None:
-                    # the fast path when the projection has one (no read-model load); else,
-                    # or when the read model is not where the command was decided, fold
-                    own = getattr(self.inline_projection, "apply_own", None)
-                    if own is None or not await own(conn, recorded, state.version):
-                        await self.inline_projection.apply(conn, recorded)
+                    inline = self.inline_projection
+                    if not await inline.apply_own(conn, recorded, state.version):
+                        await inline.apply(conn, recorded)
                     projected = True
                 elif recorded and self.own_projection is not None:
                     projected = await self.own_projection.apply_own(conn, recorded, state.version)

@@ -28,8 +28,6 @@ log = logging.getLogger("registry.lifespan")
 
 #: how long `run_projector` waits for its worker to take partitions before yielding anyway
 READY_TIMEOUT = 10.0
-#: how long shutting down waits for the batch in progress before cancelling it, seconds
-STOP_TIMEOUT = 5.0
 #: PostgreSQL advisory lock key held while one process creates the schema
 SCHEMA_LOCK_KEY = 0x7265_6769_7374
 
@@ -165,13 +163,8 @@ async def run_projector(
     try:
         yield worker
     finally:
-        # stop between batches: a batch cancelled mid-transaction could leave its connection's
-        # write lock to be found by the next writer (SQLite waits its busy timeout for it)
-        worker.stop()
-        await asyncio.wait({task}, timeout=STOP_TIMEOUT)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        # a crash was reported by _report_crash; a worker that does not end lets its leases expire
+        await worker.shut_down(task, grace=settings.lease_ttl + 5)
 
 
 async def run_worker(settings: Settings, *, migrate: bool = True) -> None:

@@ -7,16 +7,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from registry.bus.brokers import create_broker
 from registry.bus.channels import Channels
 from registry.bus.consumer import CommandConsumer
 from registry.bus.relay import RELAY_NAME, EventPublisher, EventRelay
 from registry.bus.replies import Handle
-
-if TYPE_CHECKING:
-    from projections.worker import ProjectionWorker
 
 log = logging.getLogger("registry.bus")
 
@@ -52,36 +49,10 @@ async def relaying(container: Any, relay: EventRelay) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await cancel_and_wait(task, grace=settings.lease_ttl + 5, worker=worker)
-
-
-#: how long stopping waits for the relay's batch in progress before cancelling it, seconds
-STOP_TIMEOUT = 5.0
-
-
-async def cancel_and_wait(
-    task: asyncio.Task[None], grace: float = 10.0, *, worker: ProjectionWorker | None = None
-) -> None:
-    """Stop `task` and wait (at most `grace` seconds) for it to end, letting its clean-up
-    (the lease release) finish; after that give up: an unreleased lease simply expires.
-
-    With `worker`, it is first asked to stop between batches (a batch cut short in the middle
-    of its transaction, publishing, could leave SQLite's write lock behind); cancelled only if
-    it has not ended after the batch in progress. Cancelled once only: a second cancel landing
-    in the clean-up of a batch's connection would abandon its rollback. The worker waits with
-    `asyncio.timeout`, which never swallows a cancellation."""
-    if worker is not None:
-        worker.stop()
-        done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT)
-        if done:
-            grace = 0
-    task.cancel()
-    done, _ = await asyncio.wait({task}, timeout=grace)
-    if not done:
-        log.warning("relay did not stop in time; its lease will expire")
-        return
-    if not task.cancelled() and task.exception() is not None:
-        log.error("relay stopped with an error", exc_info=task.exception())
+        if not await worker.shut_down(task, grace=settings.lease_ttl + 5):
+            log.warning("relay did not stop in time; its lease will expire")
+        elif not task.cancelled() and task.exception() is not None:
+            log.error("relay stopped with an error", exc_info=task.exception())
 
 
 @contextlib.asynccontextmanager
