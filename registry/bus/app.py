@@ -89,6 +89,7 @@ async def running_bus(
         await consumer.prepare()
         await publisher.prepare()
         await broker.start()
+        await consumer.begin()
         log.info("bus consumer started", extra={"prefix": ch.prefix, "broker": consumer.kind})
         if not relay:
             yield BusRuntime(broker, consumer, publisher, None)
@@ -97,5 +98,6 @@ async def running_bus(
         async with relaying(container, event_relay):
             yield BusRuntime(broker, consumer, publisher, event_relay)
     finally:
+        await consumer.finish()
         await broker.stop()
         log.info("bus consumer stopped")

@@ -1,7 +1,8 @@
 """Sending a command and waiting for its reply (what `registry send` does).
 
-NATS, RabbitMQ and Redis use FastStream's request/reply. Kafka has none: the command is
-published and the reply is read from `<prefix>.replies`, matched on the command id.
+RabbitMQ and Redis use FastStream's request/reply; NATS a JetStream request with one reply
+subscription per connection (`registry.bus.nats_commands.NatsRequester`). Kafka has none: the
+command is published and the reply is read from `<prefix>.replies`, matched on the command id.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from registry.bus.brokers import broker_kind, create_broker
 from registry.bus.channels import Channels
+from registry.bus.nats_commands import NatsRequester
 from registry.bus.replies import Reply
 
 
@@ -53,10 +55,15 @@ async def request(
     kind = broker_kind_of(broker)
     try:
         if kind == "nats":
-            msg = await broker.request(
-                body, channel, stream=ch.nats_command_stream, timeout=timeout
+            raw = await NatsRequester.for_broker(broker).request(
+                channel,
+                body,
+                stream=ch.nats_command_stream,
+                timeout=timeout,
+                correlation_id=str(uuid.uuid4()),
             )
-        elif kind == "rabbit":
+            return Reply.model_validate_json(raw.data)
+        if kind == "rabbit":
             from faststream.rabbit import ExchangeType, RabbitExchange
 
             msg = await broker.request(

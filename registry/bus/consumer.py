@@ -1,7 +1,9 @@
-"""The command consumer: subscribers on `registry.users.<command>` for each broker.
+"""The command consumer on `registry.users.<command>` for each broker: FastStream subscribers on
+RabbitMQ, Redis and Kafka; on NATS a JetStream pull loop on the broker's own connection
+(`registry.bus.nats_commands`, which keeps FastStream's wire format).
 
-Every subscriber takes the raw body and calls `replies.process`, which always returns a typed
-`Reply` (FastStream sends nothing when a subscriber raises). Where the message has no reply
+Every message's raw body goes to `replies.process`, which always returns a typed `Reply`
+(FastStream sends nothing when a subscriber raises). Where the message has no reply
 address, bad input is dead-lettered (RabbitMQ: the queue's dead-letter exchange; NATS: the
 message is terminated) or, on Redis and Kafka, acknowledged and dropped; one log line each.
 
@@ -22,18 +24,28 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any
+from typing import Any, cast
 
-from faststream import Context, StreamMessage
+from faststream import StreamMessage
 
 from registry.bus.brokers import broker_kind_of
 from registry.bus.channels import Channels
+from registry.bus.nats_commands import NatsCommandLoop
 from registry.bus.replies import Handle, Reply, log_reply, process
 from registry.errors import InvalidCommandError
 
 log = logging.getLogger("registry.bus")
 
 POISON_CODES = frozenset({InvalidCommandError.code, "UNKNOWN_COMMAND", "PAYLOAD_TOO_LARGE"})
+#: seconds the commands still running at shutdown get to finish
+STOP_GRACE = 10.0
+
+
+def _log_poison(action: str, reply: Reply) -> None:
+    log.warning(
+        f"poison message {action}",
+        extra={"command": reply.command, "code": reply.code, "command_id": reply.command_id},
+    )
 
 
 class CommandConsumer:
@@ -59,6 +71,7 @@ class CommandConsumer:
         self.ack_wait = ack_wait
         self.consumer_name = consumer_name or f"{socket.gethostname()}-{os.getpid()}"
         self.kind = broker_kind_of(broker)
+        self._nats: NatsCommandLoop | None = None
         getattr(self, f"_wire_{self.kind}")()
 
     # ------------------------------------------------------------------ lifecycle
@@ -76,58 +89,92 @@ class CommandConsumer:
             )
             await dead.bind(dlx, routing_key="#")
 
+    async def begin(self) -> None:
+        """Start what runs beside FastStream's subscribers (call after `broker.start()`): the
+        NATS command loop."""
+        if self._nats is not None:
+            await self._nats.start()
+
+    async def finish(self, grace: float = STOP_GRACE) -> None:
+        """Stop taking commands and give those running up to `grace` seconds (call before
+        `broker.stop()`, which waits for FastStream's own subscribers)."""
+        if self._nats is not None:
+            await self._nats.stop(grace)
+
     async def start(self) -> None:
         await self.broker.connect()
         await self.prepare()
         await self.broker.start()
+        await self.begin()
 
     async def stop(self) -> None:
+        await self.finish()
         await self.broker.stop()
 
     # ------------------------------------------------------------------ shared step
+    async def _decide(self, body: bytes, name: str, *, reply_to: str) -> tuple[Reply, bool]:
+        """The command's reply, and whether the message is poison to reject instead (bad input
+        with no reply address; its one log line is the caller's)."""
+        reply = await process(body, name, self.handle, max_bytes=self.max_payload_bytes)
+        if not reply_to and reply.code in POISON_CODES:
+            return reply, True
+        log_reply(reply)
+        return reply, False
+
+    def _message(self) -> StreamMessage[Any]:
+        """The message being handled. Read from the broker's context rather than injected with
+        `Context("message")`: FastDepends resolves that sync field in a worker thread, one
+        thread hop per message."""
+        return cast("StreamMessage[Any]", self.broker.context.get_local("message"))
+
     async def _run(self, message: StreamMessage[Any], name: str) -> Reply:
-        reply = await process(message.body, name, self.handle, max_bytes=self.max_payload_bytes)
-        if not message.reply_to and reply.code in POISON_CODES:
-            await self._dead_letter(message, name, reply)  # logs its one line
-        else:
-            log_reply(reply)
+        reply, poison = await self._decide(message.body, name, reply_to=message.reply_to)
+        if poison:
+            if self.kind == "rabbit":
+                await message.reject()  # to the dead-letter exchange
+            else:
+                await message.ack()
+            _log_poison("dead-lettered" if self.kind == "rabbit" else "dropped", reply)
         return reply
 
-    async def _dead_letter(self, message: StreamMessage[Any], name: str, reply: Reply) -> None:
-        if self.kind in ("nats", "rabbit"):
-            await message.reject()  # NATS: TERM; RabbitMQ: to the dead-letter exchange
-            action = "terminated" if self.kind == "nats" else "dead-lettered"
-        else:
-            await message.ack()
-            action = "dropped"
-        log.warning(
-            f"poison message {action}",
-            extra={"command": name, "code": reply.code, "command_id": reply.command_id},
-        )
+    async def _run_nats(self, message: Any) -> None:
+        """One command from the NATS loop: reply, then acknowledge (a command whose reply could
+        not be sent stays unacknowledged and is redelivered; its command id deduplicates it)."""
+        headers = message.headers or {}
+        reply_to = headers.get("reply_to", "")
+        name = self.channels.command_name(message.subject)
+        reply, poison = await self._decide(message.data, name, reply_to=reply_to)
+        if poison:
+            await message.term()
+            _log_poison("terminated", reply)
+            return
+        if reply_to:
+            await self.broker.connection.publish(
+                reply_to,
+                reply.model_dump_json().encode(),
+                headers={
+                    "content-type": "application/json",
+                    "correlation_id": headers.get("correlation_id", ""),
+                },
+            )
+        await message.ack()
 
     # ------------------------------------------------------------------ brokers
     def _wire_nats(self) -> None:
-        from faststream.nats import ConsumerConfig, JStream, PullSub
+        from nats.js.api import StreamConfig
 
         ch = self.channels
-        stream = JStream(ch.nats_command_stream, subjects=[ch.command_wildcard], max_age=86400)
-
-        async def on_command(message: StreamMessage[Any] = Context("message")) -> Reply:
-            return await self._run(message, ch.command_name(message.raw_message.subject))
-
-        self.broker.subscriber(
-            ch.command_wildcard,
-            stream=stream,
+        self._nats = NatsCommandLoop(
+            self.broker,
+            stream=StreamConfig(
+                name=ch.nats_command_stream, subjects=[ch.command_wildcard], max_age=86400
+            ),
+            subject=ch.command_wildcard,
             durable=ch.durable,
-            # nats-py 2.16 can raise a bare TimeoutError from a fetch whose deadline ran out,
-            # which FastStream does not expect (it logs and restarts the fetch task): a longer
-            # fetch timeout makes that rare
-            pull_sub=PullSub(batch_size=self.max_workers, timeout=5.0),
+            run=self._run_nats,
             max_workers=self.max_workers,
-            config=ConsumerConfig(ack_wait=self.ack_wait, max_deliver=20),
-            title=f"{ch.command_wildcard}:commands",
-            include_in_schema=False,
-        )(on_command)
+            ack_wait=self.ack_wait,
+        )
 
     def _wire_rabbit(self) -> None:
         from faststream.rabbit import Channel, ExchangeType, RabbitExchange, RabbitQueue
@@ -141,7 +188,8 @@ class CommandConsumer:
             arguments={"x-dead-letter-exchange": ch.dead_letter_exchange},
         )
 
-        async def on_command(message: StreamMessage[Any] = Context("message")) -> Reply:
+        async def on_command(_body: Any) -> Reply:
+            message = self._message()
             return await self._run(message, ch.command_name(message.raw_message.routing_key))
 
         self.broker.subscriber(
@@ -183,7 +231,8 @@ class CommandConsumer:
             )(self._bound(name, reply_topic=ch.replies))
 
     def _bound(self, name: str, reply_topic: str | None = None) -> Any:
-        async def on_command(message: StreamMessage[Any] = Context("message")) -> Reply:
+        async def on_command(_body: Any) -> Reply:
+            message = self._message()
             reply = await self._run(message, name)
             if reply_topic is not None:
                 # real Kafka has no request/reply: the outcome goes to the replies topic

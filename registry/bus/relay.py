@@ -29,6 +29,7 @@ from events import Event, EventStore, RecordedEvent
 from events.crypto import PROFILE_EVENTS
 from registry.bus.brokers import broker_kind_of
 from registry.bus.channels import Channels
+from registry.bus.nats_commands import declare_stream
 
 log = logging.getLogger("registry.bus.relay")
 
@@ -115,18 +116,15 @@ class EventPublisher:
         ch = self.channels
         if self.kind == "nats":
             from nats.js.api import StreamConfig
-            from nats.js.errors import BadRequestError
 
-            js = self.broker.connection.jetstream()
-            config = StreamConfig(
-                name=ch.nats_event_stream,
-                subjects=[ch.event_wildcard],
-                duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            await declare_stream(
+                self.broker,
+                StreamConfig(
+                    name=ch.nats_event_stream,
+                    subjects=[ch.event_wildcard],
+                    duplicate_window=DUPLICATE_WINDOW_SECONDS,
+                ),
             )
-            try:
-                await js.add_stream(config)
-            except BadRequestError:  # exists with another config
-                await js.update_stream(config)
         elif self.kind == "rabbit":
             from faststream.rabbit import ExchangeType, RabbitExchange
 

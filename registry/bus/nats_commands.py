@@ -1,0 +1,218 @@
+"""Commands over NATS JetStream, on the nats-py client of a connected FastStream `NatsBroker`
+(`broker.connection`).
+
+Both ends keep FastStream's wire format, so either side can still be FastStream's own: a
+command is a JetStream message whose `reply_to` header names where its reply goes (what
+`NatsBroker.request(..., stream=...)` sends), and the reply is JSON with `content-type` and
+`correlation_id` headers (what a FastStream subscriber answers).
+
+Why not FastStream's subscriber and request here: measured on 2 cores, its per-message path
+(middlewares, context scopes, FastDepends, a task group and a memory stream per message) cost
+the consumer 660 us of CPU per message against 200 us for this loop, and its JetStream request
+subscribes and unsubscribes a reply inbox per request. RabbitMQ, Redis and Kafka stay on
+FastStream's subscribers (`registry.bus.consumer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger("registry.bus")
+
+#: how long one fetch waits for commands before asking again
+FETCH_TIMEOUT = 5.0
+#: pause after the server or the connection failed a fetch, before the next one
+RETRY_PAUSE = 1.0
+
+
+async def declare_stream(broker: Any, config: Any) -> None:
+    """Create the JetStream stream of `config`, or bring an existing one to it."""
+    from nats.js.errors import BadRequestError
+
+    js = broker.connection.jetstream()
+    try:
+        await js.add_stream(config)
+    except BadRequestError:  # exists with another config
+        await js.update_stream(config)
+
+
+Run = Callable[[Any], Awaitable[None]]
+
+
+class NatsCommandLoop:
+    """A durable pull consumer on the command stream that runs up to `max_workers` commands at
+    once: it fetches as many messages as it has free workers and hands each to `run`, which
+    replies and acknowledges (`registry.bus.consumer.CommandConsumer._run_nats`). A message
+    `run` did not acknowledge is redelivered after `ack_wait`."""
+
+    def __init__(
+        self,
+        broker: Any,
+        *,
+        stream: Any,
+        subject: str,
+        durable: str,
+        run: Run,
+        max_workers: int,
+        ack_wait: float,
+        max_deliver: int = 20,
+    ) -> None:
+        self.broker = broker
+        self.stream = stream
+        self.subject = subject
+        self.durable = durable
+        self.run = run
+        self.max_workers = max_workers
+        self.ack_wait = ack_wait
+        self.max_deliver = max_deliver
+        self._free = asyncio.Semaphore(max_workers)
+        self._running: set[asyncio.Task[None]] = set()
+        self._fetcher: asyncio.Task[None] | None = None
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        from nats.js.api import ConsumerConfig
+
+        await declare_stream(self.broker, self.stream)
+        self._sub = await self.broker.connection.jetstream().pull_subscribe(
+            self.subject,
+            durable=self.durable,
+            stream=self.stream.name,
+            config=ConsumerConfig(ack_wait=self.ack_wait, max_deliver=self.max_deliver),
+        )
+        self._fetcher = asyncio.create_task(self._fetch_loop(), name=f"{self.durable}-fetch")
+
+    async def stop(self, grace: float) -> None:
+        """Fetch no more, then give the commands already running up to `grace` seconds (one
+        cut short is redelivered after `ack_wait`, and its command id deduplicates it)."""
+        if self._fetcher is not None:
+            self._fetcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fetcher
+            self._fetcher = None
+        if self._running:
+            _, late = await asyncio.wait(set(self._running), timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("commands cut short at shutdown", extra={"count": len(late)})
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()  # the durable consumer stays on the server
+            self._sub = None
+
+    async def _fetch_loop(self) -> None:
+        from nats.errors import ConnectionClosedError
+
+        assert self._sub is not None
+        while True:
+            await self._free.acquire()
+            # one free worker is held; take the others that are free too, without waiting
+            taken = 1
+            while taken < self.max_workers and not self._free.locked():
+                await self._free.acquire()
+                taken += 1
+            try:
+                messages = await self._sub.fetch(taken, timeout=FETCH_TIMEOUT)
+            except TimeoutError:  # nats-py's own timeouts are TimeoutErrors too
+                messages = []
+            except asyncio.CancelledError:
+                self._release(taken)
+                raise
+            except ConnectionClosedError:
+                self._release(taken)
+                return
+            except Exception as exc:  # the server refused or the connection is down
+                log.warning("command fetch failed", extra={"error": type(exc).__name__})
+                self._release(taken)
+                await asyncio.sleep(RETRY_PAUSE)
+                continue
+            self._release(taken - len(messages))
+            for message in messages:
+                task = asyncio.create_task(self._run_one(message))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+
+    def _release(self, n: int) -> None:
+        for _ in range(n):
+            self._free.release()
+
+    async def _run_one(self, message: Any) -> None:
+        try:
+            await self.run(message)
+        except Exception:
+            # left unacknowledged: redelivered after ack_wait
+            log.exception("command message not handled", extra={"subject": message.subject})
+        finally:
+            self._free.release()
+
+
+class NatsRequester:
+    """Request/reply over JetStream with one reply subscription per connection (a wildcard
+    under a private inbox), where FastStream's request subscribes and unsubscribes once per
+    request. Get it with `for_broker`."""
+
+    _by_connection: weakref.WeakKeyDictionary[Any, NatsRequester] = weakref.WeakKeyDictionary()
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.prefix = connection.new_inbox()
+        self._ids = itertools.count(1)
+        self._waiting: dict[str, asyncio.Future[Any]] = {}
+        self._js = connection.jetstream()
+        self._subscribed = asyncio.Lock()
+        self._sub: Any = None
+
+    @classmethod
+    def for_broker(cls, broker: Any) -> NatsRequester:
+        connection = broker.connection
+        found = cls._by_connection.get(connection)
+        if found is None:
+            found = cls._by_connection[connection] = cls(connection)
+        return found
+
+    async def _on_reply(self, message: Any) -> None:
+        waiter = self._waiting.pop(message.subject, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(message)
+
+    async def _subscribe(self) -> None:
+        async with self._subscribed:
+            if self._sub is None:
+                self._sub = await self.connection.subscribe(f"{self.prefix}.*", cb=self._on_reply)
+
+    async def request(
+        self, subject: str, body: bytes, *, stream: str, timeout: float, correlation_id: str
+    ) -> Any:
+        """Publish `body` to `stream` and return the raw reply message; `TimeoutError` when
+        the stream does not confirm it or no reply comes within `timeout` seconds."""
+        if self._sub is None:
+            await self._subscribe()
+        inbox = f"{self.prefix}.{next(self._ids)}"
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[inbox] = waiter
+        try:
+            async with asyncio.timeout(timeout):
+                await self._js.publish(
+                    subject,
+                    body,
+                    stream=stream,
+                    timeout=timeout,
+                    headers={
+                        "content-type": "application/json",
+                        "correlation_id": correlation_id,
+                        "reply_to": inbox,
+                    },
+                )
+                return await waiter
+        finally:
+            self._waiting.pop(inbox, None)
+
+
+__all__ = ["NatsCommandLoop", "NatsRequester", "declare_stream"]
