@@ -281,13 +281,26 @@ def _key(row: dict[str, Any]) -> tuple[str, ...]:
     return tuple(sorted(row))
 
 
+def _by_columns(rows: list[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
+    """Rows grouped by their keys, in order: the rows one fold builds share their key order, so
+    the tuple of keys is enough (a column set in two orders makes two groups, still correct)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        key = tuple(row)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [row]
+        else:
+            group.append(row)
+    return groups
+
+
 async def _insert_grouped(
     conn: AsyncConnection, table: Table, rows: list[dict[str, Any]], *, copy: bool = False
 ) -> None:
     """Multi-row INSERTs, one per distinct column set (executemany needs uniform keys)."""
     copy = copy and conn.dialect.name == "postgresql"
-    for cols, group in itertools.groupby(sorted(rows, key=_key), key=_key):
-        items = list(group)
+    for cols, items in _by_columns(rows).items():
         if copy and all(_copyable(v) for r in items for v in r.values()):
             await _copy(conn, table, cols, items)
             continue
@@ -315,7 +328,12 @@ async def _copy(
         if c.key not in cols and c.default is not None and c.default.is_scalar
     }
     keys = [*cols, *defaults]
-    records = [tuple(r[k] for k in cols) + tuple(defaults.values()) for r in rows]
+    # every row of a group has its keys in the order of `cols` (`_by_columns`)
+    if defaults:
+        tail = tuple(defaults.values())
+        records = [(*r.values(), *tail) for r in rows]
+    else:
+        records = [tuple(r.values()) for r in rows]
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection
     await driver.copy_records_to_table(
