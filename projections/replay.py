@@ -7,6 +7,7 @@ serving and live workers keep running, then swap them in atomically. In two phas
    in memory per stream (streams never span shards, so only per-shard order matters), writing
    the final rows of a group of shards at once, with the group's progress rows, in one
    transaction. Memory is bounded by the group size; an interrupted run resumes per shard.
+   With `jobs` > 1 (PostgreSQL) the shards are dealt out to that many processes.
 2. Catch-up: from H, apply the log in commit-safe order with the same projection code, then,
    in ONE transaction that locks out live projectors and readers, apply the last events,
    drop the live tables, rename the new ones into place and move the checkpoints.
@@ -151,8 +152,12 @@ class Replay:
         partitions: int = 4,
         batch_size: int = 10_000,
         on_progress: OnProgress | None = None,
+        jobs: int = 1,
     ) -> None:
+        if jobs < 1:
+            raise ValueError(f"jobs must be at least 1, not {jobs}")
         self.engine = engine
+        self.jobs = jobs
         self.store = EventStore(engine)
         self.live = projection
         self.in_place = in_place
@@ -283,10 +288,38 @@ class Replay:
             r.partition for r in rows if r.partition >= 0 and Cursor(r.tx_id, r.position) != head
         )
         self.progress.phase = "bulk"
+        if self.jobs > 1 and len(todo) > 1 and self.engine.dialect.name == "postgresql":
+            from projections.replay_jobs import bulk_in_processes
+
+            await bulk_in_processes(self, todo, head)
+        else:
+            await self.bulk_shards(todo, head, self._count)
+        async with self.engine.begin() as conn:  # bulk done: one progress row at H
+            await conn.execute(delete(cp).where(cp.c.name == self.book))
+            await conn.execute(
+                insert(cp).values(
+                    name=self.book,
+                    partition=0,
+                    partitions=1,
+                    tx_id=head.tx_id,
+                    position=head.position,
+                    updated_at=utcnow(),
+                )
+            )
+
+    def _count(self, n: int) -> None:
+        self.progress.done += n
+        self.on_progress(self.progress)
+
+    async def bulk_shards(
+        self, shards: list[int], head: Cursor, count: Callable[[int], None]
+    ) -> None:
+        """Read, fold and write `shards` up to `head`, counting the events read with `count`
+        (one process's share of the bulk phase)."""
         # reading runs ahead of folding and writing (bounded queue): the database reads the
         # next shards while this process folds and the previous group is written
         queue: asyncio.Queue[_Item | None] = asyncio.Queue(4)
-        reader = asyncio.create_task(self._read_shards(todo, head, queue))
+        reader = asyncio.create_task(self._read_shards(shards, head, queue))
         writing: asyncio.Task[None] | None = None
         try:
             changes: dict[uuid.UUID, StreamChange] = {}
@@ -295,8 +328,7 @@ class Replay:
                 shard, chunk, keys = item
                 if chunk is not None:
                     self.target.fold_rows(changes, chunk, crypto_of(self.engine), keys)
-                    self.progress.done += len(chunk)
-                    self.on_progress(self.progress)
+                    count(len(chunk))
                     continue
                 pending.append(shard)
                 if len(changes) >= FLUSH_STREAMS:
@@ -313,18 +345,6 @@ class Replay:
             reader.cancel()
             if writing is not None:
                 writing.cancel()
-        async with self.engine.begin() as conn:  # bulk done: one progress row at H
-            await conn.execute(delete(cp).where(cp.c.name == self.book))
-            await conn.execute(
-                insert(cp).values(
-                    name=self.book,
-                    partition=0,
-                    partitions=1,
-                    tx_id=head.tx_id,
-                    position=head.position,
-                    updated_at=utcnow(),
-                )
-            )
 
     async def _read_shards(
         self,
@@ -495,9 +515,11 @@ async def replay(
     partitions: int = 4,
     batch_size: int = 10_000,
     on_progress: OnProgress | None = None,
+    jobs: int = 1,
 ) -> ReplayResult:
     """Rebuild `projection` from the log (blue/green unless `in_place`); resumes an
-    interrupted replay. The entry point for `registry replay` and the benchmarks."""
+    interrupted replay. `jobs` > 1 runs the bulk phase in that many processes on PostgreSQL
+    (`projections.replay_jobs`). The entry point for `registry replay` and the benchmarks."""
     job = Replay(
         engine,
         projection,
@@ -505,5 +527,6 @@ async def replay(
         partitions=partitions,
         batch_size=batch_size,
         on_progress=on_progress,
+        jobs=jobs,
     )
     return await job.run()

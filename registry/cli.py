@@ -275,6 +275,14 @@ def worker(user_model: str | None, oauth_model: str | None, no_migrate: bool) ->
 @click.option("--in-place", is_flag=True, help="Rebuild the live tables (offline: no workers).")
 @click.option("--abandon", is_flag=True, help="Drop an interrupted replay's tables and stop.")
 @click.option("--batch-size", type=int, default=10_000, show_default=True)
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Processes that share the bulk phase (PostgreSQL; about one core each).",
+)
 @click.option("--user-model", default=None, metavar="MOD:CLASS", help="[REGISTRY_USER_MODEL]")
 @click.option("--oauth-model", default=None, metavar="MOD:CLASS", help="[REGISTRY_OAUTH_MODEL]")
 def replay(
@@ -282,6 +290,7 @@ def replay(
     in_place: bool,
     abandon: bool,
     batch_size: int,
+    jobs: int,
     user_model: str | None,
     oauth_model: str | None,
 ) -> None:
@@ -294,7 +303,9 @@ def replay(
     settings = _with_models(load_settings(), user_model, oauth_model)
     try:
         message = run(
-            lambda: run_replay(settings, in_place=in_place, abandon=abandon, batch_size=batch_size)
+            lambda: run_replay(
+                settings, in_place=in_place, abandon=abandon, batch_size=batch_size, jobs=jobs
+            )
         )
     except Exception as exc:
         fail(f"replay failed: {exc}")

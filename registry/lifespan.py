@@ -197,7 +197,12 @@ async def run_worker(settings: Settings, *, migrate: bool = True) -> None:
 
 
 async def run_replay(
-    settings: Settings, *, in_place: bool = False, abandon: bool = False, batch_size: int = 10_000
+    settings: Settings,
+    *,
+    in_place: bool = False,
+    abandon: bool = False,
+    batch_size: int = 10_000,
+    jobs: int = 1,
 ) -> str:
     """`registry replay`: rebuild the user projection with a progress bar (events/s, ETA)."""
     from rich.progress import (
@@ -220,7 +225,10 @@ async def run_replay(
             "in_place": in_place,
             "partitions": settings.projection_partitions,
             "batch_size": batch_size,
+            "jobs": jobs,
         }
+        if jobs > 1 and container.engine.dialect.name != "postgresql":
+            log.warning("--jobs needs PostgreSQL: replaying in one process")
         projection = UserProjection(container.user_table, container.oauth_table)
         if abandon:
             found = await Replay(container.engine, projection, **job_args).abandon()

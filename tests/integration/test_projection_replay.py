@@ -5,7 +5,10 @@ are abandoned without touching the live tables."""
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, inspect, select, text
@@ -23,6 +26,7 @@ from test_projection_support import (
 from events import EventStore, UserRegistered
 from projections import UserProjection
 from projections import replay as replay_module
+from projections.errors import ReplayError
 from projections.replay import Progress, Replay, replay
 from projections.tables import projection_checkpoints
 from projections.worker import ProjectionWorker
@@ -165,5 +169,60 @@ async def test_replay_writes_new_rows_with_copy_on_postgresql(pg_url: str) -> No
         await replay(engine, UserProjection(AppUser, AppOAuth))
         assert_matches_model(await snapshot(engine, USERS, ACCOUNTS), model)
         assert inserts == []
+    finally:
+        await engine.dispose()
+
+
+async def test_replay_in_several_processes_matches_the_log(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`jobs=3`: on PostgreSQL three processes share the shards (SQLite: one, as before); the
+    rows match the log and the progress counts every process's events."""
+    await create_tables(engine)
+    model = await History(EventStore(engine), seed=13).run(1200)
+    monkeypatch.setattr(replay_module, "FLUSH_STREAMS", 25)  # several flushes per process
+    workers = tmp_path / "pids"
+    real = Replay.bulk_shards
+
+    async def noted(self: Replay, shards: list[int], head: Any, count: Any) -> None:
+        with workers.open("a") as f:  # children write here too
+            f.write(f"{os.getpid()}\n")
+        await real(self, shards, head, count)
+
+    monkeypatch.setattr(Replay, "bulk_shards", noted)
+    seen: list[int] = []
+    projection = UserProjection(AppUser, AppOAuth)
+    result = await replay(engine, projection, jobs=3, on_progress=lambda p: seen.append(p.done))
+    assert_matches_model(await snapshot(engine, USERS, ACCOUNTS), model)
+    assert result.events == model.events == seen[-1]
+    pids = set(workers.read_text().split())
+    assert len(pids) == (3 if engine.dialect.name == "postgresql" else 1)
+
+
+async def test_a_failed_replay_process_is_reported_and_the_next_run_resumes(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from events import create_engine
+
+    engine = create_engine(pg_url)
+    try:
+        await create_tables(engine)
+        model = await History(EventStore(engine), seed=17).run(800)
+        projection = UserProjection(AppUser, AppOAuth)
+        parent = os.getpid()
+        real = Replay.bulk_shards
+
+        async def fails_in_children(self: Replay, shards: list[int], head: Any, count: Any) -> None:
+            if os.getpid() != parent:
+                raise RuntimeError("disk on fire")
+            await real(self, shards, head, count)
+
+        monkeypatch.setattr(Replay, "bulk_shards", fails_in_children)
+        with pytest.raises(ReplayError, match="1 of 2 replay processes failed"):
+            await replay(engine, projection, jobs=2)
+        monkeypatch.setattr(Replay, "bulk_shards", real)
+        result = await replay(engine, projection, jobs=2)
+        assert result.events < model.events  # resumed: this process's shards were kept
+        assert_matches_model(await snapshot(engine, USERS, ACCOUNTS), model)
     finally:
         await engine.dispose()
