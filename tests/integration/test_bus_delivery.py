@@ -20,13 +20,10 @@ from test_bus_helpers import (
     FAKE_HASH,
     MAX_PAYLOAD,
     BusClient,
-    cleanup,
+    bus_setup,
     consumer,
-    create_tables,
     event_count,
-    make_container,
     register_payload,
-    unique_prefix,
     wait_until,
 )
 
@@ -42,12 +39,8 @@ pytestmark = [
 
 @pytest.fixture
 async def setup(engine: AsyncEngine) -> AsyncIterator[tuple[Container, Channels]]:
-    await create_tables(engine)
-    prefix = unique_prefix()
-    channels = Channels(prefix)
-    yield make_container(engine, "unused://", prefix), channels
-    for kind in BROKER_URLS:
-        await cleanup(kind, channels)
+    async with bus_setup(engine, "unused://", list(BROKER_URLS)) as ready:
+        yield ready
 
 
 # ---------------------------------------------------------------------------- poison

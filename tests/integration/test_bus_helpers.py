@@ -11,7 +11,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
@@ -131,6 +131,21 @@ async def consumer(
         ack_wait=ack_wait,
     ) as runtime:
         yield runtime
+
+
+@contextlib.asynccontextmanager
+async def bus_setup(
+    engine: AsyncEngine, url: str, kinds: Sequence[str]
+) -> AsyncIterator[tuple[Container, Channels]]:
+    """Tables, a container on a unique bus prefix, and afterwards the cleanup of `kinds`."""
+    await create_tables(engine)
+    prefix = unique_prefix()
+    channels = Channels(prefix)
+    try:
+        yield make_container(engine, url, prefix), channels
+    finally:
+        for kind in kinds:
+            await cleanup(kind, channels)
 
 
 async def cleanup(kind: str, channels: Channels) -> None:

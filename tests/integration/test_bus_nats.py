@@ -17,13 +17,10 @@ from test_bus_helpers import (
     BROKER_URLS,
     TIMEOUT,
     BusClient,
-    cleanup,
+    bus_setup,
     consumer,
-    create_tables,
     event_count,
-    make_container,
     register_payload,
-    unique_prefix,
     wait_until,
 )
 
@@ -39,11 +36,8 @@ pytestmark = [
 
 @pytest.fixture
 async def setup(engine: AsyncEngine) -> AsyncIterator[tuple[Container, Channels]]:
-    await create_tables(engine)
-    prefix = unique_prefix()
-    channels = Channels(prefix)
-    yield make_container(engine, BROKER_URLS["nats"], prefix), channels
-    await cleanup("nats", channels)
+    async with bus_setup(engine, BROKER_URLS["nats"], ["nats"]) as ready:
+        yield ready
 
 
 async def test_concurrent_requests_on_one_connection_get_their_own_replies(
