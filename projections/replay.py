@@ -519,7 +519,8 @@ async def replay(
 ) -> ReplayResult:
     """Rebuild `projection` from the log (blue/green unless `in_place`); resumes an
     interrupted replay. `jobs` > 1 runs the bulk phase in that many processes on PostgreSQL
-    (`projections.replay_jobs`). The entry point for `registry replay` and the benchmarks."""
+    (`projections.replay_jobs`; the engine's idle pooled connections are closed first, so none
+    crosses the fork). The entry point for `registry replay` and the benchmarks."""
     job = Replay(
         engine,
         projection,
