@@ -1,7 +1,7 @@
 """The read side: read-model tables and mixins, the user projection, projector workers,
 replay and status."""
 
-from projections.errors import LeaseLost, ProjectionError, ProjectionTimeout, ReplayError
+from projections.errors import ProjectionError, ProjectionTimeout, ReplayError
 from projections.models import Base, OAuthAccount, User
 from projections.tables import BaseOAuthAccountTableUUID, BaseUserTableUUID, metadata
 from projections.users import UserProjection, projected_version
@@ -10,7 +10,6 @@ __all__ = [
     "Base",
     "BaseOAuthAccountTableUUID",
     "BaseUserTableUUID",
-    "LeaseLost",
     "OAuthAccount",
     "ProjectionError",
     "ProjectionTimeout",

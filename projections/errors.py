@@ -11,9 +11,5 @@ class ProjectionTimeout(ProjectionError):
     """The read model did not reach the needed version in time (read-your-writes)."""
 
 
-class LeaseLost(ProjectionError):
-    """This worker no longer holds the partition's lease: its batch was rolled back."""
-
-
 class ReplayError(ProjectionError):
     """A replay cannot start or continue (for example, another replay is half done)."""

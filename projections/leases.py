@@ -103,12 +103,8 @@ async def ensure_partitions(conn: AsyncConnection, name: str, partitions: int) -
     await conn.execute(ins(leases).values(lease_rows).on_conflict_do_nothing())
 
 
-async def read_checkpoint(
-    conn: AsyncConnection, name: str, partition: int, *, lock: bool = False
-) -> Cursor | None:
+async def read_checkpoint(conn: AsyncConnection, name: str, partition: int) -> Cursor | None:
     stmt = select(cp.c.tx_id, cp.c.position).where(cp.c.name == name, cp.c.partition == partition)
-    if lock and conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
     row = (await conn.execute(stmt)).first()
     return Cursor(row.tx_id, row.position) if row else None
 

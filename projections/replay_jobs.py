@@ -86,7 +86,7 @@ async def bulk_in_processes(job: Replay, shards: list[int], head: Cursor) -> Non
             child.join()
 
 
-def _child(job: Replay, shares: list[int], head: Cursor, counter: Any) -> None:
+def _child(job: Replay, share: list[int], head: Cursor, counter: Any) -> None:
     def count(n: int) -> None:
         with counter.get_lock():
             counter.value += n
@@ -96,7 +96,7 @@ def _child(job: Replay, shares: list[int], head: Cursor, counter: Any) -> None:
         # without touching it
         await job.engine.dispose(close=False)
         try:
-            await job.bulk_shards(shares, head, count)
+            await job.bulk_shards(share, head, count)
         finally:
             await job.engine.dispose()
 
