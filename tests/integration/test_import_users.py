@@ -1,11 +1,16 @@
 """`registry import-users`: a database written by fastapi-users-db-sqlalchemy itself moves into
 the log through the command handlers, and the example app then logs its users in with their
-old passwords. Re-running imports nothing twice."""
+old passwords. Re-running imports nothing twice.
+
+fastapi-users-db-sqlalchemy pins SQLAlchemy < 2.1, so the old app's database is written in a
+separate environment made at test time (old_fastapi_users_app.py, run by `peer_python`), in
+whatever environment these tests run."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,15 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner, Result
-from fastapi_users.password import PasswordHelper
-from fastapi_users_db_sqlalchemy import (
-    SQLAlchemyBaseOAuthAccountTableUUID,
-    SQLAlchemyBaseUserTableUUID,
-    SQLAlchemyUserDatabase,
-)
-from sqlalchemy import String, select, text
-from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import create_async_engine
+from test_upstream_support import cache_root
+from test_upstream_support import peer_python as make_peer_python
 
 from events import create_engine
 from events.tables import events
@@ -31,18 +31,10 @@ from examples.fastapi_users_app import User, create_app
 from registry.cli import main
 from registry.settings import get_settings
 
+#: making the separate environment (pip) on a loaded machine
+pytestmark = pytest.mark.timeout(900)
 
-class OldBase(DeclarativeBase):
-    pass
-
-
-class OldOAuthAccount(SQLAlchemyBaseOAuthAccountTableUUID, OldBase):
-    pass
-
-
-class OldUser(SQLAlchemyBaseUserTableUUID, OldBase):
-    first_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    oauth_accounts: Mapped[list[OldOAuthAccount]] = relationship("OldOAuthAccount", lazy="joined")
+OLD_APP = Path(__file__).with_name("old_fastapi_users_app.py")
 
 
 @dataclass(frozen=True)
@@ -59,52 +51,39 @@ class OldUserRow:
 #: sorts after every uuid4 (the import goes in id order), so the original Dora wins
 LAST_ID = uuid.UUID("ffffffff-ffff-4fff-bfff-ffffffffffff")
 
-SPECS = [
-    ("dora@example.com", "Dora", True, False, (("google", "g-1"), ("github", "gh-1"))),
-    ("Erin.Mixed@Example.com", "Erin", False, True, ()),
-    ("frank@example.com", None, False, False, (("google", "g-2"),)),
-]
+
+@pytest.fixture(scope="session")
+def peer_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Python of an environment with fastapi-users-db-sqlalchemy (SQLAlchemy 2.0)."""
+    return make_peer_python(cache_root(tmp_path_factory))
 
 
-async def write_old_database(url: str) -> list[OldUserRow]:
+async def old_app(python: Path, *args: str) -> str:
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [str(python), str(OLD_APP), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+async def write_old_database(python: Path, url: str) -> list[OldUserRow]:
     """Users written the way an existing FastAPI Users app wrote them: SQLAlchemyUserDatabase."""
-    engine = create_async_engine(url)
-    helper = PasswordHelper()
-    written = []
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(OldBase.metadata.create_all)
-        async with async_sessionmaker(engine, expire_on_commit=False)() as session:
-            db = SQLAlchemyUserDatabase(session, OldUser, OldOAuthAccount)
-            for i, (email, first_name, verified, superuser, oauth) in enumerate(SPECS):
-                password = f"old password {i}"
-                user = await db.create(
-                    {
-                        "email": email,
-                        "hashed_password": helper.hash(password),
-                        "first_name": first_name,
-                        "is_verified": verified,
-                        "is_superuser": superuser,
-                    }
-                )
-                for name, account_id in oauth:
-                    user = await db.add_oauth_account(
-                        user,
-                        {
-                            "oauth_name": name,
-                            "access_token": f"secret-access-{account_id}",
-                            "refresh_token": None,
-                            "expires_at": 1_900_000_000,
-                            "account_id": account_id,
-                            "account_email": email,
-                        },
-                    )
-                written.append(
-                    OldUserRow(user.id, email, password, first_name, verified, superuser, oauth)
-                )
-    finally:
-        await engine.dispose()
-    return written
+    return [
+        OldUserRow(
+            uuid.UUID(row["id"]),
+            row["email"],
+            row["password"],
+            row["first_name"],
+            row["is_verified"],
+            row["is_superuser"],
+            tuple((name, account) for name, account in row["oauth"]),
+        )
+        for row in json.loads(await old_app(python, "write", url))
+    ]
 
 
 def invoke(*args: str, database_url: str, **env: str) -> Result:
@@ -145,9 +124,11 @@ async def log_rows(target: str) -> list[tuple[str, uuid.UUID, dict[str, object]]
 
 
 @pytest.fixture
-async def old_sqlite(tmp_path: Path) -> AsyncIterator[tuple[str, list[OldUserRow]]]:
+async def old_sqlite(
+    peer_python: Path, tmp_path: Path
+) -> AsyncIterator[tuple[str, list[OldUserRow]]]:
     url = f"sqlite+aiosqlite:///{tmp_path / 'old_app.db'}"
-    yield url, await write_old_database(url)
+    yield url, await write_old_database(peer_python, url)
 
 
 async def check_app_logs_them_in(target: str, old: list[OldUserRow]) -> None:
@@ -222,9 +203,11 @@ async def test_import_then_old_passwords_log_in_and_rerun_imports_nothing(
     await check_app_logs_them_in(database_url, old)
 
 
-async def test_import_from_postgresql_source(pg_url: str, tmp_path: Path) -> None:
+async def test_import_from_postgresql_source(
+    peer_python: Path, pg_url: str, tmp_path: Path
+) -> None:
     """A PostgreSQL source (native UUID columns) into a SQLite registry."""
-    old = await write_old_database(pg_url)
+    old = await write_old_database(peer_python, pg_url)
     target = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
     # the app's model named: its custom columns are the profile the import may carry
     result = await asyncio.to_thread(
@@ -244,18 +227,12 @@ async def test_import_from_postgresql_source(pg_url: str, tmp_path: Path) -> Non
 
 
 async def test_rows_the_registry_refuses_are_reported_and_the_rest_imported(
-    tmp_path: Path, database_url: str
+    peer_python: Path, tmp_path: Path, database_url: str
 ) -> None:
     source = f"sqlite+aiosqlite:///{tmp_path / 'dupes.db'}"
-    old = await write_old_database(source)
-    engine = create_async_engine(source)
-    try:  # upstream's unique index is case-sensitive: a second "DORA@…" row can exist there
-        async with async_sessionmaker(engine)() as session:
-            await SQLAlchemyUserDatabase(session, OldUser).create(
-                {"id": LAST_ID, "email": "DORA@example.com", "hashed_password": "x"}
-            )
-    finally:
-        await engine.dispose()
+    old = await write_old_database(peer_python, source)
+    # upstream's unique index is case-sensitive: a second "DORA@…" row can exist there
+    await old_app(peer_python, "add", source, str(LAST_ID), "DORA@example.com")
 
     result = await asyncio.to_thread(
         invoke, "import-users", "--from", source, "--json", database_url=database_url
