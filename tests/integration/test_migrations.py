@@ -28,8 +28,27 @@ async def test_migrations_match_the_models(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         assert await conn.run_sync(diff) == []
         names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
-    assert {"events", "user", "oauth_account", "projection_checkpoints"} <= names
+    assert {"events", "event_master_key", "projection_checkpoints"} <= names
     assert {"registry_email_reservations", "registry_processed_commands"} <= names
+    # the read model belongs to the app's models, never to the registry's migrations
+    assert not names & {"user", "oauth_account"}
+
+
+def test_include_object_keeps_an_apps_autogenerate_off_the_registrys_tables() -> None:
+    from sqlalchemy import Column, Integer, MetaData, Table
+
+    from registry.schema import include_object, registry_table_names
+
+    owned = registry_table_names()
+    assert {"events", "event_data_keys", "registry_processed_commands"} <= owned
+    assert "projection_checkpoints" in owned and "alembic_version" in owned
+    assert "user" not in owned and "oauth_account" not in owned
+    events = Table("events", MetaData(), Column("position", Integer, index=True))
+    assert not include_object(events, "events", "table", True, None)  # never "drop events"
+    index = next(iter(events.indexes))
+    assert not include_object(index, index.name, "index", True, None)
+    assert include_object(None, "user", "table", True, None)
+    assert include_object(None, "invoices", "table", False, None)
 
 
 async def test_migrate_twice_is_a_no_op_and_downgrade_works(engine: AsyncEngine) -> None:
