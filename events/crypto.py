@@ -409,12 +409,11 @@ async def claim_master_key(conn: AsyncConnection, keyring: Keyring) -> None:
     that lacks the recorded key. The caller rolls back on the error: nothing is written."""
     recorded = await recorded_master_key(conn)
     if recorded is None:
-        if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
         await conn.execute(
-            dialect_insert(master_key_record)
+            dialect.insert(master_key_record)
             .values(id=1, key_id=keyring.active.key_id, recorded_at=datetime.now(UTC))
             .on_conflict_do_nothing(index_elements=["id"])
         )

@@ -85,7 +85,6 @@ def migrate(revision: str) -> None:
 def status(as_json: bool) -> None:
     """Event count, head position, and each projection's checkpoint and lag."""
     from registry.ops import gather_status
-
     from registry.schema import RegistryMissingError
 
     settings = load_settings()

@@ -137,7 +137,7 @@ def engine_of(session: AsyncSession, user_table: Any) -> AsyncEngine:
     if isinstance(bind, AsyncConnection):
         return bind.engine
     sync = session.sync_session.get_bind(mapper=_mapper(user_table))
-    sync_engine = getattr(sync, "engine", sync)
+    sync_engine: Any = getattr(sync, "engine", sync)
     return AsyncEngine._retrieve_proxy_for_target(sync_engine)
 
 

@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from events.crypto import claim_master_key, crypto_of
 from events.tables import metadata as events_metadata
 from projections.models import OAuthAccount, User
+from projections.tables import BaseOAuthAccountTableUUID
 from projections.tables import metadata as projections_metadata
 from projections.users import table_of
 from registry.errors import RegistryError
@@ -210,10 +211,20 @@ def _create_tables(sync_conn: Connection, tables: list[Table], complete: bool = 
 
 
 def read_model_tables(user_table: Any, oauth_table: Any = None) -> list[Table]:
-    """The tables of the app's read model: its user table, and its OAuth table if it has one."""
+    """The tables of the app's read model: its user table, and its OAuth table if it has one
+    (given, or the target of the user model's relationship to a `BaseOAuthAccountTableUUID`
+    model: reading the user loads it)."""
     tables = [table_of(user_table)]
-    if oauth_table is not None:
-        tables.append(table_of(oauth_table))
+    related = [oauth_table] if oauth_table is not None else []
+    if isinstance(user_table, type):
+        mapper: Any = inspect(user_table, raiseerr=False)
+        for rel in getattr(mapper, "relationships", ()):
+            if issubclass(rel.mapper.class_, BaseOAuthAccountTableUUID):
+                related.append(rel.mapper.class_)
+    for model in related:
+        table = table_of(model)
+        if table not in tables:
+            tables.append(table)
     return tables
 
 
