@@ -93,3 +93,32 @@ def test_registry_migrate_command(database_url: str, tmp_path) -> None:  # type:
     )
     assert bad.returncode != 0
     assert "registry: error:" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_status_where_there_is_no_registry_says_what_to_run_and_creates_nothing(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "registry.cli", "status"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "there is no registry at" in out.stderr and "registry migrate" in out.stderr
+    assert "Traceback" not in out.stderr and "no such table" not in out.stderr
+    assert list(tmp_path.iterdir()) == []  # no empty registry.db left behind
+
+
+async def test_status_of_a_postgresql_database_without_a_registry(pg_url: str) -> None:
+    import pytest
+
+    from registry.ops import gather_status
+    from registry.schema import RegistryMissingError
+    from registry.settings import Settings
+
+    with pytest.raises(RegistryMissingError, match=r"no events table.*registry migrate"):
+        await gather_status(Settings(database_url=pg_url))
