@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from events.catalog import EVENT_TYPES
 from events.envelope import shard_of
 from events.errors import EventStoreError, InvalidEventError
-from events.tables import data_keys, events
+from events.tables import data_keys, events, master_key_record
 
 #: what a personal field reads as once its key is gone (and what the stored payload holds)
 ERASED = "[erased]"
@@ -388,9 +388,54 @@ async def shred(conn: AsyncConnection, crypto: Crypto | None, stream_id: UUID) -
 
 
 # ---------------------------------------------------------------------------- checks
+def _wrong_key(recorded: str, keyring: Keyring) -> MasterKeyError:
+    return MasterKeyError(
+        f"this database belongs to master key {recorded}, this process has "
+        f"{', '.join(sorted(keyring.key_ids))}: nothing was written (check REGISTRY_MASTER_KEY "
+        "or the key file beside the SQLite database; during a rotation put the old key in "
+        "REGISTRY_PREVIOUS_MASTER_KEYS)"
+    )
+
+
+async def recorded_master_key(conn: AsyncConnection) -> str | None:
+    """The key_id of the master key the database belongs to, or None before it is recorded."""
+    found = await conn.scalar(select(master_key_record.c.key_id).where(master_key_record.c.id == 1))
+    return str(found) if found is not None else None
+
+
+async def claim_master_key(conn: AsyncConnection, keyring: Keyring) -> None:
+    """In `conn`'s transaction: record `keyring.active` as the database's master key when none
+    is recorded yet (the first process wins a race), then refuse (`MasterKeyError`) a keyring
+    that lacks the recorded key. The caller rolls back on the error: nothing is written."""
+    recorded = await recorded_master_key(conn)
+    if recorded is None:
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        await conn.execute(
+            dialect.insert(master_key_record)
+            .values(id=1, key_id=keyring.active.key_id, recorded_at=datetime.now(UTC))
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        recorded = await recorded_master_key(conn)
+    if recorded not in keyring.key_ids:
+        raise _wrong_key(str(recorded), keyring)
+
+
+async def record_master_key(conn: AsyncConnection, key_id: str) -> None:
+    """Move the database's recorded master key to `key_id` (a rotation has re-wrapped every
+    data key with it)."""
+    await conn.execute(
+        update(master_key_record)
+        .where(master_key_record.c.id == 1)
+        .values(key_id=key_id, recorded_at=datetime.now(UTC))
+    )
+
+
 async def verify(engine: AsyncEngine, keyring: Keyring) -> None:
-    """Refuse to start when a stored data key is wrapped by a master key this process does not
-    have (a wrong or missing key): raises `MasterKeyError`, writes nothing."""
+    """Refuse to start when the database belongs to another master key, or a stored data key is
+    wrapped by a master key this process does not have (a wrong or missing key): raises
+    `MasterKeyError`, writes nothing."""
     async with engine.connect() as conn:
         found = (
             await conn.execute(
@@ -428,7 +473,10 @@ __all__ = [
     "MasterKeyError",
     "StreamErasedError",
     "attach",
+    "claim_master_key",
     "crypto_of",
+    "record_master_key",
+    "recorded_master_key",
     "shred",
     "verify",
 ]

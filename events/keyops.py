@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.catalog import EVENT_TYPES
-from events.crypto import Crypto, Keyring, verify
+from events.crypto import Crypto, Keyring, record_master_key, verify
 from events.tables import data_keys, events
 
 #: called after each committed batch with (done, total)
@@ -106,6 +106,9 @@ async def rotate(
         done += len(rows)
         if on_progress is not None:
             on_progress(done, max(total, done))
+    # every data key is wrapped by the active key now: the database belongs to it
+    async with engine.begin() as conn:
+        await record_master_key(conn, keyring.active.key_id)
     return Rotation(key_id=keyring.active.key_id, rewrapped=done, total=max(total, done))
 
 

@@ -105,6 +105,18 @@ data_keys = Table(
     Index("ix_event_data_keys_shard", "shard"),
 )
 
+#: the master key this database belongs to: recorded (its key_id, a fingerprint) by the first
+#: process that creates the schema with a key, so that a process with any other key is refused
+#: before it writes anything, even before the first data key exists. One row, id 1; a
+#: completed `registry rotate-master-key` moves it to the new key.
+master_key_record = Table(
+    "event_master_key",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("key_id", String(32), nullable=False),
+    Column("recorded_at", UTCDateTime(), nullable=False),
+)
+
 # On PostgreSQL the writing transaction's id is filled in by the database, and every
 # INSERT statement wakes listeners (delivered at COMMIT, coalesced per transaction).
 PG_TX_DEFAULT = "(pg_current_xact_id()::text)::bigint"

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from events import EventStore
 from projections import leases
 from projections.errors import ProjectionTimeout
 from projections.signals import is_listening, projection_wakeup
@@ -70,3 +71,23 @@ async def _explain(
                 "(a worker died and its lease has not been taken over yet)"
             )
     return f"{head}: the projector is behind"
+
+
+async def projector_holds(engine: AsyncEngine, projection: Any, stream_id: uuid.UUID) -> bool:
+    """True when a projector holds a live lease on the partition of `stream_id` (it will
+    project the stream's new events)."""
+    async with engine.connect() as conn:
+        partitions = await leases.partition_count(conn, projection.name)
+        if not partitions:
+            return False
+        holders = await leases.live_holders(conn, projection.name)
+    return leases.partition_of(stream_id, partitions) in holders
+
+
+async def project_stream(engine: AsyncEngine, projection: Any, stream_id: uuid.UUID) -> None:
+    """Bring one stream's rows up to the log in one transaction: for a writer that no
+    projector serves. Safe beside a projector that starts meanwhile (applying is idempotent:
+    each row carries the version it reflects). Leaves the checkpoints alone."""
+    store = EventStore(engine)
+    async with engine.begin() as conn:
+        await projection.apply(conn, await store.read_stream(stream_id, conn=conn))

@@ -66,6 +66,10 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
     :param erase_on_delete: make `delete()` erase the user (`erase()`), so FastAPI Users'
         `DELETE /users/{id}` (and `UserManager.delete`) honours the right to erasure.
 
+    Nothing else is needed: on first use the adapter makes the registry's tables and the
+    model's tables when missing, and its own writes are visible to its reads even when no
+    projector runs (`run_projector` adds projecting other writers' events in-process).
+
     Writes raise `fastapi_users.exceptions.UserAlreadyExists` for a taken email (any letter
     case), `UserNotExists` for a deleted user, `registry.errors.InvalidCommandError` for a key
     that is not a column (nothing is written), and `ProjectionTimeoutError` when the read model
@@ -89,6 +93,7 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
     # ------------------------------------------------------------------ reads
     async def get(self, id: ID) -> UP | None:
         """The user with this id, or None."""
+        await self._rt().prepare(write=False)
         stmt = _BY_ID.get(self.user_table)
         if stmt is None:  # built once per model: SQLAlchemy then reuses its cache key
             stmt = self._prepare(select(self.user_table).where(self._col("id") == bindparam("id")))
@@ -99,6 +104,7 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
         """The user with this email, any letter case and surrounding spaces, or None."""
         if not isinstance(email, str):  # a PATCH with "email": null asks for None
             return None
+        await self._rt().prepare(write=False)
         stmt = select(self.user_table).where(
             func.lower(self._col("email")) == normalise_email(email)
         )
@@ -107,6 +113,7 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
     async def get_by_oauth_account(self, oauth: str, account_id: str) -> UP | None:
         """The user who linked this OAuth account, or None."""
         oauth_table = self._oauth_table()
+        await self._rt().prepare(write=False)
         stmt = (
             select(self.user_table)
             .join(oauth_table, oauth_table.user_id == self._col("id"))
@@ -240,6 +247,7 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
 
     async def _write(self, command: Command) -> Outcome:
         runtime = self._rt()
+        await runtime.prepare(write=True)
         # like upstream, a write ends the session's transaction: its snapshot must not hide
         # the row the projector is about to write
         await self.session.commit()

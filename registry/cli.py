@@ -85,10 +85,13 @@ def migrate(revision: str) -> None:
 def status(as_json: bool) -> None:
     """Event count, head position, and each projection's checkpoint and lag."""
     from registry.ops import gather_status
+    from registry.schema import RegistryMissingError
 
     settings = load_settings()
     try:
         report = run(lambda: gather_status(settings))
+    except RegistryMissingError as exc:
+        fail(str(exc))
     except Exception as exc:
         fail(f"cannot read status from {settings.database_url}: {exc}")
     if as_json:

@@ -27,7 +27,7 @@ async def erase_user(settings: Settings, user_id: uuid.UUID) -> Outcome:
     from projections import UserProjection
     from registry.bootstrap import build
     from registry.commands import EraseUser
-    from registry.lifespan import ensure_schema
+    from registry.schema import ensure_schema
 
     container = build(settings)
     try:

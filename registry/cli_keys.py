@@ -133,7 +133,7 @@ def rotate_master_key(batch_size: int, as_json: bool) -> None:
 async def _encrypt(settings: Settings, batch_size: int, on_progress: Progress) -> Migration:
     from events.keyops import encrypt_events
     from registry.bootstrap import build
-    from registry.lifespan import ensure_schema
+    from registry.schema import ensure_schema
 
     container = build(settings)
     try:

@@ -3,11 +3,18 @@
 Where the master key comes from, in order:
 
 1. `REGISTRY_MASTER_KEY` (URL-safe base64 of 32 bytes; `registry keygen` prints one);
-2. the key file `REGISTRY_MASTER_KEY_FILE` (default `./registry.key`) when it exists: it must
-   be readable by its owner only (mode 0600), as ssh requires of private keys;
-3. on SQLite (the embedded default) with neither: a new key generated into that file, created
-   owner-only;
+2. the key file `REGISTRY_MASTER_KEY_FILE` when it exists; unset, the key file beside the
+   SQLite database file the engine uses (`registry.db` -> `registry.key`), so every process on
+   that file, whatever its working directory, uses the same key. It must be readable by its
+   owner only (mode 0600), as ssh requires of private keys;
+3. on a file-backed SQLite engine (the embedded default) with neither: a new key generated
+   into that file, created owner-only; an in-memory SQLite engine gets a key of its own that
+   lives as long as the process (so does its data);
 4. otherwise (PostgreSQL): an error naming `REGISTRY_MASTER_KEY`.
+
+Whether a key may be generated is decided by the engine actually used, never by the
+settings' default URL. A database records the key it was created with (`event_master_key`):
+a process with any other key is refused before it writes anything.
 
 `REGISTRY_PREVIOUS_MASTER_KEYS` (comma-separated) adds keys being retired: they still unwrap
 data keys while `registry rotate-master-key` re-wraps them with the active key.
@@ -29,11 +36,20 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, inspect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from events.crypto import Crypto, Keyring, MasterKey, MasterKeyError, attach, crypto_of, verify
-from events.tables import data_keys
+from events.crypto import (
+    Crypto,
+    Keyring,
+    MasterKey,
+    MasterKeyError,
+    attach,
+    claim_master_key,
+    crypto_of,
+    verify,
+)
+from events.tables import data_keys, master_key_record
 from registry.settings import Settings
 
 log = logging.getLogger("registry.keys")
@@ -88,9 +104,28 @@ def write_key_file(path: Path, key: MasterKey) -> bool:
             tmp.unlink()
 
 
-def load_keyring(settings: Settings, *, generate: bool = True) -> Keyring:
-    """The keyring of this process (see the module docstring). Raises `MasterKeyError` with
-    the variable to fix. `generate`: allow making the embedded default's key file."""
+def default_key_file(url: str | URL) -> Path | None:
+    """The embedded default's key file: beside the SQLite database file of `url`
+    (`registry.db` -> `registry.key`); None for PostgreSQL and in-memory SQLite."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    if database.startswith("file:"):  # a URI filename: file:path?mode=...
+        database = database[len("file:") :].split("?", 1)[0]
+        if not database or database == ":memory:":
+            return None
+    db = Path(database)
+    name = f"{db.stem}.key" if db.suffix != ".key" else f"{db.name}.key"
+    return db.with_name(name)
+
+
+def load_keyring(
+    settings: Settings, *, url: str | URL | None = None, generate: bool = True
+) -> Keyring:
+    """The keyring of this process for the database at `url` (default: the settings' URL; pass
+    the engine's own). Raises `MasterKeyError` with the variable to fix. `generate`: allow
+    making the embedded default's key file (only ever for a SQLite engine)."""
     previous = [
         MasterKey.parse(k.get_secret_value(), source=f"{PREVIOUS_KEYS_VAR} (key {i})")
         for i, k in enumerate(settings.previous_master_keys, start=1)
@@ -98,9 +133,18 @@ def load_keyring(settings: Settings, *, generate: bool = True) -> Keyring:
     if settings.master_key is not None:
         active = MasterKey.parse(settings.master_key.get_secret_value(), source=MASTER_KEY_VAR)
         return Keyring(active, previous)
-    path = settings.master_key_file
+    target = make_url(url if url is not None else settings.database_url)
+    is_sqlite = target.get_backend_name() == "sqlite"
+    path = settings.master_key_file or default_key_file(target)
+    if path is None:
+        if is_sqlite and generate:  # in memory: the data lives no longer than this key
+            return Keyring(MasterKey.generate(), previous)
+        raise MasterKeyError(
+            f"{MASTER_KEY_VAR} is not set: set it to a key made with `registry keygen` (or "
+            f"{KEY_FILE_VAR} to a file holding one, mode 0600)"
+        )
     if not path.exists():
-        if not (generate and settings.is_sqlite):
+        if not (generate and is_sqlite):
             raise MasterKeyError(
                 f"{MASTER_KEY_VAR} is not set and there is no master key file {path}: set "
                 f"{MASTER_KEY_VAR} to a key made with `registry keygen` (or {KEY_FILE_VAR} to "
@@ -132,19 +176,21 @@ def personal_columns(*models: Any) -> frozenset[str]:
     return frozenset(found)
 
 
-def _has_keys_table(sync_conn: Connection) -> bool:
-    return inspect(sync_conn).has_table(data_keys.name)
+def _table_names(sync_conn: Connection) -> set[str]:
+    return set(inspect(sync_conn).get_table_names())
 
 
 async def _verify(engine: AsyncEngine, keyring: Keyring) -> None:
-    """`verify`, on a database whose schema may not exist yet (nothing stored: nothing to
-    check; whoever creates the schema runs first)."""
-    try:
+    """`verify` and the database's master key record, on a database whose schema may not
+    exist yet (nothing stored: nothing to check; whoever creates the schema records the key
+    in the same transaction)."""
+    async with engine.connect() as conn:
+        tables = await conn.run_sync(_table_names)
+    if data_keys.name in tables:  # first: a key that opens no stored data key claims nothing
         await verify(engine, keyring)
-    except DBAPIError:
-        async with engine.connect() as conn:
-            if await conn.run_sync(_has_keys_table):
-                raise
+    if master_key_record.name in tables:
+        async with engine.begin() as conn:
+            await claim_master_key(conn, keyring)
 
 
 #: engines whose attached Crypto was checked against the stored data keys, and the lock that
@@ -173,7 +219,7 @@ async def enable(engine: AsyncEngine, settings: Settings, *models: Any) -> Crypt
     async with lock:
         crypto = crypto_of(engine)
         if crypto is None:
-            keyring = load_keyring(settings)
+            keyring = load_keyring(settings, url=engine.url)
             await _verify(engine, keyring)
             crypto = Crypto(keyring, columns)
             attach(engine, crypto)
@@ -186,6 +232,7 @@ async def enable(engine: AsyncEngine, settings: Settings, *models: Any) -> Crypt
 
 __all__ = [
     "MasterKeyError",
+    "default_key_file",
     "enable",
     "enabled",
     "load_keyring",

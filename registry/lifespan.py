@@ -15,94 +15,18 @@ import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import Connection, Table, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import EventStore
-from projections.tables import metadata as projections_metadata
-from projections.users import UserProjection, table_of
+from projections.users import UserProjection
 from projections.worker import ProjectionWorker
+from registry.schema import ensure_schema
 from registry.settings import Settings, get_settings
 
 log = logging.getLogger("registry.lifespan")
 
 #: how long `run_projector` waits for its worker to take partitions before yielding anyway
 READY_TIMEOUT = 10.0
-#: PostgreSQL advisory lock key held while one process creates the schema
-SCHEMA_LOCK_KEY = 0x7265_6769_7374
-
-
-def _bookkeeping_tables() -> list[Table]:
-    """The projector's own tables (not the default user/oauth_account models)."""
-    from projections.models import OAuthAccount, User
-
-    models = {table_of(User).name, table_of(OAuthAccount).name}
-    return [t for t in projections_metadata.sorted_tables if t.name not in models]
-
-
-def _create(sync_conn: Connection, tables: list[Table]) -> None:
-    """create_all for `tables`, then add the nullable columns an existing table lacks (an
-    app's custom columns on a table created earlier from the default model)."""
-    for table in tables:
-        table.create(sync_conn, checkfirst=True)
-        have = {c["name"] for c in inspect(sync_conn).get_columns(table.name)}
-        for column in table.columns:
-            if column.name in have:
-                continue
-            if not column.nullable or column.primary_key:
-                raise RuntimeError(
-                    f"table {table.name!r} exists without column {column.name!r}, which is "
-                    "NOT NULL: add it with a migration"
-                )
-            prep = sync_conn.dialect.identifier_preparer
-            ddl = column.type.compile(dialect=sync_conn.dialect)
-            sync_conn.execute(
-                text(
-                    f"ALTER TABLE {prep.format_table(table)} "
-                    f"ADD COLUMN {prep.format_column(column)} {ddl}"
-                )
-            )
-
-
-def _made_without_alembic(sync_conn: Connection) -> bool:
-    """The log exists but Alembic never ran here (tables made with create_all): leave the
-    schema's management to whoever made it and only add what is missing."""
-    insp = inspect(sync_conn)
-    return bool(insp.has_table("events") and not insp.has_table("alembic_version"))
-
-
-async def ensure_schema(
-    engine: AsyncEngine, user_table: Any, oauth_table: Any = None, *, migrate: bool = True
-) -> None:
-    """The registry's tables (Alembic), the projector's bookkeeping, and the app's models."""
-    from registry.schema import migrate as alembic_migrate
-
-    tables = [*_bookkeeping_tables(), table_of(user_table)]
-    if oauth_table is not None:
-        tables.append(table_of(oauth_table))
-    is_pg = engine.dialect.name == "postgresql"
-    async with contextlib.AsyncExitStack() as stack:
-        if is_pg:  # one process at a time (several workers may start together)
-            lock = await stack.enter_async_context(engine.connect())
-            await lock.execute(text(f"SELECT pg_advisory_lock({SCHEMA_LOCK_KEY})"))
-            await lock.commit()
-        if migrate:
-            async with engine.connect() as conn:
-                migrate = not await conn.run_sync(_made_without_alembic)
-        for attempt in range(3):
-            try:
-                if migrate:
-                    await alembic_migrate(engine)
-                async with engine.begin() as conn:
-                    await conn.run_sync(_create, tables)
-                break
-            except Exception:
-                if attempt == 2:  # SQLite: another process created a table at the same time
-                    raise
-                await asyncio.sleep(0.2)
-        if is_pg:
-            await lock.execute(text(f"SELECT pg_advisory_unlock({SCHEMA_LOCK_KEY})"))
-            await lock.commit()
 
 
 def make_worker(
@@ -220,7 +144,13 @@ async def run_replay(
     container = build(settings)
     try:
         await container.encrypt()
-        await ensure_schema(container.engine, container.user_table, container.oauth_table)
+        # the read model is built anew from the models: an existing table may lack columns
+        await ensure_schema(
+            container.engine,
+            container.user_table,
+            container.oauth_table,
+            complete_columns=False,
+        )
         job_args: dict[str, Any] = {
             "in_place": in_place,
             "partitions": settings.projection_partitions,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from events import EventStore, create_engine
+from registry.schema import require_registry
 from registry.settings import Settings
 
 
@@ -12,6 +13,7 @@ async def gather_status(settings: Settings) -> dict[str, Any]:
     """Event count and head position, plus projection checkpoints when they exist."""
     engine = create_engine(settings.database_url)
     try:
+        await require_registry(engine)  # a new directory: say what to run, create nothing
         store = EventStore(engine)
         head = await store.head()
         report: dict[str, Any] = {

@@ -1,17 +1,24 @@
-"""What the adapter needs per engine: command handlers, the projection it reads, and the wait
-for read-your-writes.
+"""What the adapter needs per engine: command handlers, the projection it reads, the schema,
+and the wait for read-your-writes.
 
 `EventSourcedUserDatabase(session, User)` finds everything here from the session's engine:
 handlers are built on first use (inline projection when `REGISTRY_PROJECTION_MODE=inline`)
-and cached per engine and models; they turn encryption on before their first write. An app
-(or the composition root) may install its own with
+and cached per engine and models; before its first read the registry's tables and the
+model's tables are made when missing, and before its first write encryption is turned on.
+An app (or the composition root) may install its own with
 `use_handlers(engine, handlers, user_table, oauth_table)`.
+
+A write that was not projected in its own transaction waits for the projector; when no
+projector holds the user's partition (an app that only swapped the adapter in, and runs no
+`run_projector`), the writer brings that user's rows up to the log itself, so its own writes
+are visible to its reads at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -21,11 +28,12 @@ from sqlalchemy.sql.schema import Table
 from events import EventStore
 from projections import ProjectionTimeout, UserProjection
 from projections import User as DefaultUser
-from projections.waiting import wait_for_version
+from projections.waiting import project_stream, projector_holds, wait_for_version
 from registry.commands import Command
 from registry.errors import ProjectionTimeoutError
-from registry.handlers import CommandHandlers, Outcome, profile_fields_of
+from registry.handlers import CommandHandlers, Outcome, _sqlite_write_lock, profile_fields_of
 from registry.keys import enable, enabled
+from registry.schema import ensure_schema
 from registry.settings import Settings, get_settings
 
 #: columns of the read model that are not the app's custom ("profile") columns
@@ -40,6 +48,24 @@ class Runtime:
     handlers: CommandHandlers
     projection: UserProjection
     timeout: float
+    settings: Settings | None = None
+    schema_ready: bool = False
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    async def prepare(self, *, write: bool) -> None:
+        """Before the first read: the registry's tables and the model's tables, made when
+        missing (`registry.schema.ensure_schema`). Before the first write also encryption
+        (`registry.keys.enable`: a wrong or missing master key raises `MasterKeyError`, and
+        on a database that exists nothing is changed)."""
+        if self.schema_ready and (not write or enabled(self.engine)):
+            return
+        async with self._lock:
+            models = (self.projection.user_model, self.projection.oauth_model)
+            if write and not enabled(self.engine):
+                await enable(self.engine, self.settings or get_settings(), *models)
+            if not self.schema_ready:
+                await ensure_schema(self.engine, *models)
+                self.schema_ready = True
 
     @property
     def inline(self) -> bool:
@@ -64,6 +90,15 @@ class Runtime:
         """Return once the read model shows `outcome.version` (read-your-writes)."""
         if not outcome.duplicate and (self.inline or (outcome.projected and self.projects_own)):
             return  # committed together with the events: visible already
+        if not await projector_holds(self.engine, self.projection, outcome.user_id):
+            # nobody else will project it: bring this user's rows up to the log here
+            lock = _sqlite_write_lock(self.engine)
+            if lock is None:
+                await project_stream(self.engine, self.projection, outcome.user_id)
+            else:
+                async with lock:
+                    await project_stream(self.engine, self.projection, outcome.user_id)
+            return
         try:
             await wait_for_version(
                 self.engine, self.projection, outcome.user_id, outcome.version, self.timeout
@@ -102,7 +137,7 @@ def engine_of(session: AsyncSession, user_table: Any) -> AsyncEngine:
     if isinstance(bind, AsyncConnection):
         return bind.engine
     sync = session.sync_session.get_bind(mapper=_mapper(user_table))
-    sync_engine = getattr(sync, "engine", sync)
+    sync_engine: Any = getattr(sync, "engine", sync)
     return AsyncEngine._retrieve_proxy_for_target(sync_engine)
 
 
@@ -121,11 +156,13 @@ def use_handlers(
     timeout: float | None = None,
 ) -> Runtime:
     """Make adapters on `engine` for these models write through `handlers`."""
+    settings = get_settings()
     runtime = Runtime(
         engine=engine,
         handlers=handlers,
         projection=UserProjection(user_table, oauth_table),
-        timeout=timeout if timeout is not None else get_settings().read_your_writes_timeout,
+        timeout=timeout if timeout is not None else settings.read_your_writes_timeout,
+        settings=settings,
     )
     _runtimes.setdefault(engine.sync_engine, {})[(user_table, oauth_table)] = runtime
     return runtime

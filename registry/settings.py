@@ -47,12 +47,15 @@ class Settings(BaseSettings):
     #: request/reply timeout for `registry send`, seconds
     request_timeout: float = Field(default=10.0, gt=0, le=600)
     #: the master key that wraps every user's data key (`registry keygen` makes one); unset:
-    #: the key in `master_key_file` (generated there on SQLite, the embedded default)
+    #: the key in `master_key_file` (generated beside the database on SQLite, the embedded
+    #: default)
     master_key: SecretStr | None = None
     #: master keys being retired, comma-separated: they still unwrap data keys (rotation)
     previous_master_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    #: where the master key is kept when REGISTRY_MASTER_KEY is unset (owner-only, 0600)
-    master_key_file: Path = Path("registry.key")
+    #: where the master key is kept when REGISTRY_MASTER_KEY is unset (owner-only, 0600);
+    #: unset: beside the SQLite database file (`registry.db` -> `registry.key`), so every
+    #: process on that file uses the same key; no default on PostgreSQL
+    master_key_file: Path | None = None
     #: custom profile keys to seal in the log when serving the default models, comma-separated
     #: (an app's own model marks its columns with `info={"personal": True}` instead)
     personal_fields: Annotated[list[str], NoDecode] = Field(default_factory=list)

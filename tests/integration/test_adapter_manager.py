@@ -150,14 +150,37 @@ async def test_reads_are_fresh_in_a_session_that_already_holds_the_user(
         assert fresh is not None and fresh.first_name == "New"
 
 
-async def test_timeout_says_no_projector_is_running(engine: AsyncEngine) -> None:
+async def test_with_no_projector_the_writer_projects_its_own_writes(engine: AsyncEngine) -> None:
+    """Drop-in by the import alone: no run_projector, handlers without the own-projection fast
+    path: each write still returns once its reads see it (the writer projects the stream)."""
     await ensure_schema(engine, User, OAuthAccount)  # tables, but no projector
     handlers = CommandHandlers(engine, EventStore(engine), profile_fields=custom_columns(User))
     use_handlers(engine, handlers, User, OAuthAccount, timeout=0.3)
     async with async_sessionmaker(engine)() as session:
         db = EventSourcedUserDatabase(session, User, OAuthAccount)
         started = time.monotonic()
-        with pytest.raises(ProjectionTimeoutError, match="no projector is running"):
+        user = await db.create({"email": "a@x.io", "hashed_password": "h", "first_name": "A"})
+        user = await db.update(user, {"first_name": "B", "is_verified": True})
+        user = await db.add_oauth_account(user, OAUTH)
+        assert (user.first_name, user.is_verified, len(user.oauth_accounts)) == ("B", True, 1)
+        assert time.monotonic() - started < 5
+
+
+async def test_timeout_says_the_projector_is_behind(engine: AsyncEngine) -> None:
+    """A projector holds the user's partition but does not project: the write fails with a
+    clear timeout instead of waiting for ever (and is not projected by the writer)."""
+    from projections import leases
+
+    await ensure_schema(engine, User, OAuthAccount)
+    async with engine.begin() as conn:  # a live "worker" that never runs a batch
+        await leases.ensure_partitions(conn, "users", 1)
+        assert await leases.acquire(conn, "users", 0, "stuck-worker", ttl=60)
+    handlers = CommandHandlers(engine, EventStore(engine), profile_fields=custom_columns(User))
+    use_handlers(engine, handlers, User, OAuthAccount, timeout=0.3)
+    async with async_sessionmaker(engine)() as session:
+        db = EventSourcedUserDatabase(session, User, OAuthAccount)
+        started = time.monotonic()
+        with pytest.raises(ProjectionTimeoutError, match="the projector is behind"):
             await db.create({"email": "a@x.io", "hashed_password": "h"})
         assert time.monotonic() - started < 5
 

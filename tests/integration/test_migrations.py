@@ -28,8 +28,27 @@ async def test_migrations_match_the_models(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         assert await conn.run_sync(diff) == []
         names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
-    assert {"events", "user", "oauth_account", "projection_checkpoints"} <= names
+    assert {"events", "event_master_key", "projection_checkpoints"} <= names
     assert {"registry_email_reservations", "registry_processed_commands"} <= names
+    # the read model belongs to the app's models, never to the registry's migrations
+    assert not names & {"user", "oauth_account"}
+
+
+def test_include_object_keeps_an_apps_autogenerate_off_the_registrys_tables() -> None:
+    from sqlalchemy import Column, Integer, MetaData, Table
+
+    from registry.schema import include_object, registry_table_names
+
+    owned = registry_table_names()
+    assert {"events", "event_data_keys", "registry_processed_commands"} <= owned
+    assert "projection_checkpoints" in owned and "alembic_version" in owned
+    assert "user" not in owned and "oauth_account" not in owned
+    events = Table("events", MetaData(), Column("position", Integer, index=True))
+    assert not include_object(events, "events", "table", True, None)  # never "drop events"
+    index = next(iter(events.indexes))
+    assert not include_object(index, index.name, "index", True, None)
+    assert include_object(None, "user", "table", True, None)
+    assert include_object(None, "invoices", "table", False, None)
 
 
 async def test_migrate_twice_is_a_no_op_and_downgrade_works(engine: AsyncEngine) -> None:
@@ -74,3 +93,32 @@ def test_registry_migrate_command(database_url: str, tmp_path) -> None:  # type:
     )
     assert bad.returncode != 0
     assert "registry: error:" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_status_where_there_is_no_registry_says_what_to_run_and_creates_nothing(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "registry.cli", "status"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "there is no registry at" in out.stderr and "registry migrate" in out.stderr
+    assert "Traceback" not in out.stderr and "no such table" not in out.stderr
+    assert list(tmp_path.iterdir()) == []  # no empty registry.db left behind
+
+
+async def test_status_of_a_postgresql_database_without_a_registry(pg_url: str) -> None:
+    import pytest
+
+    from registry.ops import gather_status
+    from registry.schema import RegistryMissingError
+    from registry.settings import Settings
+
+    with pytest.raises(RegistryMissingError, match=r"no events table.*registry migrate"):
+        await gather_status(Settings(database_url=pg_url))

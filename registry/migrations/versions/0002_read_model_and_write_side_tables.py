@@ -1,4 +1,8 @@
-"""read model and write side tables
+"""projector bookkeeping and write side tables
+
+The read model tables (`user`, `oauth_account`) are not the registry's: they belong to the
+app's models and are created from them (`registry.schema.ensure_schema`). Databases migrated
+before this was so keep the tables this revision used to create; they are the app's now.
 
 Revision ID: 0002
 Revises: 0001
@@ -52,44 +56,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name", "worker_id"),
     )
     op.create_table(
-        "user",
-        sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("email", sa.String(length=320), nullable=False),
-        sa.Column("hashed_password", sa.String(length=1024), nullable=False),
-        sa.Column("is_active", sa.Boolean(), nullable=False),
-        sa.Column("is_superuser", sa.Boolean(), nullable=False),
-        sa.Column("is_verified", sa.Boolean(), nullable=False),
-        sa.Column("version", sa.Integer(), nullable=False),
-        sa.Column("created_at", UTCDateTime(), nullable=False),
-        sa.Column("updated_at", UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    op.create_index(
-        "ix_user_email_lower", "user", [sa.literal_column("lower(email)")], unique=False
-    )
-    op.create_table(
-        "oauth_account",
-        sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("oauth_name", sa.String(length=100), nullable=False),
-        sa.Column("access_token", sa.String(length=1024), nullable=False),
-        sa.Column("expires_at", sa.Integer(), nullable=True),
-        sa.Column("refresh_token", sa.String(length=1024), nullable=True),
-        sa.Column("account_id", sa.String(length=320), nullable=False),
-        sa.Column("account_email", sa.String(length=320), nullable=False),
-        sa.Column("link_order", sa.Integer(), nullable=False),
-        sa.Column("user_id", sa.Uuid(), nullable=False),
-        sa.ForeignKeyConstraint(["user_id"], ["user.id"], ondelete="cascade"),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("oauth_name", "account_id", name="uq_oauth_account_oauth_account"),
-    )
-    op.create_index(
-        op.f("ix_oauth_account_account_id"), "oauth_account", ["account_id"], unique=False
-    )
-    op.create_index(
-        op.f("ix_oauth_account_oauth_name"), "oauth_account", ["oauth_name"], unique=False
-    )
-    op.create_index(op.f("ix_oauth_account_user_id"), "oauth_account", ["user_id"], unique=False)
-    op.create_table(
         "registry_email_reservations",
         sa.Column("email", sa.String(length=320), nullable=False),
         sa.Column("user_id", sa.Uuid(), nullable=False),
@@ -138,12 +104,6 @@ def downgrade() -> None:
         "ix_registry_email_reservations_user_id", table_name="registry_email_reservations"
     )
     op.drop_table("registry_email_reservations")
-    op.drop_index(op.f("ix_oauth_account_user_id"), table_name="oauth_account")
-    op.drop_index(op.f("ix_oauth_account_oauth_name"), table_name="oauth_account")
-    op.drop_index(op.f("ix_oauth_account_account_id"), table_name="oauth_account")
-    op.drop_table("oauth_account")
-    op.drop_index("ix_user_email_lower", table_name="user")
-    op.drop_table("user")
     op.drop_table("projection_workers")
     op.drop_table("projection_tombstones")
     op.drop_table("projection_leases")
