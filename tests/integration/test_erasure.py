@@ -37,7 +37,7 @@ from registry.commands import (
 )
 from registry.errors import UserNotFoundError
 from registry.handlers import CommandHandlers, Outcome
-from registry.schema import migrate
+from registry.schema import ensure_schema
 from registry.tables import email_reservations, oauth_reservations, processed_commands
 
 #: the app's custom column marked personal (sealed, and shredded with the rest)
@@ -55,7 +55,7 @@ class FastHasher:
 async def handlers(engine: AsyncEngine) -> AsyncIterator[CommandHandlers]:
     """The production schema (Alembic), a Crypto with a test master key, inline projection
     into the default models (the read model commits with the events)."""
-    await migrate(engine)
+    await ensure_schema(engine, User, OAuthAccount)
     attach(engine, Crypto(Keyring(MasterKey.generate()), personal_profile={PERSONAL_COLUMN}))
     try:
         yield CommandHandlers(
