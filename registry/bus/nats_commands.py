@@ -19,9 +19,13 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from registry.bus.replies import bus_id
+from registry.bus.retention import declare_command_stream, unhandled
 
 log = logging.getLogger("registry.bus")
 
@@ -42,14 +46,23 @@ async def declare_stream(broker: Any, config: Any) -> None:
         await js.update_stream(config)
 
 
-Run = Callable[[Any], Awaitable[None]]
+Run = Callable[[Any, str], Awaitable[None]]
+
+
+def _incarnation(info: Any) -> str:
+    """When the stream was created: sequences start again at 1 in a stream created again, so
+    a message's identity is its stream, this, and its sequence."""
+    created = getattr(info, "created", None)
+    return created.strftime("%Y%m%dT%H%M%S.%f") if created is not None else "0"
 
 
 class NatsCommandLoop:
-    """A durable pull consumer on the command stream that runs up to `max_workers` commands at
-    once: it fetches as many messages as it has free workers and hands each to `run`, which
-    replies and acknowledges (`registry.bus.consumer.CommandConsumer._run_nats`). A message
-    `run` did not acknowledge is redelivered after `ack_wait`."""
+    """A durable pull consumer on the command stream (`stream`: its StreamConfig, work-queue
+    retention) that runs up to `max_workers` commands at once: it fetches as many messages as
+    it has free workers and hands each to `run` with the message's identity on the broker
+    (`bus:nats:<stream>:<created>:<sequence>`), which replies and acknowledges
+    (`registry.bus.consumer.CommandConsumer._run_nats`). A message `run` did not acknowledge
+    is redelivered after `ack_wait`."""
 
     def __init__(
         self,
@@ -75,12 +88,15 @@ class NatsCommandLoop:
         self._running: set[asyncio.Task[None]] = set()
         self._fetcher: asyncio.Task[None] | None = None
         self._sub: Any = None
+        self.incarnation = "0"
 
     async def start(self) -> None:
         from nats.js.api import ConsumerConfig
 
-        await declare_stream(self.broker, self.stream)
-        self._sub = await self.broker.connection.jetstream().pull_subscribe(
+        js = self.broker.connection.jetstream()
+        info = await declare_command_stream(js, self.stream, self.durable, self._drain)
+        self.incarnation = _incarnation(info)
+        self._sub = await js.pull_subscribe(
             self.subject,
             durable=self.durable,
             stream=self.stream.name,
@@ -88,9 +104,43 @@ class NatsCommandLoop:
         )
         self._fetcher = asyncio.create_task(self._fetch_loop(), name=f"{self.durable}-fetch")
 
+    async def _drain(self, old: Any) -> None:
+        """Handle what the old stream `old` (a StreamInfo, its subjects moved aside) still
+        holds, through the usual path, until nothing is left or a deadline passes."""
+        from nats.js.api import AckPolicy, ConsumerConfig
+        from nats.js.errors import NotFoundError
+
+        js = self.broker.connection.jetstream()
+        name = old.config.name
+        try:
+            ack_wait = (await js.consumer_info(name, self.durable)).config.ack_wait or 30.0
+        except NotFoundError:
+            ack_wait = self.ack_wait
+            await js.add_consumer(
+                name,
+                ConsumerConfig(
+                    durable_name=self.durable,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=self.ack_wait,
+                    max_deliver=self.max_deliver,
+                ),
+            )
+        self.incarnation = _incarnation(old)
+        self._sub = await js.pull_subscribe_bind(durable=self.durable, stream=name)
+        self._fetcher = asyncio.create_task(self._fetch_loop(), name=f"{self.durable}-drain")
+        # a message a dead consumer took comes back after the old consumer's ack wait
+        deadline = time.monotonic() + ack_wait + 15.0
+        try:
+            while await unhandled(js, await js.stream_info(name), self.durable):
+                if time.monotonic() > deadline:
+                    return
+                await asyncio.sleep(0.2)
+        finally:
+            await self.stop(grace=ack_wait)
+
     async def stop(self, grace: float) -> None:
         """Fetch no more, then give the commands already running up to `grace` seconds (one
-        cut short is redelivered after `ack_wait`, and its command id deduplicates it)."""
+        cut short is redelivered after `ack_wait`, and its identity deduplicates it)."""
         if self._fetcher is not None:
             self._fetcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -145,7 +195,10 @@ class NatsCommandLoop:
 
     async def _run_one(self, message: Any) -> None:
         try:
-            await self.run(message)
+            meta = message.metadata
+            await self.run(
+                message, bus_id("nats", meta.stream, self.incarnation, meta.sequence.stream)
+            )
         except Exception:
             # left unacknowledged: redelivered after ack_wait
             log.exception("command message not handled", extra={"subject": message.subject})
