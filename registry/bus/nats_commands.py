@@ -88,6 +88,7 @@ class NatsCommandLoop:
         self._running: set[asyncio.Task[None]] = set()
         self._fetcher: asyncio.Task[None] | None = None
         self._sub: Any = None
+        self._stopping = asyncio.Event()
         self.incarnation = "0"
 
     async def start(self) -> None:
@@ -102,7 +103,7 @@ class NatsCommandLoop:
             stream=self.stream.name,
             config=ConsumerConfig(ack_wait=self.ack_wait, max_deliver=self.max_deliver),
         )
-        self._fetcher = asyncio.create_task(self._fetch_loop(), name=f"{self.durable}-fetch")
+        self._fetcher = self._fetching(f"{self.durable}-fetch")
 
     async def _drain(self, old: Any) -> None:
         """Handle what the old stream `old` (a StreamInfo, its subjects moved aside) still
@@ -127,7 +128,7 @@ class NatsCommandLoop:
             )
         self.incarnation = _incarnation(old)
         self._sub = await js.pull_subscribe_bind(durable=self.durable, stream=name)
-        self._fetcher = asyncio.create_task(self._fetch_loop(), name=f"{self.durable}-drain")
+        self._fetcher = self._fetching(f"{self.durable}-drain")
         # a message a dead consumer took comes back after the old consumer's ack wait
         deadline = time.monotonic() + ack_wait + 15.0
         try:
@@ -142,9 +143,10 @@ class NatsCommandLoop:
         """Fetch no more, then give the commands already running up to `grace` seconds (one
         cut short is redelivered after `ack_wait`, and its identity deduplicates it)."""
         if self._fetcher is not None:
+            self._stopping.set()
             self._fetcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._fetcher
+            # the fetch in flight ends within its timeout even when the cancel is lost
+            await asyncio.wait({self._fetcher}, timeout=FETCH_TIMEOUT + 1.0)
             self._fetcher = None
         if self._running:
             _, late = await asyncio.wait(set(self._running), timeout=grace)
@@ -157,11 +159,17 @@ class NatsCommandLoop:
                 await self._sub.unsubscribe()  # the durable consumer stays on the server
             self._sub = None
 
-    async def _fetch_loop(self) -> None:
+    def _fetching(self, name: str) -> asyncio.Task[None]:
+        self._stopping = asyncio.Event()
+        return asyncio.create_task(self._fetch_loop(self._sub, self._stopping), name=name)
+
+    async def _fetch_loop(self, sub: Any, stopping: asyncio.Event) -> None:
         from nats.errors import ConnectionClosedError
 
-        assert self._sub is not None
-        while True:
+        # a stop flag as well as the cancellation: on Python 3.11 nats-py's fetch (an
+        # asyncio.wait_for) can swallow a cancel that lands as a message arrives, and the
+        # loop would go on fetching for ever
+        while not stopping.is_set():
             await self._free.acquire()
             # one free worker is held; take the others that are free too, without waiting
             taken = 1
@@ -169,7 +177,7 @@ class NatsCommandLoop:
                 await self._free.acquire()
                 taken += 1
             try:
-                messages = await self._sub.fetch(taken, timeout=FETCH_TIMEOUT)
+                messages = await sub.fetch(taken, timeout=FETCH_TIMEOUT)
             except TimeoutError:  # nats-py's own timeouts are TimeoutErrors too
                 messages = []
             except asyncio.CancelledError:
