@@ -30,6 +30,7 @@ Durability per broker (what stays on the broker: `registry.bus.retention`):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -46,6 +47,7 @@ from registry.bus.retention import (
     command_stream_config,
     dead_letter_queue_arguments,
     ensure_queue,
+    trim_redis_streams,
 )
 from registry.errors import InvalidCommandError
 
@@ -87,6 +89,7 @@ class CommandConsumer:
         self.consumer_name = consumer_name or f"{socket.gethostname()}-{os.getpid()}"
         self.kind = broker_kind_of(broker)
         self._nats: NatsCommandLoop | None = None
+        self._trimmer: asyncio.Task[None] | None = None
         getattr(self, f"_wire_{self.kind}")()
 
     # ------------------------------------------------------------------ lifecycle
@@ -120,15 +123,23 @@ class CommandConsumer:
 
     async def begin(self) -> None:
         """Start what runs beside FastStream's subscribers (call after `broker.start()`): the
-        NATS command loop."""
+        NATS command loop; on Redis, the trimming of commands older than `COMMAND_MAX_AGE`."""
         if self._nats is not None:
             await self._nats.start()
+        if self.kind == "redis":
+            client = await self.broker.connect()
+            streams = list(self.channels.commands.values())
+            self._trimmer = asyncio.create_task(trim_redis_streams(client, streams))
 
     async def finish(self, grace: float = STOP_GRACE) -> None:
         """Stop taking commands and give those running up to `grace` seconds (call before
         `broker.stop()`, which waits for FastStream's own subscribers)."""
         if self._nats is not None:
             await self._nats.stop(grace)
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            await asyncio.wait({self._trimmer})
+            self._trimmer = None
 
     async def start(self) -> None:
         await self.broker.connect()

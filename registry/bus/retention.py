@@ -6,7 +6,9 @@ tokens in clear, so none stays at rest once handled.
   never old ones dropped) and `COMMAND_MAX_AGE` for a command nobody handles.
 - RabbitMQ: a classic queue drops a message once acknowledged; the queue is bounded
   (`x-max-length-bytes`, publishes refused when full) and dead letters expire.
-- Redis: the consumer deletes an entry (XDEL) once acknowledged (`registry.bus.consumer`).
+- Redis: the consumer deletes an entry (XDEL) once acknowledged (`registry.bus.consumer`),
+  and trims entries older than `COMMAND_MAX_AGE` (`trim_redis_streams`: also those published
+  before the consumer group existed, which the group never delivers).
 
 An existing deployment is migrated at start-up, never crashed: a limits-retention commands
 stream (JetStream cannot change retention in place) is sealed, drained of its unhandled
@@ -16,9 +18,11 @@ other arguments is recreated when empty, else kept as it is with a warning.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +35,8 @@ COMMAND_STREAM_MAX_BYTES = 256 * 1024 * 1024
 #: a dead-lettered (malformed) command is kept this long for inspection (milliseconds)
 DEAD_LETTER_TTL_MS = 24 * 3600 * 1000
 DEAD_LETTER_MAX_BYTES = 16 * 1024 * 1024
+#: seconds between two trims of the Redis command streams
+TRIM_INTERVAL = 60.0
 
 
 def max_message_size(max_payload_bytes: int) -> int:
@@ -174,3 +180,28 @@ async def ensure_queue(connection: Any, name: str, arguments: dict[str, Any]) ->
         extra={"queue": name, "messages": count},
     )
     return False
+
+
+# ---------------------------------------------------------------------------- Redis
+
+
+async def trim_redis_streams(
+    client: Any, streams: list[str], interval: float = TRIM_INTERVAL
+) -> None:
+    """Every `interval` seconds (and at once), remove the entries of `streams` older than
+    `COMMAND_MAX_AGE` (an entry id starts with its time in milliseconds): the age bound NATS
+    has, for commands nobody handled. Runs until cancelled; a failure is logged and retried."""
+    while True:
+        cutoff = int((time.time() - COMMAND_MAX_AGE) * 1000)
+        for stream in streams:
+            try:
+                trimmed = await client.xtrim(stream, minid=f"{cutoff}-0", approximate=False)
+            except Exception as exc:
+                log.warning("command stream not trimmed", extra={"error": type(exc).__name__})
+                continue
+            if trimmed:
+                log.warning(
+                    "unhandled commands dropped after their maximum age",
+                    extra={"stream": stream, "count": trimmed},
+                )
+        await asyncio.sleep(interval)

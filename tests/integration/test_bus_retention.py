@@ -214,3 +214,28 @@ async def test_rabbit_queues_of_an_older_version_are_kept_then_migrated(
     async with consumer(container, "rabbit"), BusClient("rabbit", channels) as client:
         assert (await client.send("register", register_payload())).accepted
     assert await _has_new_arguments(channels)
+
+
+async def test_redis_commands_older_than_the_maximum_age_are_trimmed(
+    setup: tuple[Container, Channels], engine: AsyncEngine
+) -> None:
+    """An entry from before the consumer group existed is never delivered to it: without the
+    age bound it would keep its password for ever."""
+    from redis.asyncio import Redis
+
+    container, channels = setup
+    stream = channels.command("register")
+    client = Redis.from_url(BROKER_URLS["redis"])
+    try:
+        old = json.dumps(register_payload(password=PASSWORD)).encode()
+        await client.xadd(stream, {"__data__": old}, id="1000-0")  # 1970: long expired
+        async with consumer(container, "redis"), BusClient("redis", channels) as bus:
+            assert (await bus.send("register", register_payload())).accepted
+
+            async def trimmed() -> bool:
+                return not secret_in((await held("redis", channels)).bodies, PASSWORD)
+
+            await wait_until(trimmed, what="the expired command trimmed")
+    finally:
+        await client.aclose()
+    assert await event_count(engine) == 1
