@@ -15,6 +15,18 @@ from sqlalchemy.exc import DBAPIError
 _LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 
 
+def _asyncpg_protocol_broken(exc: BaseException) -> bool:
+    """asyncpg's "cannot switch to state …; another operation (2) is in progress": the server's
+    FATAL (pg_terminate_backend) was read but the socket's close not yet, so SQLAlchemy does
+    not see the connection closed; asyncpg's protocol is stuck consuming an error that never
+    ends. Its InternalClientError means only such a broken protocol state."""
+    try:
+        from asyncpg.exceptions import InternalClientError
+    except ImportError:  # pragma: no cover - SQLite-only installs
+        return False
+    return isinstance(exc, InternalClientError)
+
+
 def _sqlstate(exc: BaseException) -> str | None:
     value = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
     return value if isinstance(value, str) else None
@@ -23,7 +35,8 @@ def _sqlstate(exc: BaseException) -> str | None:
 def connection_lost(exc: BaseException) -> bool:
     """True when `exc` (or what it wraps) says the database connection was lost or could not
     be made: SQLAlchemy flagged it (`connection_invalidated`), the server ended the session
-    (SQLSTATE class 08, 57P01-57P03), or the socket failed (`OSError`)."""
+    (SQLSTATE class 08, 57P01-57P03), the socket failed (`OSError`), or asyncpg's protocol
+    broke on the server's goodbye."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     while todo:
@@ -39,6 +52,8 @@ def connection_lost(exc: BaseException) -> bool:
         if state is not None and (state.startswith("08") or state in _LOST_SQLSTATES):
             return True
         if isinstance(e, OSError):  # ConnectionRefusedError, ConnectionResetError, ...
+            return True
+        if _asyncpg_protocol_broken(e):
             return True
         todo += [e.__cause__, e.__context__]
     return False

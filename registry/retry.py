@@ -62,6 +62,10 @@ async def session_read(
         if not began_here or not connection_lost(exc):
             raise
         log.warning("database connection lost; reading once more", extra={"operation": "read"})
-        await session.rollback()  # ends the dead transaction; the next execute reconnects
+        try:  # end the dead transaction; the next execute reconnects
+            await session.rollback()
+        except Exception as err:
+            if not connection_lost(err):
+                raise
     result = await session.execute(stmt, params)
     return result

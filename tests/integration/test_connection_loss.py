@@ -86,6 +86,8 @@ async def test_terminated_backends_reach_no_client(
             RegisterUser(email=f"client{i}@example.com", password="pw", command_id=f"reg-{i}")
         )
         users.append(out.user_id)
+    async with AsyncSession(engine) as session:  # the adapter's one-time set-up, done first
+        assert await EventSourcedUserDatabase(session, User).get(users[0]) is not None
     errors: Counter[str] = Counter()
     done: Counter[str] = Counter()
     teardown_errors: Counter[str] = Counter()
