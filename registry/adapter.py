@@ -38,6 +38,7 @@ from registry.errors import (
     UserNotFoundError,
 )
 from registry.handlers import Outcome
+from registry.retry import session_read
 from registry.runtime import Runtime, custom_columns, engine_of, runtime_for
 
 #: `get`'s statement per user model (prepared with a bind parameter, built once)
@@ -273,7 +274,8 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
     ) -> UP | None:
         if not prepared:
             stmt = self._prepare(stmt)
-        user: UP | None = (await self.session.execute(stmt, params)).unique().scalar_one_or_none()
+        result = await session_read(self.session, stmt, params)  # once more if disconnected
+        user: UP | None = result.unique().scalar_one_or_none()
         mapper: Any = inspect(self.user_table)
         rel = mapper.relationships.get("oauth_accounts")
         if user is not None and rel is not None:

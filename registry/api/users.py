@@ -14,6 +14,7 @@ from events import RecordedEvent
 from events.crypto import ERASED
 from projections.queries import ReadModel, UserFilter
 from registry.api.errors import ApiProblem, responses
+from registry.api.retrying import ReadRoute
 from registry.api.schemas import HistoryEntry, HistoryOut, UserOut, UserPageOut
 from registry.api.timetravel import user_as_of
 from registry.bootstrap import Container
@@ -63,7 +64,7 @@ def history_data(recorded: RecordedEvent) -> dict[str, Any]:
 
 
 def users_router(container: Container, read_model: ReadModel) -> APIRouter:
-    router = APIRouter(prefix="/users", tags=["users"])
+    router = APIRouter(prefix="/users", tags=["users"], route_class=ReadRoute)
     engine = container.engine
     timeout = container.settings.read_your_writes_timeout
     projection: Any = None
