@@ -170,7 +170,7 @@ async def check_app_logs_them_in(target: str, old: list[OldUserRow]) -> None:
                 auth = {"Authorization": f"Bearer {response.json()['access_token']}"}
                 me = (await client.get("/users/me", headers=auth)).json()
                 assert me["id"] == str(row.id)
-                assert me["email"].lower() == row.email.lower()  # EmailStr lowers the domain
+                assert me["email"] == row.email.lower()  # stored in the canonical form
                 assert me["first_name"] == row.first_name
                 assert (me["is_verified"], me["is_superuser"]) == (
                     row.is_verified,
@@ -184,7 +184,7 @@ async def check_app_logs_them_in(target: str, old: list[OldUserRow]) -> None:
             for row in old:
                 user = await session.get(User, row.id)
                 assert user is not None
-                assert user.email == row.email  # kept verbatim
+                assert user.email == row.email.lower()  # the canonical form (events.emails)
                 linked = {(a.oauth_name, a.account_id) for a in user.oauth_accounts}
                 assert linked == set(row.oauth)
                 assert all(a.access_token.startswith("secret-access-") for a in user.oauth_accounts)
