@@ -104,7 +104,12 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
         key = lookup_key(email)
         if key is None:  # NUL, a lone surrogate: no address holds one
             return None
-        stmt = select(self.user_table).where(self._col("email") == key)
+        # two rows may hold one address for a moment (an address moved between users and
+        # one partition is behind), or for good after migration 0006 merged two spellings:
+        # the first registered answers, never a MultipleResultsFound
+        first = getattr(self.user_table, "created_at", None)
+        order = [self._col("id")] if first is None else [first, self._col("id")]
+        stmt = select(self.user_table).where(self._col("email") == key).order_by(*order).limit(1)
         return await self._one(stmt)
 
     async def get_by_oauth_account(self, oauth: str, account_id: str) -> UP | None:
