@@ -261,7 +261,7 @@ def test_serve_with_nats_consumes_commands_and_counts_outcomes(
         with httpx.Client(base_url=base, timeout=20, headers=headers) as client:
             r = client.get(f"/users/{reply['user_id']}", params={"min_version": reply["version"]})
             assert r.status_code == 200, r.text
-            assert r.json()["email"] == "Bus@Example.com"
+            assert r.json()["email"] == "bus@example.com"  # the canonical form
             metrics = client.get("/metrics").text
         assert 'registry_commands_total{command="register",outcome="accepted",code=""} 1' in (
             metrics
