@@ -48,24 +48,37 @@ def _reservations(bind: sa.Connection) -> None:
         sa.column("user_id", sa.Uuid),
         sa.column("reserved_at", UTCDateTime()),
     )
-    groups: dict[str, list[Any]] = defaultdict(list)  # rows: email, user_id, reserved_at
-    for row in bind.execute(sa.select(table.c.email, table.c.user_id, table.c.reserved_at)):
-        groups[normalise_email(row.email)].append(row)
-    for key, rows in groups.items():
-        if len(rows) == 1 and rows[0].email == key:
-            continue
+    columns = (table.c.email, table.c.user_id, table.c.reserved_at)
+    # only the keys the rule changes are kept in memory (with old ASCII keys: none)
+    moving: dict[str, list[Any]] = defaultdict(list)  # canonical key -> rows that map to it
+    last = None
+    while True:  # keyset pages: no long-held cursor
+        stmt = sa.select(*columns).order_by(table.c.email).limit(BATCH)
+        if last is not None:
+            stmt = stmt.where(table.c.email > last)
+        page = bind.execute(stmt).all()
+        for row in page:
+            key = normalise_email(row.email)
+            if key != row.email:
+                moving[key].append(row)
+        if len(page) < BATCH:
+            break
+        last = page[-1].email
+    for key, rows_to_move in moving.items():
+        holder = bind.execute(sa.select(*columns).where(table.c.email == key)).first()
+        claims = [*rows_to_move, *([holder] if holder is not None else [])]
         # first come, first served: the earliest reservation keeps the address
-        keep = min(rows, key=lambda r: (r.reserved_at, str(r.user_id)))
-        for row in rows:
-            if row is not keep or row.email != key:
+        keep = min(claims, key=lambda r: (r.reserved_at, str(r.user_id)))
+        for row in claims:
+            if row is not holder or keep is not holder:
                 bind.execute(sa.delete(table).where(table.c.email == row.email))
-        if keep.email != key:
+        if keep is not holder:
             bind.execute(
                 sa.insert(table).values(
                     email=key, user_id=keep.user_id, reserved_at=keep.reserved_at
                 )
             )
-        dropped = sorted(str(r.user_id) for r in rows if r is not keep)
+        dropped = sorted(str(r.user_id) for r in claims if r is not keep)
         if dropped:
             log.warning(
                 "users %s registered the address user %s holds under another spelling "
