@@ -1,6 +1,6 @@
 """The one email rule: which addresses are accepted, and the canonical form of an address.
 
-Every place that stores, reserves or looks up an address uses these two functions, so the
+Every place that stores, reserves or looks up an address uses the functions here, so the
 write side, the read model and the database never disagree (lookups compare canonical strings
 by plain equality; no database `lower()`, whose folding differs between SQLite and PostgreSQL).
 
