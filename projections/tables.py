@@ -7,7 +7,8 @@ The mixins are used exactly like fastapi-users-db-sqlalchemy's::
 
 Email is NOT unique in the read model: uniqueness is enforced on the write side (invariant 3),
 and projection partitions run independently, so an address freed by one user and taken by
-another may briefly sit on both rows. Lookups use the `lower(email)` index.
+another may briefly sit on both rows. `email` holds the canonical form of the address
+(`events.emails.normalise_email`), so lookups compare by plain equality on its index.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
     Uuid,
-    func,
 )
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
@@ -64,7 +64,8 @@ class BaseUserTableUUID:
 
     @declared_attr.directive
     def __table_args__(cls) -> tuple[Any, ...]:
-        return (Index(f"ix_{cls.__tablename__}_email_lower", func.lower(Column("email"))),)
+        # a plain index: lookups compare the canonical form, never the database's lower()
+        return (Index(f"ix_{cls.__tablename__}_email", "email"),)
 
 
 class BaseOAuthAccountTableUUID:

@@ -62,6 +62,8 @@ class HistoryEntry(_Out):
 
 
 class HistoryOut(_Out):
+    """One page of a user's events (`version`: the stream's current version)."""
+
     user_id: UUID
     version: int
     erased: bool = Field(
@@ -69,6 +71,9 @@ class HistoryOut(_Out):
         description='The user was erased: every personal value in `events` reads "[erased]".',
     )
     events: list[HistoryEntry]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; null on the last page."
+    )
 
 
 class PartitionFailureOut(_Out):

@@ -155,8 +155,9 @@ class History:
         kind = rng.randrange(12)
         if kind == 0:
             self.n += 1
-            row["email"] = f"Changed{self.n}@Example.com"
-            return UserEmailChanged(email=row["email"])
+            typed = f"Changed{self.n}@Example.com"  # as an event of the old rule stored it
+            row["email"] = typed.lower()  # the projection writes the canonical form
+            return UserEmailChanged(email=typed)
         if kind == 1:
             row["hashed_password"] = f"rehash-{rng.random()}"
             return UserPasswordChanged(hashed_password=row["hashed_password"])
