@@ -106,7 +106,10 @@ def install() -> bool:
     except ImportError:  # pragma: no cover - aiosqlite is a dependency
         return False
     cls = getattr(adapter, "AsyncAdapt_aiosqlite_cursor", None)
-    if cls is None or "_cursor" in getattr(cls, "__slots__", ("_cursor",)):
+    slots = {
+        name for klass in getattr(cls, "__mro__", ()) for name in getattr(klass, "__slots__", ())
+    }
+    if cls is None or "_cursor" in slots:  # (2.1.9 declares it on the base class)
         return False  # SQLAlchemy 2.1+: the driver cursor is kept and closed on failure
     if cls.execute is not _execute:
         cls.execute = _execute

@@ -398,18 +398,24 @@ class EventStore:
         to_version: int | None = None,
         until: datetime | None = None,
         conn: AsyncConnection | None = None,
+        after_version: int | None = None,
+        limit: int | None = None,
     ) -> list[RecordedEvent]:
         """One stream's events in version order: whole, up to `to_version`, or recorded at or
-        before `until`."""
+        before `until`; from after `after_version`, at most `limit` of them (a page)."""
         sid = _as_uuid(stream_id, "stream id")
         stmt = select(*COLUMNS).select_from(EVENTS_WITH_KEYS).where(events.c.stream_id == sid)
         if to_version is not None:
             stmt = stmt.where(events.c.stream_version <= to_version)
+        if after_version is not None:
+            stmt = stmt.where(events.c.stream_version > after_version)
         if until is not None:
             if until.tzinfo is None:
                 raise InvalidEventError("until must be timezone-aware")
             stmt = stmt.where(events.c.recorded_at <= until)
         stmt = stmt.order_by(events.c.stream_version)
+        if limit is not None:
+            stmt = stmt.limit(limit)
         return await self._fetch(stmt, conn)
 
     def after_statement(

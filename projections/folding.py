@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from events import RecordedEvent
+from events import RecordedEvent, normalise_email
 from events.catalog import (
     OAuthAccountLinked,
     OAuthAccountUpdated,
@@ -92,7 +92,11 @@ class Folder:
         self.oauth_columns = oauth_columns
         self.handlers: dict[str, Handler] = {
             UserRegistered.event_type: self.registered,
-            UserEmailChanged.event_type: lambda s, e, v: s.set({"email": e["email"]}),
+            # addresses in the canonical form whatever rule stored them (a replay brings
+            # rows written under an older rule to the current one)
+            UserEmailChanged.event_type: lambda s, e, v: s.set(
+                {"email": normalise_email(e["email"])}
+            ),
             UserPasswordChanged.event_type: lambda s, e, v: s.set(
                 {"hashed_password": e["hashed_password"]}
             ),
@@ -161,7 +165,7 @@ class Folder:
         row = {k: val for k, val in (e.get("profile") or {}).items() if k in self.profile_columns}
         row.update(
             id=s.stream_id,
-            email=e["email"],
+            email=normalise_email(e["email"]),
             hashed_password=e["hashed_password"],
             is_active=e.get("is_active", True),
             is_superuser=e.get("is_superuser", False),

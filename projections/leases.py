@@ -32,6 +32,7 @@ from events.envelope import SHARDS, shard_of
 from projections.errors import ProjectionError
 from projections.tables import (
     projection_checkpoints,
+    projection_failures,
     projection_leases,
     projection_workers,
     utcnow,
@@ -83,6 +84,8 @@ async def ensure_partitions(conn: AsyncConnection, name: str, partitions: int) -
         low = min(rows, key=lambda r: (r.tx_id, r.position))
         await conn.execute(delete(cp).where(cp.c.name == name))
         await conn.execute(delete(leases).where(leases.c.name == name))
+        # a failure names a partition of the old layout: the new ones try its event afresh
+        await conn.execute(delete(projection_failures).where(projection_failures.c.name == name))
         start = Cursor(low.tx_id, low.position)
     else:
         start = Cursor.start()

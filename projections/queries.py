@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, Select, Table, func, select
+from sqlalchemy import ColumnElement, Select, Table, false, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from events.emails import normalise_email
+from events.emails import lookup_key
 
 #: columns of the read model that hold secrets: never selected
 SECRET_USER_COLUMNS = frozenset({"hashed_password"})
@@ -113,13 +113,15 @@ class ReadModel:
         after: UUID | None = None,
         limit: int = 50,
     ) -> UserPage:
-        """A page of users in id order, starting after `after`. `email` matches any letter
-        case (the `lower(email)` index); at most `MAX_PAGE` users per page."""
+        """A page of users in id order, starting after `after`; at most `MAX_PAGE` users per
+        page. `email` is put in the canonical form (`events.emails`: trimmed, NFC,
+        lower-cased), the form the column holds, and compared by plain equality (its index)."""
         limit = max(1, min(limit, MAX_PAGE))
         users = self.users
         stmt = select(*self.user_columns).order_by(users.c.id).limit(limit + 1)
         if flt.email is not None:
-            stmt = stmt.where(func.lower(users.c.email) == normalise_email(flt.email))
+            key = lookup_key(flt.email)
+            stmt = stmt.where(users.c.email == key if key is not None else false())
         for name in ("is_active", "is_verified", "is_superuser"):
             value = getattr(flt, name)
             if value is not None:

@@ -1,4 +1,5 @@
-"""Where each projection partition stands: checkpoint, log head, lag, and who holds it."""
+"""Where each projection partition stands: checkpoint, log head, lag, who holds it, and
+whether it stopped on an event it cannot apply (and the events operators skipped)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events import EventStore
 from events.tables import events
-from projections import leases
+from projections import failures, leases
 from projections.generations import NEXT
-from projections.tables import projection_checkpoints, projection_leases
+from projections.tables import projection_checkpoints, projection_failures, projection_leases
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,11 @@ class PartitionStatus:
     holder: str | None  # the worker holding a live lease, if any
     lease_expires_at: datetime | None
     updated_at: datetime | None
+    #: "failed": stopped on an event it cannot apply (see `failure`), until retried or skipped
+    state: str = "ok"
+    #: the event it stopped on (position, tx_id, stream_id, stream_version, event_type), the
+    #: reason, attempts, failed_at; None unless failed
+    failure: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -36,6 +42,11 @@ class PartitionStatus:
 
 def _has_tables(sync_conn: Any) -> bool:
     return bool(inspect(sync_conn).has_table(projection_checkpoints.name))
+
+
+def _has_failure_tables(sync_conn: Any) -> bool:
+    # a database not yet migrated to them has no failures to show
+    return bool(inspect(sync_conn).has_table(projection_failures.name))
 
 
 async def projection_status(engine: AsyncEngine, store: EventStore) -> list[PartitionStatus]:
@@ -47,6 +58,14 @@ async def projection_status(engine: AsyncEngine, store: EventStore) -> list[Part
         return await _statuses(conn, head.position)
 
 
+async def projection_skips(engine: AsyncEngine) -> list[failures.Skip]:
+    """Every event an operator skipped (`registry projections skip`), oldest first."""
+    async with engine.connect() as conn:
+        if not await conn.run_sync(_has_failure_tables):
+            return []
+        return await failures.skipped(conn)
+
+
 async def _statuses(conn: AsyncConnection, head_position: int) -> list[PartitionStatus]:
     cp, ls = projection_checkpoints, projection_leases
     now = await conn.scalar(select(leases.db_now(conn)))
@@ -55,6 +74,9 @@ async def _statuses(conn: AsyncConnection, head_position: int) -> list[Partition
         .outerjoin(ls, (ls.c.name == cp.c.name) & (ls.c.partition == cp.c.partition))
         .order_by(cp.c.name, cp.c.partition)
     )
+    failed: dict[tuple[str, int], failures.Failure] = {}
+    if await conn.run_sync(_has_failure_tables):
+        failed = {(f.name, f.partition): f for f in await failures.failed(conn)}
     found = []
     for r in rows.all():
         if r.name.endswith(NEXT):  # a replay's own progress rows
@@ -82,6 +104,16 @@ async def _statuses(conn: AsyncConnection, head_position: int) -> list[Partition
                 holder=r.holder if live else None,
                 lease_expires_at=datetime.fromtimestamp(r.expires_at, UTC) if live else None,
                 updated_at=r.updated_at,
+                state="failed" if (r.name, r.partition) in failed else "ok",
+                failure=_failure_info(failed.get((r.name, r.partition))),
             )
         )
     return found
+
+
+def _failure_info(failure: failures.Failure | None) -> dict[str, Any] | None:
+    if failure is None:
+        return None
+    info = failure.as_dict()
+    del info["name"], info["partition"]
+    return info

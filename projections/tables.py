@@ -7,7 +7,8 @@ The mixins are used exactly like fastapi-users-db-sqlalchemy's::
 
 Email is NOT unique in the read model: uniqueness is enforced on the write side (invariant 3),
 and projection partitions run independently, so an address freed by one user and taken by
-another may briefly sit on both rows. Lookups use the `lower(email)` index.
+another may briefly sit on both rows. `email` holds the canonical form of the address
+(`events.emails.normalise_email`), so lookups compare by plain equality on its index.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
     Uuid,
-    func,
 )
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
@@ -64,7 +64,8 @@ class BaseUserTableUUID:
 
     @declared_attr.directive
     def __table_args__(cls) -> tuple[Any, ...]:
-        return (Index(f"ix_{cls.__tablename__}_email_lower", func.lower(Column("email"))),)
+        # a plain index: lookups compare the canonical form, never the database's lower()
+        return (Index(f"ix_{cls.__tablename__}_email", "email"),)
 
 
 class BaseOAuthAccountTableUUID:
@@ -136,4 +137,43 @@ projection_tombstones = Table(
     Column("projection", String(100), primary_key=True),
     Column("stream_id", Uuid, primary_key=True),
     Column("version", Integer, nullable=False),
+)
+
+#: partitions a projector stopped on: the event it could not apply after its attempts, and
+#: why (exception type and first line; never SQL parameters). Gone once retried or skipped.
+projection_failures = Table(
+    "projection_failures",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("tx_id", BigInteger, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("stream_id", Uuid, nullable=True),
+    Column("stream_version", Integer, nullable=True),
+    Column("event_type", String(100), nullable=True),
+    Column("reason", String(1000), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("worker", String(200), nullable=True),
+    Column("failed_at", UTCDateTime(), nullable=False, default=utcnow),
+)
+
+#: events an operator skipped (`registry projections skip`): never applied, always on record
+projection_skips = Table(
+    "projection_skips",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("tx_id", BigInteger, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("stream_id", Uuid, nullable=False),
+    Column("stream_version", Integer, nullable=False),
+    Column("event_type", String(100), nullable=False),
+    #: the failure recorded for the event when it was skipped, if any
+    Column("reason", String(1000), nullable=True),
+    #: the operator's why
+    Column("note", String(1000), nullable=False),
+    Column("skipped_by", String(200), nullable=False),
+    Column("skipped_at", UTCDateTime(), nullable=False, default=utcnow),
+    Index("ix_projection_skips_name_partition", "name", "partition"),
 )

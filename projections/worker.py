@@ -24,8 +24,9 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events import Cursor, EventStore, RecordedEvent
-from projections import leases
+from projections import failures, leases
 from projections.errors import ProjectionError
+from projections.poison import PoisonHandling, Suspect
 from projections.signals import PROJECTIONS_CHANNEL, projection_wakeup
 from projections.waiting import wait_for_version
 
@@ -36,6 +37,11 @@ HORIZON_RECHECK_INTERVAL = 0.005
 HORIZON_RECHECK_WINDOW = 0.5
 #: how long shutting down waits for the batch in progress before cancelling it, seconds
 STOP_TIMEOUT = 5.0
+#: attempts at one event before its partition is marked failed (None: never, back off forever)
+MAX_ATTEMPTS = 5
+#: the wait before the second attempt, doubled for each further one up to RETRY_BACKOFF_MAX
+RETRY_BACKOFF = 0.5
+RETRY_BACKOFF_MAX = 30.0
 
 __all__ = ["ProjectionWorker", "Subscriber", "wait_for_version"]
 
@@ -55,8 +61,15 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-class ProjectionWorker:
-    """Runs one subscriber over the partitions whose leases it holds, until cancelled."""
+class ProjectionWorker(PoisonHandling):
+    """Runs one subscriber over the partitions whose leases it holds, until cancelled.
+
+    A batch that fails is retried partition by partition, then in halves, down to the one
+    event that fails (`_isolate`); that partition waits (exponential backoff, capped) while the
+    others go on, and after `max_attempts` failures on the same event it is marked failed in
+    `projection_failures` (`projections.failures`) and left alone until an operator retries or
+    skips the event. A lost database connection is not the event's fault: everything waits
+    (with the same backoff) and no attempt is counted."""
 
     def __init__(
         self,
@@ -69,6 +82,9 @@ class ProjectionWorker:
         lease_ttl: float = 5.0,
         worker_id: str | None = None,
         listen: bool = True,
+        max_attempts: int | None = MAX_ATTEMPTS,
+        retry_backoff: float = RETRY_BACKOFF,
+        retry_backoff_max: float = RETRY_BACKOFF_MAX,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -94,6 +110,14 @@ class ProjectionWorker:
         self._woken_at = 0.0
         self._is_pg = engine.dialect.name == "postgresql"
         self._shards = {p: leases.shards_of(p, partitions) for p in range(partitions)}
+        self.max_attempts = max_attempts
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.failed: dict[int, failures.Failure] = {}
+        self._suspects: dict[int, Suspect] = {}
+        self._outages = 0
+        self._resume_at = 0.0
+        self._stopped = asyncio.Event()
 
     # ------------------------------------------------------------------ the loop
     async def run(self) -> None:
@@ -133,6 +157,11 @@ class ProjectionWorker:
         next_maintenance = 0.0
         while not self._stopping:
             now = time.monotonic()
+            if now < self._resume_at:  # the database was lost: wait before trying again
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._resume_at - now):
+                        await self._stopped.wait()
+                continue
             if now >= next_maintenance:
                 try:
                     await self._maintain()
@@ -142,24 +171,31 @@ class ProjectionWorker:
             self._dirty.clear()
             progressed = False
             # PostgreSQL: every held partition in one batch (one transaction); SQLite has one
-            # writer at a time anyway: a partition per batch keeps each write lock short
-            held = sorted(self.held)
+            # writer at a time anyway: a partition per batch keeps each write lock short.
+            # Failed and waiting partitions stay out: they must not hold the others back.
+            held = sorted(self.held - set(self.failed) - set(self._suspects))
             groups = [held] if self._is_pg and held else [[p] for p in held]
             for group in groups:
-                if self._stopping:
+                if self._stopping or time.monotonic() < self._resume_at:
                     break
                 try:
                     progressed = await self.run_batches(group) > 0 or progressed
-                except Exception:
-                    log.exception(
-                        "batch failed; retrying",
-                        extra={"projection": self.name, "partitions": group},
-                    )
-                    await asyncio.sleep(0.5)
+                except Exception as exc:
+                    await self._recover(group, exc)
                     progressed = True
+                else:
+                    self._back_online()
+            for partition in self._due():
+                if self._stopping or time.monotonic() < self._resume_at:
+                    break
+                await self._try_again(partition)
+                progressed = True
             if not progressed:
                 now = time.monotonic()
                 timeout = max(0.0, next_maintenance - now)
+                if self._suspects:
+                    due = min(s.due for s in self._suspects.values())
+                    timeout = min(timeout, max(0.0, due - now))
                 if now - self._woken_at < HORIZON_RECHECK_WINDOW:
                     timeout = min(timeout, HORIZON_RECHECK_INTERVAL)
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
@@ -171,6 +207,7 @@ class ProjectionWorker:
         """Ask `run` to return after the batch in progress (then it releases its leases)."""
         self._stopping = True
         self._dirty.set()
+        self._stopped.set()
 
     async def shut_down(self, task: asyncio.Task[None], *, grace: float) -> bool:
         """End `task` (running `run`): asked to stop after the batch in progress (a batch cut
@@ -241,6 +278,7 @@ class ProjectionWorker:
             self._dirty.set()
         for p in set(self._cursors) - (kept - set(gained)):
             del self._cursors[p]  # read a gained partition's checkpoint afresh
+        await self._read_failures(kept)
         self.held = kept
         self.ready.set()
 
@@ -254,7 +292,7 @@ class ProjectionWorker:
         log.info("projector stopped", extra={"projection": self.name, "worker": self.worker_id})
 
     # ------------------------------------------------------------------ one batch
-    async def run_batches(self, partitions: Sequence[int]) -> int:
+    async def run_batches(self, partitions: Sequence[int], *, limit: int | None = None) -> int:
         """Apply the next batch of these partitions' events in one transaction: up to
         `batch_size` events in log order, each after its partition's checkpoint, and the
         checkpoints moved with what the subscriber wrote. Returns the number of events applied
@@ -264,7 +302,8 @@ class ProjectionWorker:
 
         On PostgreSQL a batch is seven round trips whatever the number of partitions: begin,
         read the events, renew the leases and lock the checkpoints, the subscriber's load and
-        write, move the checkpoints and notify, commit."""
+        write, move the checkpoints and notify, commit. `limit`: fewer events than
+        `batch_size` (narrowing a failure down to one event)."""
         started = time.perf_counter()
         async with self.engine.connect() as conn:
             cursors: dict[int, Cursor] = {}
@@ -281,7 +320,7 @@ class ProjectionWorker:
                 return 0
             batch = await self.store.read_after_each(
                 [(at, self._shards[p]) for p, at in cursors.items()],
-                limit=self.batch_size,
+                limit=limit or self.batch_size,
                 conn=conn,
             )
             if not batch:
@@ -328,4 +367,5 @@ class ProjectionWorker:
     def _lose(self, partition: int, why: str) -> None:
         self.held.discard(partition)
         self._cursors.pop(partition, None)
+        self._suspects.pop(partition, None)
         log.warning(why, extra={"projection": self.name, "partition": partition})

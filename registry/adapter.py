@@ -16,12 +16,12 @@ from fastapi_users.db.base import BaseUserDatabase
 from fastapi_users.exceptions import UserAlreadyExists, UserNotExists
 from fastapi_users.models import ID, OAP, UP
 from pydantic import ValidationError
-from sqlalchemy import bindparam, func, inspect, select
+from sqlalchemy import bindparam, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 from sqlalchemy.sql import Select
 
-from events import normalise_email
+from events.emails import lookup_key
 from registry.commands import (
     Command,
     DeleteUser,
@@ -38,6 +38,7 @@ from registry.errors import (
     UserNotFoundError,
 )
 from registry.handlers import Outcome
+from registry.retry import session_read
 from registry.runtime import Runtime, custom_columns, engine_of, runtime_for
 
 #: `get`'s statement per user model (prepared with a bind parameter, built once)
@@ -101,13 +102,21 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
         return await self._one(stmt, {"id": id}, prepared=True)
 
     async def get_by_email(self, email: str) -> UP | None:
-        """The user with this email, any letter case and surrounding spaces, or None."""
+        """The user with this email, or None. The typed address is put in the canonical form
+        (`events.emails.normalise_email`: trimmed, NFC, lower-cased), which is how the read
+        model stores it: plain equality, no database `lower()`."""
         if not isinstance(email, str):  # a PATCH with "email": null asks for None
             return None
+        key = lookup_key(email)
+        if key is None:  # NUL, a lone surrogate: no address holds one
+            return None
         await self._rt().prepare(write=False)
-        stmt = select(self.user_table).where(
-            func.lower(self._col("email")) == normalise_email(email)
-        )
+        # two rows may hold one address for a moment (an address moved between users and
+        # one partition is behind), or for good after migration 0006 merged two spellings:
+        # the first registered answers, never a MultipleResultsFound
+        first = getattr(self.user_table, "created_at", None)
+        order = [self._col("id")] if first is None else [first, self._col("id")]
+        stmt = select(self.user_table).where(self._col("email") == key).order_by(*order).limit(1)
         return await self._one(stmt)
 
     async def get_by_oauth_account(self, oauth: str, account_id: str) -> UP | None:
@@ -273,7 +282,8 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
     ) -> UP | None:
         if not prepared:
             stmt = self._prepare(stmt)
-        user: UP | None = (await self.session.execute(stmt, params)).unique().scalar_one_or_none()
+        result = await session_read(self.session, stmt, params)  # once more if disconnected
+        user: UP | None = result.unique().scalar_one_or_none()
         mapper: Any = inspect(self.user_table)
         rel = mapper.relationships.get("oauth_accounts")
         if user is not None and rel is not None:

@@ -106,6 +106,23 @@ def status(as_json: bool) -> None:
             + (f", {proj['lag_seconds']:.1f}s" if proj.get("lag_seconds") is not None else "")
             + (f", lease held by {proj['holder']}" if proj.get("holder") else "")
         )
+        failure = proj.get("failure")
+        if failure:
+            click.echo(
+                f"  FAILED at position {failure['position']} ({failure['event_type']} of "
+                f"stream {failure['stream_id']} v{failure['stream_version']}) after "
+                f"{failure['attempts']} attempts, {failure['failed_at']}: {failure['reason']}"
+            )
+            click.echo(
+                f"  then: registry projections retry {proj['name']} --partition "
+                f"{proj['partition']}, or skip --position {failure['position']}"
+            )
+    for s in report.get("skipped", []):
+        click.echo(
+            f"skipped: projection {s['name']} partition {s['partition']} position "
+            f"{s['position']} ({s['event_type']} of stream {s['stream_id']} "
+            f"v{s['stream_version']}) by {s['skipped_by']} at {s['skipped_at']}: {s['note']}"
+        )
 
 
 @main.command()
@@ -322,6 +339,10 @@ _register_key_commands(main)
 from registry.cli_erase import register as _register_erase  # noqa: E402
 
 _register_erase(main)
+
+from registry.cli_projections import register as _register_projections  # noqa: E402
+
+_register_projections(main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -3,10 +3,26 @@ classes validate bus payloads and adapter calls."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, ClassVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, StrictInt
+
+from registry.fields import (
+    INT32_MAX,
+    NO_NUL,
+    PLAIN,
+    SECRET_PLAIN,
+    EmailAddress,
+    Int32,
+    Profile,
+)
+
+Password = Annotated[SecretStr, Field(min_length=1, max_length=1024), NO_NUL]
+Hash = Annotated[str, Field(min_length=1, max_length=1024), PLAIN]
+Token = Annotated[SecretStr, Field(max_length=1024), SECRET_PLAIN]
+AccountId = Annotated[str, Field(min_length=1, max_length=320), PLAIN]
+AccountEmail = Annotated[str, Field(max_length=320), PLAIN]
 
 
 class Command(BaseModel):
@@ -15,33 +31,39 @@ class Command(BaseModel):
     `command_id`: the same id twice has one effect and returns the first outcome.
     `expected_version`: the user's stream version the sender saw; a different current version
     fails with VERSION_CONFLICT and changes nothing.
+
+    Every field is checked before anything runs (`registry.fields`): no NUL, control character
+    or lone surrogate in a stored string, the email rule (`events.emails`) on addresses,
+    strict booleans and integers. A refusal is INVALID_COMMAND on the bus and
+    `InvalidCommandError` from the adapter; nothing is written.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
 
     name: ClassVar[str]  # the bus channel suffix: registry.users.<name>
 
-    command_id: str | None = Field(default=None, min_length=1, max_length=200)
-    expected_version: int | None = Field(default=None, ge=0)
-    correlation_id: str | None = Field(default=None, max_length=200)
-    causation_id: str | None = Field(default=None, max_length=200)
-    actor: str | None = Field(default=None, max_length=320)
+    command_id: Annotated[str, Field(min_length=1, max_length=200), PLAIN] | None = None
+    expected_version: Annotated[StrictInt, Field(ge=0, le=INT32_MAX)] | None = None
+    correlation_id: Annotated[str, Field(max_length=200), PLAIN] | None = None
+    causation_id: Annotated[str, Field(max_length=200), PLAIN] | None = None
+    actor: Annotated[str, Field(max_length=320), PLAIN] | None = None
 
 
 class RegisterUser(Command):
     """Create a user. Give `password` (hashed here with FastAPI Users' helper, never stored in
-    clear) or an already `hashed_password`. `profile` holds the app's custom columns."""
+    clear) or an already `hashed_password`. `profile` holds the app's custom columns.
+    `email` is stored in its canonical form (`events.emails`: trimmed, NFC, lower-cased)."""
 
     name: ClassVar[str] = "register"
 
     user_id: UUID | None = None
-    email: str = Field(min_length=3, max_length=320)
-    password: SecretStr | None = Field(default=None, min_length=1, max_length=1024)
-    hashed_password: str | None = Field(default=None, min_length=1, max_length=1024)
-    is_active: bool = True
-    is_superuser: bool = False
-    is_verified: bool = False
-    profile: dict[str, Any] = Field(default_factory=dict)
+    email: EmailAddress
+    password: Password | None = None
+    hashed_password: Hash | None = None
+    is_active: StrictBool = True
+    is_superuser: StrictBool = False
+    is_verified: StrictBool = False
+    profile: Profile = Field(default_factory=dict)
 
 
 class UpdateUser(Command):
@@ -50,13 +72,13 @@ class UpdateUser(Command):
     name: ClassVar[str] = "update"
 
     user_id: UUID
-    email: str | None = Field(default=None, min_length=3, max_length=320)
-    password: SecretStr | None = Field(default=None, min_length=1, max_length=1024)
-    hashed_password: str | None = Field(default=None, min_length=1, max_length=1024)
-    is_active: bool | None = None
-    is_superuser: bool | None = None
-    is_verified: bool | None = None
-    profile: dict[str, Any] = Field(default_factory=dict)
+    email: EmailAddress | None = None
+    password: Password | None = None
+    hashed_password: Hash | None = None
+    is_active: StrictBool | None = None
+    is_superuser: StrictBool | None = None
+    is_verified: StrictBool | None = None
+    profile: Profile = Field(default_factory=dict)
 
 
 class DeleteUser(Command):
@@ -79,16 +101,20 @@ class EraseUser(Command):
 
 
 class LinkOAuthAccount(Command):
+    """Link an OAuth account. `account_email` is kept as the provider gave it (control
+    characters refused): the registry looks nothing up by it, and FastAPI Users' OAuth
+    callback passes it through `get_by_email` / `create`, where the email rule applies."""
+
     name: ClassVar[str] = "link-oauth"
 
     user_id: UUID
     oauth_account_id: UUID | None = None
-    oauth_name: str = Field(min_length=1, max_length=100)
-    access_token: SecretStr = Field(max_length=1024)
-    expires_at: int | None = None
-    refresh_token: SecretStr | None = Field(default=None, max_length=1024)
-    account_id: str = Field(min_length=1, max_length=320)
-    account_email: str = Field(max_length=320)
+    oauth_name: Annotated[str, Field(min_length=1, max_length=100), PLAIN]
+    access_token: Token
+    expires_at: Int32 | None = None
+    refresh_token: Token | None = None
+    account_id: AccountId
+    account_email: AccountEmail
 
 
 class UpdateOAuthAccount(Command):
@@ -99,11 +125,11 @@ class UpdateOAuthAccount(Command):
 
     user_id: UUID
     oauth_account_id: UUID
-    access_token: SecretStr | None = Field(default=None, max_length=1024)
-    expires_at: int | None = None
-    refresh_token: SecretStr | None = Field(default=None, max_length=1024)
-    account_id: str | None = Field(default=None, min_length=1, max_length=320)
-    account_email: str | None = Field(default=None, max_length=320)
+    access_token: Token | None = None
+    expires_at: Int32 | None = None
+    refresh_token: Token | None = None
+    account_id: AccountId | None = None
+    account_email: AccountEmail | None = None
 
 
 COMMANDS: dict[str, type[Command]] = {

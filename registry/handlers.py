@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
 
 from sqlalchemy import insert, select
@@ -28,6 +29,7 @@ from registry.commands import Command, LinkOAuthAccount, RegisterUser
 from registry.decisions import UserState, decide, fold
 from registry.errors import RegistryError, VersionConflictError
 from registry.passwords import PasswordHasher, prepare
+from registry.retry import once_more
 from registry.tables import processed_commands
 from registry.uniqueness import reserve
 
@@ -140,7 +142,12 @@ class CommandHandlers:
         # back whole, and the first outcome is returned below
         for attempt in range(MAX_ATTEMPTS):
             try:
-                outcome = await self._attempt(command, metadata, first=attempt == 0)
+                # a lost connection: once more, when the command_id makes that safe
+                outcome = await once_more(
+                    partial(self._attempt, command, metadata, first=attempt == 0),
+                    what=command.name,
+                    safe=command.command_id is not None,
+                )
             except (_Retry, RegistryError) as exc:
                 if command.command_id is not None:
                     prior = await self._prior(command.command_id)

@@ -45,6 +45,9 @@ def make_worker(
         batch_size=settings.projection_batch_size,
         lease_ttl=settings.lease_ttl,
         worker_id=worker_id,
+        max_attempts=settings.projection_max_attempts,
+        retry_backoff=settings.projection_retry_backoff,
+        retry_backoff_max=settings.projection_retry_backoff_max,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import socket
 from typing import Any
 
 from events import EventStore, create_engine
@@ -10,7 +12,8 @@ from registry.settings import Settings
 
 
 async def gather_status(settings: Settings) -> dict[str, Any]:
-    """Event count and head position, plus projection checkpoints when they exist."""
+    """Event count and head position, plus projection checkpoints (and failures, skips) when
+    they exist."""
     engine = create_engine(settings.database_url)
     try:
         await require_registry(engine)  # a new directory: say what to run, create nothing
@@ -19,12 +22,78 @@ async def gather_status(settings: Settings) -> dict[str, Any]:
         report: dict[str, Any] = {
             "events": {"count": head.count, "head_position": head.position},
             "projections": [],
+            "skipped": [],
         }
         try:
-            from projections.status import projection_status
+            from projections.status import projection_skips, projection_status
         except ImportError:  # pragma: no cover - until the read side lands
             return report
         report["projections"] = [s.as_dict() for s in await projection_status(engine, store)]
+        report["skipped"] = [s.as_dict() for s in await projection_skips(engine)]
         return report
+    finally:
+        await engine.dispose()
+
+
+def operator() -> str:
+    """Who is running this command, for the record of a skip: user@host."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no login name (a container without one)
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+async def retry_failed(
+    settings: Settings, projection: str | None = None, partition: int | None = None
+) -> list[dict[str, Any]]:
+    """Clear the failed partitions (of `projection`, `partition`): their projector tries the
+    event again within a lease renewal. Returns the failures cleared."""
+    from projections import failures
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.begin() as conn:
+            return [f.as_dict() for f in await failures.clear(conn, projection, partition)]
+    finally:
+        await engine.dispose()
+
+
+async def pending_event(settings: Settings, projection: str, partition: int) -> dict[str, Any]:
+    """The event `projection`'s `partition` applies next (what a skip would skip), with the
+    failure recorded for it if any. Raises ProjectionError when there is none."""
+    from projections import failures
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.connect() as conn:
+            _, ref = await failures.pending(conn, projection, partition)
+            found = await failures.failed(conn, projection, [partition])
+        info: dict[str, Any] = {
+            "projection": projection,
+            "partition": partition,
+            "position": ref.position,
+            "stream_id": str(ref.stream_id),
+            "stream_version": ref.stream_version,
+            "event_type": ref.event_type,
+            "failure": found[0].as_dict() if found else None,
+        }
+        return info
+    finally:
+        await engine.dispose()
+
+
+async def skip_event(
+    settings: Settings, projection: str, partition: int, position: int, *, by: str, note: str
+) -> dict[str, Any]:
+    """Skip exactly the event at `position` (the next one `partition` applies) and record it.
+    Raises ProjectionError when that is not the partition's next event."""
+    from projections import failures
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.begin() as conn:
+            record = await failures.skip(conn, projection, partition, position, by=by, note=note)
+        return record.as_dict()
     finally:
         await engine.dispose()

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     projection_partitions: int = Field(default=4, ge=1, le=256)
     #: projector batch size
     projection_batch_size: int = Field(default=500, ge=1, le=50_000)
+    #: attempts at one event before its partition is marked failed (a poison event; see
+    #: `registry projections retry|skip`); meanwhile the others go on
+    projection_max_attempts: int = Field(default=5, ge=1, le=1000)
+    #: wait before the second attempt, seconds; doubled each time up to the max
+    projection_retry_backoff: float = Field(default=0.5, gt=0, le=600)
+    projection_retry_backoff_max: float = Field(default=30.0, gt=0, le=3600)
     #: a worker's lease on a partition expires after this many seconds without renewal
     lease_ttl: float = Field(default=5.0, gt=0.5, le=600)
     #: largest accepted bus payload, bytes

@@ -85,7 +85,12 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def render(head_count: int, head_position: int, partitions: list[dict[str, Any]]) -> str:
+def render(
+    head_count: int,
+    head_position: int,
+    partitions: list[dict[str, Any]],
+    skipped: list[dict[str, Any]] | None = None,
+) -> str:
     out = Exposition()
     out.family(
         "registry_events_appended_total",
@@ -121,6 +126,35 @@ def render(head_count: int, head_position: int, partitions: list[dict[str, Any]]
         "gauge",
         "Log position of each projection partition's checkpoint.",
         per_partition("position"),
+    )
+    names = sorted({p["name"] for p in partitions})
+    out.family(
+        "registry_projection_failed_partitions",
+        "gauge",
+        "Partitions stopped on an event they cannot apply (until retried or skipped).",
+        [
+            ({"projection": n}, sum(1 for p in partitions if p["name"] == n and p.get("failure")))
+            for n in names
+        ],
+    )
+    out.family(
+        "registry_projection_partition_failed",
+        "gauge",
+        "1 when the projection partition is stopped on an event it cannot apply.",
+        [
+            ({"projection": p["name"], "partition": p["partition"]}, 1 if p.get("failure") else 0)
+            for p in partitions
+        ],
+    )
+    skips = skipped or []
+    out.family(
+        "registry_projection_skipped_events",
+        "gauge",
+        "Events operators skipped (`registry projections skip`), per projection.",
+        [
+            ({"projection": n}, sum(1 for s in skips if s["name"] == n))
+            for n in sorted({*names, *(s["name"] for s in skips)})
+        ],
     )
     out.family(
         "registry_commands_total",

@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from registry.api import metrics
 from registry.api.errors import json_responses, responses
+from registry.api.retrying import ReadRoute
 from registry.api.schemas import HealthOut, ProjectionsOut
 from registry.bootstrap import Container
 
@@ -27,6 +28,22 @@ async def partitions(container: Container) -> list[dict[str, Any]]:
     return [s.as_dict() for s in await projection_status(container.engine, container.store)]
 
 
+async def skipped(container: Container) -> list[dict[str, Any]]:
+    from projections.status import projection_skips
+
+    return [s.as_dict() for s in await projection_skips(container.engine)]
+
+
+def failed(parts: Sequence[dict[str, Any]]) -> list[str]:
+    """The partitions stopped on an event they cannot apply, described for `/readyz`."""
+    return [
+        f"{p['name']}/{p['partition']} at position {p['failure']['position']} "
+        f"({p['failure']['reason'].split(':', 1)[0]})"
+        for p in parts
+        if p.get("failure")
+    ]
+
+
 def stalled(parts: Sequence[dict[str, Any]], stall_seconds: float = STALL_SECONDS) -> list[str]:
     """Names of the partitions that have events older than `stall_seconds` left to project."""
     return [
@@ -37,7 +54,7 @@ def stalled(parts: Sequence[dict[str, Any]], stall_seconds: float = STALL_SECOND
 
 
 def ops_router(container: Container, auth: DependsParam) -> APIRouter:
-    router = APIRouter(tags=["operations"])
+    router = APIRouter(tags=["operations"], route_class=ReadRoute)
     engine = container.engine
 
     @router.get(
@@ -45,7 +62,8 @@ def ops_router(container: Container, auth: DependsParam) -> APIRouter:
         response_model=ProjectionsOut,
         responses=responses(401),
         dependencies=[auth],
-        summary="Each projection partition's checkpoint, the log head, and the lag",
+        summary="Each projection partition's checkpoint, the log head, the lag, failures "
+        "and skipped events",
     )
     async def projections() -> Any:
         head = await container.store.head()
@@ -53,6 +71,7 @@ def ops_router(container: Container, auth: DependsParam) -> APIRouter:
             "events": head.count,
             "head_position": head.position,
             "partitions": await partitions(container),
+            "skipped": await skipped(container),
         }
 
     @router.get("/healthz", response_model=HealthOut, summary="Liveness: the process answers")
@@ -63,7 +82,11 @@ def ops_router(container: Container, auth: DependsParam) -> APIRouter:
         "/readyz",
         response_model=HealthOut,
         responses=responses(503),
-        summary="Readiness: the database answers and no projection is stalled",
+        summary="Readiness: the database answers and no projection is stalled or failed",
+        description="503 `NOT_READY` when the database does not answer, a projection "
+        "partition is stalled (events older than 60 s left to project), or a partition is "
+        "failed (stopped on an event it cannot apply, until `registry projections retry` or "
+        "`skip`): `checks` says which.",
     )
     async def readyz() -> Any:
         checks: dict[str, str] = {}
@@ -75,16 +98,20 @@ def ops_router(container: Container, auth: DependsParam) -> APIRouter:
             checks["database"] = f"unreachable: {type(exc).__name__}"
         if checks["database"] == "ok":
             try:
-                late = stalled(await partitions(container))
-                checks["projections"] = f"stalled: {', '.join(late)}" if late else "ok"
+                parts = await partitions(container)
+                stopped, late = failed(parts), stalled(parts)
+                problems = [f"failed: {', '.join(stopped)}"] if stopped else []
+                problems += [f"stalled: {', '.join(late)}"] if late else []
+                checks["projections"] = "; ".join(problems) or "ok"
             except Exception as exc:
                 checks["projections"] = f"unknown: {type(exc).__name__}"
         if all(v == "ok" for v in checks.values()):
             return {"status": "ok", "checks": checks}
+        bad = "; ".join(f"{k} {v}" for k, v in checks.items() if v != "ok")
         return JSONResponse(
             {
                 "code": "NOT_READY",
-                "message": "not ready",
+                "message": f"not ready: {bad}",
                 "status": "unavailable",
                 "checks": checks,
             },
@@ -110,7 +137,11 @@ def ops_router(container: Container, auth: DependsParam) -> APIRouter:
             parts = await partitions(container)
         except Exception:  # the projection tables may not exist yet
             parts = []
-        body = metrics.render(head.count, head.position, parts)
+        try:
+            skips = await skipped(container)
+        except Exception:
+            skips = []
+        body = metrics.render(head.count, head.position, parts, skips)
         return PlainTextResponse(body, media_type=metrics.CONTENT_TYPE)
 
     return router

@@ -62,6 +62,8 @@ class HistoryEntry(_Out):
 
 
 class HistoryOut(_Out):
+    """One page of a user's events (`version`: the stream's current version)."""
+
     user_id: UUID
     version: int
     erased: bool = Field(
@@ -69,6 +71,23 @@ class HistoryOut(_Out):
         description='The user was erased: every personal value in `events` reads "[erased]".',
     )
     events: list[HistoryEntry]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; null on the last page."
+    )
+
+
+class PartitionFailureOut(_Out):
+    """The event a failed partition stopped on, and why (exception type and message)."""
+
+    position: int
+    tx_id: int
+    stream_id: UUID | None = None
+    stream_version: int | None = None
+    event_type: str | None = None
+    reason: str
+    attempts: int
+    worker: str | None = None
+    failed_at: datetime
 
 
 class PartitionOut(_Out):
@@ -81,12 +100,34 @@ class PartitionOut(_Out):
     lag_seconds: float | None = None
     holder: str | None = None
     lease_expires_at: datetime | None = None
+    state: str = Field(
+        default="ok",
+        description='"failed": stopped on an event it cannot apply (`failure`) until an '
+        "operator runs `registry projections retry` or `skip`.",
+    )
+    failure: PartitionFailureOut | None = None
+
+
+class SkippedEventOut(_Out):
+    """An event an operator skipped (`registry projections skip`): never applied."""
+
+    name: str
+    partition: int
+    position: int
+    stream_id: UUID
+    stream_version: int
+    event_type: str
+    reason: str | None = Field(default=None, description="The failure it had, if any.")
+    note: str = Field(description="Why the operator skipped it.")
+    skipped_by: str
+    skipped_at: datetime
 
 
 class ProjectionsOut(_Out):
     events: int = Field(description="Events in the log.")
     head_position: int
     partitions: list[PartitionOut]
+    skipped: list[SkippedEventOut] = Field(default_factory=list)
 
 
 class HealthOut(_Out):

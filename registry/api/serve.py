@@ -68,7 +68,10 @@ def with_token(settings: Settings, echo: Echo) -> Settings:
         return settings
     token, created = load_or_create_token(settings.token_file)
     where = settings.token_file.resolve()
-    echo(f"API token ({'generated, ' if created else ''}kept in {where}): {token}")
+    if created:  # shown once, when there is no other way to learn it
+        echo(f"API token (generated, kept in {where}): {token}")
+    else:  # never again: start-up output ends up in container logs
+        echo(f"API token: kept in {where}")
     return settings.model_copy(update={"api_tokens": [token]})
 
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from events import EventStore
+from events import EventStore, normalise_email
 from projections.queries import ReadModel
 from registry.decisions import fold
 from registry.errors import UserNotFoundError
@@ -26,7 +26,7 @@ async def user_as_of(
         return None
     return {
         "id": user_id,
-        "email": state.email,
+        "email": normalise_email(state.email),  # as the read model shows it
         "is_active": state.is_active,
         "is_superuser": state.is_superuser,
         "is_verified": state.is_verified,

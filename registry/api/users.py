@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -12,14 +12,20 @@ from fastapi import APIRouter, Query
 
 from events import RecordedEvent
 from events.crypto import ERASED
-from projections.queries import ReadModel, UserFilter
+from projections.queries import MAX_PAGE, ReadModel, UserFilter
 from registry.api.errors import ApiProblem, responses
+from registry.api.params import Instant, PlainText, StrictBool, StrictInt
+from registry.api.retrying import ReadRoute
 from registry.api.schemas import HistoryEntry, HistoryOut, UserOut, UserPageOut
 from registry.api.timetravel import user_as_of
 from registry.bootstrap import Container
 from registry.errors import ProjectionTimeoutError, UserNotFoundError
 
 _CURSOR_PREFIX = "u1:"
+_HISTORY_PREFIX = "h1:"
+#: events per history page: by default, and at most
+HISTORY_PAGE = 100
+HISTORY_MAX_PAGE = 1000
 
 
 class VersionNotFound(UserNotFoundError):
@@ -28,19 +34,43 @@ class VersionNotFound(UserNotFoundError):
     code = "VERSION_NOT_FOUND"
 
 
+def _encode(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str, prefix: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ApiProblem(400, "INVALID_CURSOR", "cursor is not one this API issued") from None
+    if not raw.startswith(prefix):
+        raise ApiProblem(400, "INVALID_CURSOR", "cursor is not one this API issued")
+    return raw[len(prefix) :]
+
+
 def encode_cursor(after: UUID) -> str:
-    return base64.urlsafe_b64encode((_CURSOR_PREFIX + after.hex).encode()).decode().rstrip("=")
+    return _encode(_CURSOR_PREFIX + after.hex)
 
 
 def decode_cursor(cursor: str) -> UUID:
     """The id a page starts after; `INVALID_CURSOR` (400) for anything we did not issue."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith(_CURSOR_PREFIX):
-            raise ValueError(raw)
-        return UUID(hex=raw[len(_CURSOR_PREFIX) :])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return UUID(hex=_decode(cursor, _CURSOR_PREFIX))
+    except ValueError:
         raise ApiProblem(400, "INVALID_CURSOR", "cursor is not one this API issued") from None
+
+
+def encode_history_cursor(user_id: UUID, after_version: int) -> str:
+    return _encode(f"{_HISTORY_PREFIX}{user_id.hex}:{after_version}")
+
+
+def decode_history_cursor(cursor: str, user_id: UUID) -> int:
+    """The stream version a history page starts after; `INVALID_CURSOR` (400) for anything
+    not issued for this user's history."""
+    user_hex, _, version = _decode(cursor, _HISTORY_PREFIX).partition(":")
+    if user_hex != user_id.hex or not version.isdecimal() or len(version) > 10:
+        raise ApiProblem(400, "INVALID_CURSOR", "cursor is not one this API issued for this user")
+    return int(version)
 
 
 def not_found(user_id: UUID, when: datetime | None = None) -> UserNotFoundError:
@@ -63,7 +93,7 @@ def history_data(recorded: RecordedEvent) -> dict[str, Any]:
 
 
 def users_router(container: Container, read_model: ReadModel) -> APIRouter:
-    router = APIRouter(prefix="/users", tags=["users"])
+    router = APIRouter(prefix="/users", tags=["users"], route_class=ReadRoute)
     engine = container.engine
     timeout = container.settings.read_your_writes_timeout
     projection: Any = None
@@ -93,16 +123,16 @@ def users_router(container: Container, read_model: ReadModel) -> APIRouter:
     async def get_user(
         user_id: UUID,
         min_version: Annotated[
-            int | None,
+            StrictInt | None,
             Query(ge=1, le=2**31 - 1, description="Wait until the read model shows this version."),
         ] = None,
         as_of: Annotated[
-            datetime | None,
+            Instant | None,
             Query(description="ISO 8601 instant: the state folded from the log (naive = UTC)."),
         ] = None,
     ) -> Any:
         if as_of is not None:
-            when = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=UTC)
+            when = as_of  # aware and in UTC (`Instant`)
             user = await user_as_of(container.store, read_model, user_id, when)
             if user is None:
                 raise not_found(user_id, when)
@@ -131,12 +161,17 @@ def users_router(container: Container, read_model: ReadModel) -> APIRouter:
     )
     async def list_users(
         email: Annotated[
-            str | None, Query(max_length=320, description="Exact address, any letter case.")
+            PlainText | None,
+            Query(
+                max_length=1024,
+                description="The address, as typed: it is compared in its canonical form "
+                "(trimmed, NFC, lower-cased), the form users are stored with.",
+            ),
         ] = None,
-        is_active: bool | None = None,
-        is_verified: bool | None = None,
-        is_superuser: bool | None = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        is_active: Annotated[StrictBool | None, Query(description="`true` or `false`.")] = None,
+        is_verified: Annotated[StrictBool | None, Query(description="`true` or `false`.")] = None,
+        is_superuser: Annotated[StrictBool | None, Query(description="`true` or `false`.")] = None,
+        limit: Annotated[StrictInt, Query(ge=1, le=MAX_PAGE)] = 50,
         cursor: Annotated[
             str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
         ] = None,
@@ -151,19 +186,41 @@ def users_router(container: Container, read_model: ReadModel) -> APIRouter:
     @router.get(
         "/{user_id}/history",
         response_model=HistoryOut,
-        responses=responses(401, 404, 422),
-        summary="The user's events with their metadata, secrets redacted",
-        description="An erased user's history stays readable: `erased` is true and every "
-        'personal value reads "[erased]".',
+        responses=responses(400, 401, 404, 422),
+        summary="The user's events with their metadata, secrets redacted, in pages",
+        description="Events in stream order, `limit` per page (keyset pagination by stream "
+        "version: pass `next_cursor` as `cursor` for the next page). `version` is the "
+        "stream's current version. An erased user's history stays readable: `erased` is "
+        'true and every personal value reads "[erased]".',
     )
-    async def history(user_id: UUID) -> HistoryOut:
-        stream = await container.store.read_stream(user_id)
-        if not stream:
+    async def history(
+        user_id: UUID,
+        limit: Annotated[StrictInt, Query(ge=1, le=HISTORY_MAX_PAGE)] = HISTORY_PAGE,
+        cursor: Annotated[
+            str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
+        ] = None,
+    ) -> HistoryOut:
+        after = decode_history_cursor(cursor, user_id) if cursor is not None else None
+        store = container.store
+        stream = await store.read_stream(user_id, after_version=after, limit=limit + 1)
+        more = len(stream) > limit
+        stream = stream[:limit]
+        if more or not stream:  # the page does not end the stream: ask where it ends
+            head = await store.stream_version(user_id)
+        else:
+            head = stream[-1].stream_version
+        if head == 0:
             raise not_found(user_id)
+        # an erased user's events all read as erased; a cursor at the end: ask the last one
+        shown = stream or await store.read_stream(user_id, after_version=head - 1)
+        erased = any(r.erased or r.event_type == "UserErased" for r in shown)
         return HistoryOut(
             user_id=user_id,
-            version=stream[-1].stream_version,
-            erased=any(r.erased or r.event_type == "UserErased" for r in stream),
+            version=head,
+            erased=erased,
+            next_cursor=(
+                encode_history_cursor(user_id, stream[-1].stream_version) if more else None
+            ),
             events=[
                 HistoryEntry(
                     position=r.position,

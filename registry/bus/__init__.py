@@ -11,8 +11,9 @@ from registry.bus.brokers import broker_kind, create_broker
 from registry.bus.channels import Channels
 from registry.bus.client import ReplyTimeoutError, request, send_command
 from registry.bus.consumer import CommandConsumer
+from registry.bus.payloads import parse_command
 from registry.bus.relay import EventPublisher, EventRelay, PublishedEvent, event_message
-from registry.bus.replies import Reply, parse_command, process
+from registry.bus.replies import Reply, process
 
 __all__ = [
     "BusRuntime",

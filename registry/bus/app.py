@@ -44,6 +44,11 @@ async def relaying(container: Any, relay: EventRelay) -> AsyncIterator[None]:
         partitions=1,
         batch_size=min(settings.projection_batch_size, 500),
         lease_ttl=settings.lease_ttl,
+        # a broker outage fails the relay's batches too: never mark its partition failed,
+        # keep backing off (retry_backoff_max) until the broker is back
+        max_attempts=None,
+        retry_backoff=settings.projection_retry_backoff,
+        retry_backoff_max=settings.projection_retry_backoff_max,
     )
     task = asyncio.create_task(worker.run(), name=f"{relay.name}-worker")
     try:

@@ -3,24 +3,34 @@ RabbitMQ, Redis and Kafka; on NATS a JetStream pull loop on the broker's own con
 (`registry.bus.nats_commands`, which keeps FastStream's wire format).
 
 Every message's raw body goes to `replies.process`, which always returns a typed `Reply`
-(FastStream sends nothing when a subscriber raises). Where the message has no reply
-address, bad input is dead-lettered (RabbitMQ: the queue's dead-letter exchange; NATS: the
-message is terminated) or, on Redis and Kafka, acknowledged and dropped; one log line each.
+(FastStream sends nothing when a subscriber raises; here the consumer sends the reply itself).
+Where the message has no reply address, bad input is dead-lettered (RabbitMQ: the queue's
+dead-letter exchange; NATS: the message is terminated) or, on Redis and Kafka, acknowledged
+and dropped; one log line each.
 
-Durability per broker:
-- NATS: a JetStream stream over `<prefix>.users.*` and one durable pull consumer; a message is
-  acknowledged after its reply, so a consumer killed before acking gets it redelivered after
-  `ack_wait`.
-- RabbitMQ: a durable topic exchange, one durable queue bound to `<prefix>.users.*` with a
-  dead-letter exchange; an unacknowledged message is requeued when the connection drops.
-- Redis: one stream per command read by a consumer group; entries left unacknowledged by a
-  dead consumer are claimed after `ack_wait` (XAUTOCLAIM) and handled again.
+One effect per published message: a command without a `command_id` takes the message's
+identity on the broker as its id (`bus:nats:<stream>:<created>:<sequence>`,
+`bus:amqp:<queue>:<message id>`, `bus:redis:<stream>:<entry id>`,
+`bus:kafka:<topic>:<partition>:<offset>`), so a redelivery (a consumer killed after the
+commit, a lost acknowledgement) returns the first outcome. A message is acknowledged once its
+command has run, also when the reply cannot be sent (logged once, at WARNING).
+
+Durability per broker (what stays on the broker: `registry.bus.retention`):
+- NATS: a work-queue JetStream stream over `<prefix>.users.*` and one durable pull consumer;
+  a message is acknowledged after its reply, so a consumer killed before acking gets it
+  redelivered after `ack_wait`.
+- RabbitMQ: a durable topic exchange, one bounded durable queue bound to `<prefix>.users.*`
+  with a dead-letter exchange; an unacknowledged message is requeued when the connection drops.
+- Redis: one stream per command read by a consumer group; an entry is deleted once
+  acknowledged; entries left unacknowledged by a dead consumer are claimed after `ack_wait`
+  (XAUTOCLAIM) and handled again.
 - Kafka: one topic per command, a consumer group; replies go to `<prefix>.replies` keyed by
   command id (FastStream cannot do request/reply against a real Kafka).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -31,7 +41,14 @@ from faststream import StreamMessage
 from registry.bus.brokers import broker_kind_of
 from registry.bus.channels import Channels
 from registry.bus.nats_commands import NatsCommandLoop
-from registry.bus.replies import Handle, Reply, log_reply, process
+from registry.bus.replies import Handle, Reply, bus_id, log_reply, process
+from registry.bus.retention import (
+    command_queue_arguments,
+    command_stream_config,
+    dead_letter_queue_arguments,
+    ensure_queue,
+    trim_redis_streams,
+)
 from registry.errors import InvalidCommandError
 
 log = logging.getLogger("registry.bus")
@@ -72,34 +89,57 @@ class CommandConsumer:
         self.consumer_name = consumer_name or f"{socket.gethostname()}-{os.getpid()}"
         self.kind = broker_kind_of(broker)
         self._nats: NatsCommandLoop | None = None
+        self._trimmer: asyncio.Task[None] | None = None
         getattr(self, f"_wire_{self.kind}")()
 
     # ------------------------------------------------------------------ lifecycle
     async def prepare(self) -> None:
+        """RabbitMQ: the dead-letter exchange, and both queues with bounded retention
+        (`registry.bus.retention.ensure_queue` migrates or keeps an older declaration)."""
         if self.kind == "rabbit":
             from faststream.rabbit import ExchangeType, RabbitExchange, RabbitQueue
 
+            ch = self.channels
+            connection = await self.broker.connect()
             dlx = await self.broker.declare_exchange(
-                RabbitExchange(
-                    self.channels.dead_letter_exchange, type=ExchangeType.FANOUT, durable=True
-                )
+                RabbitExchange(ch.dead_letter_exchange, type=ExchangeType.FANOUT, durable=True)
             )
+            await ensure_queue(connection, ch.dead_letter_queue, dead_letter_queue_arguments())
             dead = await self.broker.declare_queue(
-                RabbitQueue(self.channels.dead_letter_queue, durable=True)
+                RabbitQueue(ch.dead_letter_queue, durable=True, declare=False)
             )
             await dead.bind(dlx, routing_key="#")
+            await ensure_queue(
+                connection, ch.queue, command_queue_arguments(ch.dead_letter_exchange)
+            )
+            # FastStream binds only a queue it declares itself
+            commands = await self.broker.declare_exchange(
+                RabbitExchange(ch.exchange, type=ExchangeType.TOPIC, durable=True)
+            )
+            queue = await self.broker.declare_queue(
+                RabbitQueue(ch.queue, durable=True, declare=False)
+            )
+            await queue.bind(commands, routing_key=ch.command_wildcard)
 
     async def begin(self) -> None:
         """Start what runs beside FastStream's subscribers (call after `broker.start()`): the
-        NATS command loop."""
+        NATS command loop; on Redis, the trimming of commands older than `COMMAND_MAX_AGE`."""
         if self._nats is not None:
             await self._nats.start()
+        if self.kind == "redis":
+            client = await self.broker.connect()
+            streams = list(self.channels.commands.values())
+            self._trimmer = asyncio.create_task(trim_redis_streams(client, streams))
 
     async def finish(self, grace: float = STOP_GRACE) -> None:
         """Stop taking commands and give those running up to `grace` seconds (call before
         `broker.stop()`, which waits for FastStream's own subscribers)."""
         if self._nats is not None:
             await self._nats.stop(grace)
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            await asyncio.wait({self._trimmer})
+            self._trimmer = None
 
     async def start(self) -> None:
         await self.broker.connect()
@@ -112,10 +152,14 @@ class CommandConsumer:
         await self.broker.stop()
 
     # ------------------------------------------------------------------ shared step
-    async def _decide(self, body: bytes, name: str, *, reply_to: str) -> tuple[Reply, bool]:
+    async def _decide(
+        self, body: bytes, name: str, *, reply_to: str, bus_id: str | None
+    ) -> tuple[Reply, bool]:
         """The command's reply, and whether the message is poison to reject instead (bad input
         with no reply address; its one log line is the caller's)."""
-        reply = await process(body, name, self.handle, max_bytes=self.max_payload_bytes)
+        reply = await process(
+            body, name, self.handle, max_bytes=self.max_payload_bytes, bus_id=bus_id
+        )
         if not reply_to and reply.code in POISON_CODES:
             return reply, True
         log_reply(reply)
@@ -127,47 +171,108 @@ class CommandConsumer:
         thread hop per message."""
         return cast("StreamMessage[Any]", self.broker.context.get_local("message"))
 
-    async def _run(self, message: StreamMessage[Any], name: str) -> Reply:
-        reply, poison = await self._decide(message.body, name, reply_to=message.reply_to)
+    def _bus_id(self, message: StreamMessage[Any]) -> str | None:
+        """The message's identity on the broker, stable across redeliveries (None when it has
+        none: an AMQP message published without a message id)."""
+        raw = message.raw_message
+        if self.kind == "rabbit":
+            return bus_id("amqp", self.channels.queue, raw.message_id) if raw.message_id else None
+        if self.kind == "redis":
+            (entry,) = raw["message_ids"]
+            return bus_id("redis", raw["channel"], entry.decode())
+        return bus_id("kafka", raw.topic, raw.partition, raw.offset)
+
+    async def _reply(self, reply: Reply, publish: Any) -> None:
+        """Send `reply`; a failure is logged once and swallowed: the command has had its
+        effect, and its message is acknowledged all the same (a redelivery would only answer
+        again)."""
+        try:
+            await publish()
+        except Exception as exc:
+            log.warning(
+                "reply not sent",
+                extra={
+                    "command": reply.command,
+                    "command_id": reply.command_id,
+                    "error": type(exc).__name__,
+                },
+            )
+
+    async def _settle(self, message: StreamMessage[Any]) -> None:
+        """Acknowledge; on Redis also delete the entry, so no command stays in the stream."""
+        await message.ack()
+        if self.kind == "redis":
+            try:
+                await message.delete()  # type: ignore[attr-defined]
+            except Exception as exc:
+                log.warning("handled command not deleted", extra={"error": type(exc).__name__})
+
+    async def _run(self, message: StreamMessage[Any], name: str, reply_topic: str = "") -> None:
+        """One command from a FastStream subscriber (RabbitMQ, Redis, Kafka): run, reply (to
+        the message's reply address, or on Kafka to `reply_topic`), acknowledge."""
+        reply_to = message.reply_to
+        reply, poison = await self._decide(
+            message.body, name, reply_to=reply_to, bus_id=self._bus_id(message)
+        )
         if poison:
             if self.kind == "rabbit":
                 await message.reject()  # to the dead-letter exchange
             else:
-                await message.ack()
+                await self._settle(message)
             _log_poison("dead-lettered" if self.kind == "rabbit" else "dropped", reply)
-        return reply
+        if reply_topic:
+            # real Kafka has no request/reply: the outcome goes to the replies topic
+            key = (reply.command_id or message.correlation_id or "").encode()
+            await self._reply(reply, lambda: self.broker.publish(reply, reply_topic, key=key))
+        elif reply_to and not poison:
+            await self._reply(reply, lambda: self._publish_reply(reply, message))
+        if not poison:
+            await self._settle(message)
 
-    async def _run_nats(self, message: Any) -> None:
-        """One command from the NATS loop: reply, then acknowledge (a command whose reply could
-        not be sent stays unacknowledged and is redelivered; its command id deduplicates it)."""
+    def _publish_reply(self, reply: Reply, message: StreamMessage[Any]) -> Any:
+        """What FastStream's own reply would be: JSON to the reply address, same correlation
+        id (a `queue|exchange` address on RabbitMQ names the exchange too)."""
+        target = message.reply_to
+        if self.kind == "rabbit":
+            queue, _, exchange = target.partition("|")
+            return self.broker.publish(
+                reply,
+                routing_key=queue,
+                exchange=exchange or None,
+                correlation_id=message.correlation_id,
+            )
+        return self.broker.publish(reply, channel=target, correlation_id=message.correlation_id)
+
+    async def _run_nats(self, message: Any, identity: str) -> None:
+        """One command from the NATS loop: reply, then acknowledge, also when the reply could
+        not be sent (the command has had its effect; a redelivery would run it again)."""
         headers = message.headers or {}
         reply_to = headers.get("reply_to", "")
         name = self.channels.command_name(message.subject)
-        reply, poison = await self._decide(message.data, name, reply_to=reply_to)
+        reply, poison = await self._decide(message.data, name, reply_to=reply_to, bus_id=identity)
         if poison:
             await message.term()
             _log_poison("terminated", reply)
             return
         if reply_to:
-            await self.broker.connection.publish(
-                reply_to,
-                reply.model_dump_json().encode(),
-                headers={
-                    "content-type": "application/json",
-                    "correlation_id": headers.get("correlation_id", ""),
-                },
+            body = reply.model_dump_json().encode()
+            reply_headers = {
+                "content-type": "application/json",
+                "correlation_id": headers.get("correlation_id", ""),
+            }
+            await self._reply(
+                reply,
+                lambda: self.broker.connection.publish(reply_to, body, headers=reply_headers),
             )
         await message.ack()
 
     # ------------------------------------------------------------------ brokers
     def _wire_nats(self) -> None:
-        from nats.js.api import StreamConfig
-
         ch = self.channels
         self._nats = NatsCommandLoop(
             self.broker,
-            stream=StreamConfig(
-                name=ch.nats_command_stream, subjects=[ch.command_wildcard], max_age=86400
+            stream=command_stream_config(
+                ch.nats_command_stream, [ch.command_wildcard], self.max_payload_bytes
             ),
             subject=ch.command_wildcard,
             durable=ch.durable,
@@ -181,21 +286,19 @@ class CommandConsumer:
 
         ch = self.channels
         exchange = RabbitExchange(ch.exchange, type=ExchangeType.TOPIC, durable=True)
-        queue = RabbitQueue(
-            ch.queue,
-            durable=True,
-            routing_key=ch.command_wildcard,
-            arguments={"x-dead-letter-exchange": ch.dead_letter_exchange},
-        )
+        # declared and bound by `prepare` (or kept, when it cannot be migrated)
+        queue = RabbitQueue(ch.queue, durable=True, routing_key=ch.command_wildcard, declare=False)
 
-        async def on_command(_body: Any) -> Reply:
+        async def on_command(_body: Any) -> None:
             message = self._message()
-            return await self._run(message, ch.command_name(message.raw_message.routing_key))
+            await self._run(message, ch.command_name(message.raw_message.routing_key))
 
         self.broker.subscriber(
             queue,
             exchange,
             channel=Channel(prefetch_count=self.max_workers),
+            decoder=_raw_body,
+            no_reply=True,
             include_in_schema=False,
         )(on_command)
 
@@ -207,7 +310,11 @@ class CommandConsumer:
         for name, channel in ch.commands.items():
             sub = StreamSub(channel, group=ch.durable, consumer=self.consumer_name)
             self.broker.subscriber(
-                stream=sub, max_workers=self.max_workers, include_in_schema=False
+                stream=sub,
+                max_workers=self.max_workers,
+                decoder=_raw_body,
+                no_reply=True,
+                include_in_schema=False,
             )(self._bound(name))
             # entries a dead consumer of the group read but never acknowledged: claimed
             # (XAUTOCLAIM) once idle for ack_wait, then handled like any other
@@ -218,7 +325,9 @@ class CommandConsumer:
                 min_idle_time=idle_ms,
                 polling_interval=min(idle_ms, 1000),
             )
-            self.broker.subscriber(stream=reclaim, include_in_schema=False)(self._bound(name))
+            self.broker.subscriber(
+                stream=reclaim, decoder=_raw_body, no_reply=True, include_in_schema=False
+            )(self._bound(name))
 
     def _wire_kafka(self) -> None:
         ch = self.channels
@@ -227,21 +336,23 @@ class CommandConsumer:
                 channel,
                 group_id=ch.durable,
                 auto_offset_reset="earliest",
+                decoder=_raw_body,
+                no_reply=True,
                 include_in_schema=False,
             )(self._bound(name, reply_topic=ch.replies))
 
-    def _bound(self, name: str, reply_topic: str | None = None) -> Any:
-        async def on_command(_body: Any) -> Reply:
-            message = self._message()
-            reply = await self._run(message, name)
-            if reply_topic is not None:
-                # real Kafka has no request/reply: the outcome goes to the replies topic
-                key = (reply.command_id or message.correlation_id or "").encode()
-                await self.broker.publish(reply, reply_topic, key=key)
-            return reply
+    def _bound(self, name: str, reply_topic: str = "") -> Any:
+        async def on_command(_body: Any) -> None:
+            await self._run(self._message(), name, reply_topic)
 
         on_command.__name__ = f"on_{name.replace('-', '_')}"
         return on_command
+
+
+def _raw_body(message: StreamMessage[Any]) -> bytes:
+    """The body as sent: FastStream's own decoder would parse JSON first, and raise on input
+    `registry.bus.payloads` answers (deep nesting, a JSON content type on a broken body)."""
+    return message.body
 
 
 __all__ = ["POISON_CODES", "CommandConsumer"]

@@ -19,9 +19,13 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from registry.bus.replies import bus_id
+from registry.bus.retention import declare_command_stream, unhandled
 
 log = logging.getLogger("registry.bus")
 
@@ -42,14 +46,23 @@ async def declare_stream(broker: Any, config: Any) -> None:
         await js.update_stream(config)
 
 
-Run = Callable[[Any], Awaitable[None]]
+Run = Callable[[Any, str], Awaitable[None]]
+
+
+def _incarnation(info: Any) -> str:
+    """When the stream was created: sequences start again at 1 in a stream created again, so
+    a message's identity is its stream, this, and its sequence."""
+    created = getattr(info, "created", None)
+    return created.strftime("%Y%m%dT%H%M%S.%f") if created is not None else "0"
 
 
 class NatsCommandLoop:
-    """A durable pull consumer on the command stream that runs up to `max_workers` commands at
-    once: it fetches as many messages as it has free workers and hands each to `run`, which
-    replies and acknowledges (`registry.bus.consumer.CommandConsumer._run_nats`). A message
-    `run` did not acknowledge is redelivered after `ack_wait`."""
+    """A durable pull consumer on the command stream (`stream`: its StreamConfig, work-queue
+    retention) that runs up to `max_workers` commands at once: it fetches as many messages as
+    it has free workers and hands each to `run` with the message's identity on the broker
+    (`bus:nats:<stream>:<created>:<sequence>`), which replies and acknowledges
+    (`registry.bus.consumer.CommandConsumer._run_nats`). A message `run` did not acknowledge
+    is redelivered after `ack_wait`."""
 
     def __init__(
         self,
@@ -75,26 +88,65 @@ class NatsCommandLoop:
         self._running: set[asyncio.Task[None]] = set()
         self._fetcher: asyncio.Task[None] | None = None
         self._sub: Any = None
+        self._stopping = asyncio.Event()
+        self.incarnation = "0"
 
     async def start(self) -> None:
         from nats.js.api import ConsumerConfig
 
-        await declare_stream(self.broker, self.stream)
-        self._sub = await self.broker.connection.jetstream().pull_subscribe(
+        js = self.broker.connection.jetstream()
+        info = await declare_command_stream(js, self.stream, self.durable, self._drain)
+        self.incarnation = _incarnation(info)
+        self._sub = await js.pull_subscribe(
             self.subject,
             durable=self.durable,
             stream=self.stream.name,
             config=ConsumerConfig(ack_wait=self.ack_wait, max_deliver=self.max_deliver),
         )
-        self._fetcher = asyncio.create_task(self._fetch_loop(), name=f"{self.durable}-fetch")
+        self._fetcher = self._fetching(f"{self.durable}-fetch")
+
+    async def _drain(self, old: Any) -> None:
+        """Handle what the old stream `old` (a StreamInfo, its subjects moved aside) still
+        holds, through the usual path, until nothing is left or a deadline passes."""
+        from nats.js.api import AckPolicy, ConsumerConfig
+        from nats.js.errors import NotFoundError
+
+        js = self.broker.connection.jetstream()
+        name = old.config.name
+        try:
+            ack_wait = (await js.consumer_info(name, self.durable)).config.ack_wait or 30.0
+        except NotFoundError:
+            ack_wait = self.ack_wait
+            await js.add_consumer(
+                name,
+                ConsumerConfig(
+                    durable_name=self.durable,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=self.ack_wait,
+                    max_deliver=self.max_deliver,
+                ),
+            )
+        self.incarnation = _incarnation(old)
+        self._sub = await js.pull_subscribe_bind(durable=self.durable, stream=name)
+        self._fetcher = self._fetching(f"{self.durable}-drain")
+        # a message a dead consumer took comes back after the old consumer's ack wait
+        deadline = time.monotonic() + ack_wait + 15.0
+        try:
+            while await unhandled(js, await js.stream_info(name), self.durable):
+                if time.monotonic() > deadline:
+                    return
+                await asyncio.sleep(0.2)
+        finally:
+            await self.stop(grace=ack_wait)
 
     async def stop(self, grace: float) -> None:
         """Fetch no more, then give the commands already running up to `grace` seconds (one
-        cut short is redelivered after `ack_wait`, and its command id deduplicates it)."""
+        cut short is redelivered after `ack_wait`, and its identity deduplicates it)."""
         if self._fetcher is not None:
+            self._stopping.set()
             self._fetcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._fetcher
+            # the fetch in flight ends within its timeout even when the cancel is lost
+            await asyncio.wait({self._fetcher}, timeout=FETCH_TIMEOUT + 1.0)
             self._fetcher = None
         if self._running:
             _, late = await asyncio.wait(set(self._running), timeout=grace)
@@ -107,11 +159,17 @@ class NatsCommandLoop:
                 await self._sub.unsubscribe()  # the durable consumer stays on the server
             self._sub = None
 
-    async def _fetch_loop(self) -> None:
+    def _fetching(self, name: str) -> asyncio.Task[None]:
+        self._stopping = asyncio.Event()
+        return asyncio.create_task(self._fetch_loop(self._sub, self._stopping), name=name)
+
+    async def _fetch_loop(self, sub: Any, stopping: asyncio.Event) -> None:
         from nats.errors import ConnectionClosedError
 
-        assert self._sub is not None
-        while True:
+        # a stop flag as well as the cancellation: on Python 3.11 nats-py's fetch (an
+        # asyncio.wait_for) can swallow a cancel that lands as a message arrives, and the
+        # loop would go on fetching for ever
+        while not stopping.is_set():
             await self._free.acquire()
             # one free worker is held; take the others that are free too, without waiting
             taken = 1
@@ -119,7 +177,7 @@ class NatsCommandLoop:
                 await self._free.acquire()
                 taken += 1
             try:
-                messages = await self._sub.fetch(taken, timeout=FETCH_TIMEOUT)
+                messages = await sub.fetch(taken, timeout=FETCH_TIMEOUT)
             except TimeoutError:  # nats-py's own timeouts are TimeoutErrors too
                 messages = []
             except asyncio.CancelledError:
@@ -145,7 +203,10 @@ class NatsCommandLoop:
 
     async def _run_one(self, message: Any) -> None:
         try:
-            await self.run(message)
+            meta = message.metadata
+            await self.run(
+                message, bus_id("nats", meta.stream, self.incarnation, meta.sequence.stream)
+            )
         except Exception:
             # left unacknowledged: redelivered after ack_wait
             log.exception("command message not handled", extra={"subject": message.subject})

@@ -4,25 +4,36 @@ a refused command, because FastStream sends no reply when a subscriber raises.""
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from sqlalchemy.exc import DBAPIError
 
-from registry.commands import COMMANDS, Command
-from registry.errors import (
-    InvalidCommandError,
-    PayloadTooLargeError,
-    RegistryError,
-    UnknownCommandError,
-)
+from registry.bus.payloads import parse_command, peek_command_id, validation_message
+from registry.commands import Command
+from registry.errors import InvalidCommandError, PayloadTooLargeError, RegistryError
 
 log = logging.getLogger("registry.bus")
 
 INTERNAL_ERROR = "INTERNAL_ERROR"
+#: the namespace of command ids derived from a message's identity on the broker
+#: (`bus:nats:<stream>:<created>:<seq>`, `bus:amqp:...`, `bus:redis:...`, `bus:kafka:...`)
+BUS_ID_PREFIX = "bus:"
+#: the longest command id the log records (`processed_commands.command_id`)
+_ID_MAX = 200
+
+
+def bus_id(kind: str, *parts: object) -> str:
+    """A message's identity on the broker as a command id: `bus:<kind>:<part>:<part>...`,
+    hashed when longer than a command id may be."""
+    text = ":".join([f"{BUS_ID_PREFIX}{kind}", *(str(p) for p in parts)])
+    if len(text) <= _ID_MAX:
+        return text
+    return f"{BUS_ID_PREFIX}{kind}:sha256:{hashlib.sha256(text.encode()).hexdigest()}"
 
 
 class Reply(BaseModel):
@@ -68,15 +79,6 @@ class OutcomeLike(Protocol):
 Handle = Callable[[Command], Awaitable[OutcomeLike]]
 
 
-def _validation_message(exc: ValidationError) -> str:
-    # never echo input values: a password may be among them
-    parts = []
-    for err in exc.errors(include_url=False, include_input=False, include_context=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "payload"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts[:10])
-
-
 def _kind(exc: BaseException) -> str:
     """An exception's type, and its cause's (`sqlalchemy` wraps the driver's), no message."""
     orig = getattr(exc, "orig", None) or exc.__cause__
@@ -101,50 +103,73 @@ def log_reply(reply: Reply) -> None:
         log.info("command rejected", extra=extra | {"code": reply.code})
 
 
-def parse_command(raw: bytes | str, name: str, max_bytes: int) -> Command:
-    """A command from a raw body, or `InvalidCommandError` (or a subclass) saying why not."""
-    size = len(raw.encode() if isinstance(raw, str) else raw)
-    if size > max_bytes:
-        raise PayloadTooLargeError(f"payload is {size} bytes, the limit is {max_bytes}")
-    cls = COMMANDS.get(name)
-    if cls is None:
-        raise UnknownCommandError(f"unknown command {name!r}; known: {', '.join(sorted(COMMANDS))}")
-    try:
-        data: Any = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidCommandError("payload is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise InvalidCommandError("payload must be a JSON object")
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidCommandError(f"invalid {name} command: {_validation_message(exc)}") from None
+def _is_bad_input(exc: BaseException) -> bool:
+    """A failure caused by the command's values rather than by the server: a model refusing
+    them past parsing (an event built from the command, say), or the database refusing to
+    store them (SQLSTATE class 22, data exception: out of range, invalid characters)."""
+    if isinstance(exc, ValidationError):
+        return True
+    if isinstance(exc, DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        return isinstance(sqlstate, str) and sqlstate.startswith("22")
+    return False
 
 
-def _peek_command_id(raw: bytes | str) -> str | None:
-    """The command id of a payload that failed validation, for the reply (best effort)."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    value = data.get("command_id") if isinstance(data, dict) else None
-    return value if isinstance(value, str) and len(value) <= 200 else None
+def _bad_input_message(exc: BaseException, name: str) -> str:
+    if isinstance(exc, ValidationError):
+        return f"invalid {name} command: {validation_message(exc)}"
+    # never the driver's message: it can quote the statement's parameters
+    return f"invalid {name} command: a value cannot be stored ({_kind(exc)})"
 
 
-async def process(raw: bytes | str, name: str, handle: Handle, *, max_bytes: int) -> Reply:
+async def process(
+    raw: bytes | str,
+    name: str,
+    handle: Handle,
+    *,
+    max_bytes: int,
+    bus_id: str | None = None,
+) -> Reply:
     """Run one command from a raw bus message; always returns a reply, never raises for input
-    or refusals (the caller logs it: `log_reply`). Unexpected failures reply INTERNAL_ERROR
-    (logged here by exception type, never by message)."""
+    or refusals (the caller logs it: `log_reply`).
+
+    `bus_id` is the message's identity on the broker (`BUS_ID_PREFIX`...): a command without
+    a `command_id` takes it as its id, so a redelivery of the same message returns the first
+    outcome instead of running again. A payload may not choose an id in that namespace.
+
+    Bad input, however it shows (parsing, the model, an event, the database refusing a value),
+    replies INVALID_COMMAND; a refusal its RegistryError code; only a server fault replies
+    INTERNAL_ERROR (logged here by exception type, never by message)."""
     try:
         command = parse_command(raw, name, max_bytes)
     except InvalidCommandError as exc:
-        command_id = None if isinstance(exc, PayloadTooLargeError) else _peek_command_id(raw)
+        command_id = (
+            None if isinstance(exc, PayloadTooLargeError) else peek_command_id(raw, max_bytes)
+        )
         return _reject(exc, name, command_id)
+    if command.command_id is None:
+        if bus_id is not None:
+            command = command.model_copy(update={"command_id": bus_id})
+    elif command.command_id.startswith(BUS_ID_PREFIX):
+        return Reply.rejected(
+            InvalidCommandError.code,
+            f"command_id may not start with {BUS_ID_PREFIX!r}: reserved for ids derived from "
+            "the broker",
+            command=name,
+            command_id=None,
+        )
     try:
         outcome = await handle(command)
     except RegistryError as exc:
         return _reject(exc, name, command.command_id)
     except Exception as exc:
+        if _is_bad_input(exc):
+            return Reply.rejected(
+                InvalidCommandError.code,
+                _bad_input_message(exc, name),
+                command=name,
+                command_id=command.command_id,
+            )
         # no traceback text: a driver error's message can quote the statement's parameters,
         # a password hash among them
         log.error(

@@ -178,7 +178,7 @@ def test_serve_from_an_empty_directory(start: object, tmp_path: Path) -> None:
 
     written = asyncio.run(write_users(db, key_file))
     assert (
-        b"User0@Example.com"
+        b"user0@example.com"  # the canonical form the command stored
         not in sqlite3.connect(db)
         .execute("SELECT group_concat(data) FROM events")
         .fetchone()[0]
@@ -196,7 +196,7 @@ def test_serve_from_an_empty_directory(start: object, tmp_path: Path) -> None:
         first = client.get(f"/users/{written[0][0]}", headers=headers).json()
         assert first["is_verified"] is True and first["oauth_accounts"][0]["account_id"] == "42"
         page = client.get("/users", params={"email": "user1@example.COM"}, headers=headers)
-        assert [u["email"] for u in page.json()["items"]] == ["User1@Example.com"]
+        assert [u["email"] for u in page.json()["items"]] == ["user1@example.com"]
         history = client.get(f"/users/{written[0][0]}/history", headers=headers)
         assert history.status_code == 200 and "SECRET" not in history.text
         assert "$argon2" not in history.text
@@ -261,7 +261,7 @@ def test_serve_with_nats_consumes_commands_and_counts_outcomes(
         with httpx.Client(base_url=base, timeout=20, headers=headers) as client:
             r = client.get(f"/users/{reply['user_id']}", params={"min_version": reply["version"]})
             assert r.status_code == 200, r.text
-            assert r.json()["email"] == "Bus@Example.com"
+            assert r.json()["email"] == "bus@example.com"  # the canonical form
             metrics = client.get("/metrics").text
         assert 'registry_commands_total{command="register",outcome="accepted",code=""} 1' in (
             metrics
@@ -282,11 +282,17 @@ def test_serve_reuses_its_token_and_honours_configured_tokens(
     (tmp_path / ".registry-token").write_text("kept-token-123\n")
     (tmp_path / ".registry-token").chmod(0o644)
     server = start("--port", str(free_port()))  # type: ignore[operator]
-    found = server.wait_for_line(r"API token \(kept in .+\): (\S+)")
-    assert found.group(1) == "kept-token-123"
+    found = server.wait_for_line(r"API token: kept in (\S+)$")
+    assert found.group(1) == str((tmp_path / ".registry-token").resolve())
     assert stat.S_IMODE((tmp_path / ".registry-token").stat().st_mode) == 0o600
-    server.wait_for_line("listening on")
+    base = server.wait_for_line(r"listening on (http://\S+)").group(1)
+    with httpx.Client(base_url=base, timeout=20) as client:  # the kept token is in use
+        r = client.get("/users", headers={"Authorization": "Bearer kept-token-123"})
+        assert r.status_code == 200, r.text
     assert server.stop() == 0
+    # only a generated token is printed: a read one would land in every start's logs
+    output = "".join(server.lines) + "".join(server.stderr)
+    assert "kept-token-123" not in output, output
 
     port = free_port()
     server = start(REGISTRY_PORT=str(port), REGISTRY_API_TOKENS="configured-1,configured-2")  # type: ignore[operator]

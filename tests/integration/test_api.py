@@ -91,7 +91,7 @@ async def test_get_user_shows_public_fields_and_accounts_without_secrets(api: Ap
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["id"] == str(user_id)
-    assert body["email"] == "Alice@Example.com"
+    assert body["email"] == "alice@example.com"  # the canonical form (events.emails)
     assert (body["is_active"], body["is_verified"], body["is_superuser"]) == (True, True, False)
     assert body["version"] == 2
     assert "hashed_password" not in body
@@ -300,7 +300,7 @@ async def test_email_change_shows_in_reads(api: Api) -> None:
     user_id = await api.register("old@example.com")
     await api.append(user_id, [UserEmailChanged(email="New@Example.com")])
     body = (await api.client.get(f"/users/{user_id}")).json()
-    assert (body["email"], body["version"]) == ("New@Example.com", 2)
+    assert (body["email"], body["version"]) == ("new@example.com", 2)
     found = (await api.client.get("/users", params={"email": "new@example.com"})).json()
     assert [u["id"] for u in found["items"]] == [str(user_id)]
     assert (await api.client.get("/users", params={"email": "old@example.com"})).json()[

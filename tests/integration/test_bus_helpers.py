@@ -48,12 +48,14 @@ async def create_tables(engine: AsyncEngine) -> None:
         await conn.run_sync(projections_metadata.create_all)
 
 
-def make_container(engine: AsyncEngine, url: str, prefix: str) -> Container:
+def make_container(
+    engine: AsyncEngine, url: str, prefix: str, *, max_payload: int = MAX_PAYLOAD
+) -> Container:
     settings = Settings(
         database_url=str(engine.url.render_as_string(False)),
         broker_url=url,
         bus_prefix=prefix,
-        max_payload_bytes=MAX_PAYLOAD,
+        max_payload_bytes=max_payload,
         lease_ttl=2.0,
     )
     return Container(

@@ -78,7 +78,7 @@ class Victim:
 
 async def full_life(h: CommandHandlers, tag: str) -> Victim:
     """Register, change email, set a password, link and update an OAuth account."""
-    first = f"First.{tag}@Example.com"
+    first = f"first.{tag}@example.com"  # canonical: the needle is what is stored
     second = f"second.{tag}@example.org"
     reg = await h.handle(
         RegisterUser.model_validate(

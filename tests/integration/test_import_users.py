@@ -12,6 +12,7 @@ import asyncio
 import json
 import subprocess
 import time
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -151,7 +152,7 @@ async def check_app_logs_them_in(target: str, old: list[OldUserRow]) -> None:
                 auth = {"Authorization": f"Bearer {response.json()['access_token']}"}
                 me = (await client.get("/users/me", headers=auth)).json()
                 assert me["id"] == str(row.id)
-                assert me["email"].lower() == row.email.lower()  # EmailStr lowers the domain
+                assert me["email"] == row.email.lower()  # stored in the canonical form
                 assert me["first_name"] == row.first_name
                 assert (me["is_verified"], me["is_superuser"]) == (
                     row.is_verified,
@@ -165,7 +166,7 @@ async def check_app_logs_them_in(target: str, old: list[OldUserRow]) -> None:
             for row in old:
                 user = await session.get(User, row.id)
                 assert user is not None
-                assert user.email == row.email  # kept verbatim
+                assert user.email == row.email.lower()  # the canonical form (events.emails)
                 linked = {(a.oauth_name, a.account_id) for a in user.oauth_accounts}
                 assert linked == set(row.oauth)
                 assert all(a.access_token.startswith("secret-access-") for a in user.oauth_accounts)
@@ -243,6 +244,39 @@ async def test_rows_the_registry_refuses_are_reported_and_the_rest_imported(
     [failure] = summary["failures"]
     assert (failure["id"], failure["code"]) == (str(LAST_ID), "EMAIL_ALREADY_REGISTERED")
     assert len([r for r in await log_rows(database_url) if r[0] == "UserRegistered"]) == len(old)
+
+
+async def test_the_email_rule_applies_to_imported_rows(tmp_path: Path, database_url: str) -> None:
+    source = f"sqlite+aiosqlite:///{tmp_path / 'hostile.db'}"
+    await write_old_database(source)
+    nfc, nfd = (unicodedata.normalize(form, "José@Example.com") for form in ("NFC", "NFD"))
+    rows = {  # upstream's unique index compares exact strings: all of these can exist there
+        uuid.UUID("eeeeeeee-0000-4000-8000-000000000001"): nfc,
+        uuid.UUID("eeeeeeee-0000-4000-8000-000000000002"): nfd,  # one address with the first
+        uuid.UUID("eeeeeeee-0000-4000-8000-000000000003"): "p\u0430ypal@example.com",
+    }
+    engine = create_async_engine(source)
+    try:
+        async with async_sessionmaker(engine)() as session:
+            for row_id, email in rows.items():
+                await SQLAlchemyUserDatabase(session, OldUser).create(
+                    {"id": row_id, "email": email, "hashed_password": "x"}
+                )
+    finally:
+        await engine.dispose()
+
+    result = await asyncio.to_thread(
+        invoke, "import-users", "--from", source, "--json", database_url=database_url
+    )
+    summary = json.loads(result.stdout)
+    failed = {f["id"]: f["code"] for f in summary["failures"]}
+    ids = list(rows)
+    assert failed == {
+        str(ids[1]): "EMAIL_ALREADY_REGISTERED",
+        str(ids[2]): "INVALID_COMMAND",
+    }, summary["failures"]
+    registered = [r for r in await log_rows(database_url) if r[0] == "UserRegistered"]
+    assert ids[0] in {r[1] for r in registered}
 
 
 async def test_missing_user_table_or_file_is_a_clear_error(

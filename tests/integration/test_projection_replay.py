@@ -92,7 +92,7 @@ async def test_blue_green_replay_while_writes_continue(engine: AsyncEngine) -> N
         else:
             sql = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
         indexes = set(await conn.scalars(text(sql)))
-    assert {"ix_user_email_lower", "ix_oauth_account_user_id"} <= indexes
+    assert {"ix_user_email", "ix_oauth_account_user_id"} <= indexes
     assert not [i for i in indexes if "__next" in i]
 
 

@@ -33,7 +33,9 @@ from events.tables import metadata as events_metadata
 from projections import BaseOAuthAccountTableUUID, BaseUserTableUUID
 from projections.tables import (
     projection_checkpoints,
+    projection_failures,
     projection_leases,
+    projection_skips,
     projection_tombstones,
     projection_workers,
 )
@@ -52,7 +54,14 @@ class AppOAuth(BaseOAuthAccountTableUUID, AppBase):
     pass
 
 
-BOOKKEEPING = [projection_checkpoints, projection_leases, projection_workers, projection_tombstones]
+BOOKKEEPING = [
+    projection_checkpoints,
+    projection_leases,
+    projection_workers,
+    projection_tombstones,
+    projection_failures,
+    projection_skips,
+]
 #: columns a replay must reproduce but the generator's model does not track
 TIMESTAMPS = {"created_at", "updated_at"}
 
@@ -146,8 +155,9 @@ class History:
         kind = rng.randrange(12)
         if kind == 0:
             self.n += 1
-            row["email"] = f"Changed{self.n}@Example.com"
-            return UserEmailChanged(email=row["email"])
+            typed = f"Changed{self.n}@Example.com"  # as an event of the old rule stored it
+            row["email"] = typed.lower()  # the projection writes the canonical form
+            return UserEmailChanged(email=typed)
         if kind == 1:
             row["hashed_password"] = f"rehash-{rng.random()}"
             return UserPasswordChanged(hashed_password=row["hashed_password"])

@@ -1,0 +1,59 @@
+"""Telling a lost database connection from every other error.
+
+A lost connection (the server restarted, an administrator terminated the backend, the network
+dropped) is worth one more try on a fresh connection: SQLAlchemy invalidates the pool's
+connections when a statement fails with a disconnect, so the next checkout connects anew.
+Anything else is an error of its own and must surface as itself.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import DBAPIError
+
+#: SQLSTATEs of a connection the server ended: class 08 (connection exception), and
+#: admin_shutdown / crash_shutdown / cannot_connect_now (pg_terminate_backend sends 57P01)
+_LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+def _asyncpg_protocol_broken(exc: BaseException) -> bool:
+    """asyncpg's "cannot switch to state …; another operation (2) is in progress": the server's
+    FATAL (pg_terminate_backend) was read but the socket's close not yet, so SQLAlchemy does
+    not see the connection closed; asyncpg's protocol is stuck consuming an error that never
+    ends. Its InternalClientError means only such a broken protocol state."""
+    try:
+        from asyncpg.exceptions import InternalClientError
+    except ImportError:  # pragma: no cover - SQLite-only installs
+        return False
+    return isinstance(exc, InternalClientError)
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    value = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    return value if isinstance(value, str) else None
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """True when `exc` (or what it wraps) says the database connection was lost or could not
+    be made: SQLAlchemy flagged it (`connection_invalidated`), the server ended the session
+    (SQLSTATE class 08, 57P01-57P03), the socket failed (`OSError`), or asyncpg's protocol
+    broke on the server's goodbye."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen or len(seen) > 10:
+            continue
+        seen.add(id(e))
+        if isinstance(e, DBAPIError):
+            if e.connection_invalidated:
+                return True
+            todo.append(e.orig)
+        state = _sqlstate(e)
+        if state is not None and (state.startswith("08") or state in _LOST_SQLSTATES):
+            return True
+        if isinstance(e, OSError):  # ConnectionRefusedError, ConnectionResetError, ...
+            return True
+        if _asyncpg_protocol_broken(e):
+            return True
+        todo += [e.__cause__, e.__context__]
+    return False
