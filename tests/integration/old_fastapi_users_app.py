@@ -7,8 +7,9 @@ never imported by the test process:
     python old_fastapi_users_app.py write DATABASE_URL
         create the tables and the users of SPECS through SQLAlchemyUserDatabase; prints them
         as JSON (ids, emails, plaintext passwords, profile, linked OAuth accounts)
-    python old_fastapi_users_app.py add DATABASE_URL ID EMAIL
-        one more user (upstream's unique index is case-sensitive: "DORA@…" beside "dora@…")
+    python old_fastapi_users_app.py add DATABASE_URL ID EMAIL [ID EMAIL ...]
+        more users (upstream's unique index compares exact strings: "DORA@…" can be there
+        beside "dora@…", and so can two Unicode forms of one address)
 """
 
 from __future__ import annotations
@@ -99,13 +100,14 @@ async def write(url: str) -> list[dict[str, Any]]:
     return written
 
 
-async def add(url: str, user_id: str, email: str) -> None:
+async def add(url: str, pairs: list[str]) -> None:
     engine = create_async_engine(url)
     try:
         async with async_sessionmaker(engine)() as session:
-            await SQLAlchemyUserDatabase(session, OldUser).create(
-                {"id": uuid.UUID(user_id), "email": email, "hashed_password": "x"}
-            )
+            for user_id, email in zip(pairs[::2], pairs[1::2], strict=True):
+                await SQLAlchemyUserDatabase(session, OldUser).create(
+                    {"id": uuid.UUID(user_id), "email": email, "hashed_password": "x"}
+                )
     finally:
         await engine.dispose()
 
@@ -114,8 +116,8 @@ def main(argv: list[str]) -> None:
     match argv:
         case ["write", url]:
             print(json.dumps(asyncio.run(write(url))))
-        case ["add", url, user_id, email]:
-            asyncio.run(add(url, user_id, email))
+        case ["add", url, *pairs] if pairs and len(pairs) % 2 == 0:
+            asyncio.run(add(url, pairs))
         case _:
             raise SystemExit(__doc__)
 

@@ -246,24 +246,18 @@ async def test_rows_the_registry_refuses_are_reported_and_the_rest_imported(
     assert len([r for r in await log_rows(database_url) if r[0] == "UserRegistered"]) == len(old)
 
 
-async def test_the_email_rule_applies_to_imported_rows(tmp_path: Path, database_url: str) -> None:
+async def test_the_email_rule_applies_to_imported_rows(
+    peer_python: Path, tmp_path: Path, database_url: str
+) -> None:
     source = f"sqlite+aiosqlite:///{tmp_path / 'hostile.db'}"
-    await write_old_database(source)
+    await write_old_database(peer_python, source)
     nfc, nfd = (unicodedata.normalize(form, "José@Example.com") for form in ("NFC", "NFD"))
     rows = {  # upstream's unique index compares exact strings: all of these can exist there
         uuid.UUID("eeeeeeee-0000-4000-8000-000000000001"): nfc,
         uuid.UUID("eeeeeeee-0000-4000-8000-000000000002"): nfd,  # one address with the first
         uuid.UUID("eeeeeeee-0000-4000-8000-000000000003"): "p\u0430ypal@example.com",
     }
-    engine = create_async_engine(source)
-    try:
-        async with async_sessionmaker(engine)() as session:
-            for row_id, email in rows.items():
-                await SQLAlchemyUserDatabase(session, OldUser).create(
-                    {"id": row_id, "email": email, "hashed_password": "x"}
-                )
-    finally:
-        await engine.dispose()
+    await old_app(peer_python, "add", source, *(v for pair in rows.items() for v in map(str, pair)))
 
     result = await asyncio.to_thread(
         invoke, "import-users", "--from", source, "--json", database_url=database_url
