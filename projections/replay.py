@@ -187,7 +187,9 @@ class Replay:
         started = time.monotonic()
         head = await self._prepare()
         async with self.engine.connect() as conn:
-            self.progress.total = int(await conn.scalar(select(func.count()).select_from(events)))
+            self.progress.total = int(
+                await conn.scalar(select(func.count()).select_from(events)) or 0
+            )
         await self._bulk(head)
         cursor = await self._catch_up()
         cursor = await self._finish(cursor)
