@@ -177,3 +177,26 @@ async def test_sqlstate_of_a_real_deadlock(pg_engine: AsyncEngine) -> None:
     assert len(failed) == 1
     assert sqlstate(failed[0]) == "40P01" and retryable_sqlstate(failed[0]) == "40P01"
     assert retryable_sqlstate(ValueError("deadlock")) is None  # the message does not count
+
+
+async def test_through_the_adapter_the_missing_column_names_itself(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    """FastAPI Users' create without the app's NOT NULL column: the adapter's own write (the
+    fast path projects it in the append's transaction) fails at once, naming the column."""
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from registry import EventSourcedUserDatabase, run_projector
+    from registry.settings import Settings
+
+    settings = Settings(database_url=database_url)
+    async with (
+        run_projector(engine, StrictUser, settings=settings),
+        async_sessionmaker(engine)() as session,
+    ):
+        db: EventSourcedUserDatabase[Any, Any] = EventSourcedUserDatabase(session, StrictUser)
+        with pytest.raises(IntegrityError, match="nickname"):
+            await asyncio.wait_for(db.create({"email": "a@x.io", "hashed_password": "h"}), 20)
+        user = await db.create({"email": "a@x.io", "hashed_password": "h", "nickname": "ann"})
+        assert user.nickname == "ann"
+    assert await count_events(engine) == 1
