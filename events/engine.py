@@ -8,13 +8,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from events import sqlite_cursors
-
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-
-# a failed SQLite statement's cursor must not be left for the garbage collector (it can
-# freeze the event loop for the busy timeout): see events/sqlite_cursors.py
-sqlite_cursors.install()
 
 _DRIVERS = {
     "postgresql": "postgresql+asyncpg",

@@ -13,18 +13,37 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.catalog import EVENT_TYPES
 from events.crypto import Crypto, Keyring, record_master_key, verify
+from events.errors import EventStoreError
 from events.tables import data_keys, events
 
 #: called after each committed batch with (done, total)
 OnProgress = Callable[[int, int], None]
 #: attempts of one batch that lost a race with a live writer (a data key made meanwhile)
 BATCH_ATTEMPTS = 5
+#: new data key rows, skipping (and not returning) those another writer stored meanwhile: a
+#: lost race is an answer, not a failed statement (see `events.statements.sqlite_guarded_insert`)
+_INSERT_KEYS = {
+    "postgresql": postgresql.insert(data_keys)
+    .on_conflict_do_nothing()
+    .returning(data_keys.c.stream_id),
+    "sqlite": sqlite.insert(data_keys).on_conflict_do_nothing().returning(data_keys.c.stream_id),
+}
+
+
+class _KeyRaced(EventStoreError):
+    """A live writer gave one of the batch's streams a data key first: redo the batch."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "live writers kept giving this batch's streams data keys first; run it again"
+        )
 
 
 # ---------------------------------------------------------------------------- rotation
@@ -177,7 +196,9 @@ async def _seal_batch(
         elif row.wrapped_key is not None:
             keys[sid] = crypto.key_from_row(sid, row.master_key_id, row.wrapped_key)
     if new_rows:
-        await conn.execute(insert(data_keys), new_rows)
+        stored_now = await conn.execute(_INSERT_KEYS[conn.dialect.name], new_rows)
+        if len(stored_now.all()) != len(new_rows):
+            raise _KeyRaced()
     params = []
     skipped = 0
     for r in personal:
@@ -227,7 +248,7 @@ async def encrypt_events(
                     rows = (await conn.execute(query)).all()
                     n_sealed, n_skipped = await _seal_batch(conn, crypto, rows, made)
                 break
-            except (IntegrityError, OperationalError):
+            except (_KeyRaced, OperationalError):
                 # a live writer made one of these data keys first (or SQLite was busy): the
                 # batch rolled back whole; forget the keys it made and do it again
                 for sid in made:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     exists,
+    func,
     insert,
     literal_column,
     select,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     tuple_,
     union_all,
 )
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from events import checks
 from events.catalog import event_class
@@ -86,31 +88,78 @@ ROW_COLUMNS = (
     "recorded_at",
     "sealed",
 )
-#: every append's INSERT is built once, so SQLAlchemy compiles it once (a statement built per
-#: call with `.values(rows)` has no cache key and was recompiled on every append)
-INSERT = insert(events).returning(*INSERTED)
+
+
+def _guarded_source(count: int, guard: Any) -> Select[Any]:
+    """`count` rows of bound parameters (`<column>_<i>` for row i), selected only if `guard`."""
+    rows = [
+        select(*(bindparam(f"{c}_{i}", type_=events.c[c].type).label(c) for c in ROW_COLUMNS))
+        for i in range(count)
+    ]
+    if count == 1:
+        return rows[0].where(guard)
+    new = union_all(*rows).subquery("new")
+    return select(*(new.c[c] for c in ROW_COLUMNS)).where(guard)
+
+
+def guarded_params(
+    rows: list[dict[str, Any]], stream_id: Any, expected_version: int
+) -> dict[str, Any]:
+    """The parameters of `guarded_insert` / `sqlite_guarded_insert` for these rows."""
+    params = {f"{c}_{i}": v for i, row in enumerate(rows) for c, v in row.items()}
+    params["guard_stream_id"] = stream_id
+    params["guard_version"] = expected_version
+    return params
+
+
+def _guard_stream_id() -> Any:
+    return bindparam("guard_stream_id", type_=events.c.stream_id.type)
 
 
 @functools.lru_cache(maxsize=64)
 def guarded_insert(count: int) -> Insert:
     """PostgreSQL, expected version > 0: one statement that inserts `count` rows only if the
     expected version exists (no gap); a stale expectation still trips the unique index.
-    Parameters: `<column>_<i>` for row i, `guard_stream_id`, `guard_version`. Built (and so
-    compiled) once per row count."""
-    rows = [
-        select(*(bindparam(f"{c}_{i}", type_=events.c[c].type).label(c) for c in ROW_COLUMNS))
-        for i in range(count)
-    ]
+    Parameters: `guarded_params`. Built (and so compiled) once per row count."""
     guard = exists().where(
-        events.c.stream_id == bindparam("guard_stream_id", type_=events.c.stream_id.type),
+        events.c.stream_id == _guard_stream_id(),
         events.c.stream_version == bindparam("guard_version", type_=Integer()),
     )
-    if count == 1:
-        source = rows[0].where(guard)
-    else:
-        new = union_all(*rows).subquery("new")
-        source = select(*(new.c[c] for c in ROW_COLUMNS)).where(guard)
+    source = _guarded_source(count, guard)
     return insert(events).from_select(list(ROW_COLUMNS), source).returning(*INSERTED)
+
+
+@functools.lru_cache(maxsize=64)
+def sqlite_guarded_insert(count: int) -> Insert:
+    """SQLite, any expected version: one statement that inserts `count` rows only if the
+    stream's head is exactly the expected version, and returns them; a stale (or early)
+    expectation inserts and returns nothing, and raises nothing.
+
+    A conflict must not be a failed statement on SQLite: SQLAlchemy 2.0's aiosqlite adapter
+    leaves a failed statement's driver cursor to the garbage collector, and freeing it on the
+    event loop can block the loop on that connection's mutex for the whole busy timeout. The
+    guard is exact because SQLite runs one writer at a time and an INSERT takes the write lock
+    before it reads; ON CONFLICT DO NOTHING keeps even an unforeseen duplicate from failing
+    (fewer rows returned is a conflict too). Parameters: `guarded_params`."""
+    head = (
+        select(func.coalesce(func.max(events.c.stream_version), 0))
+        .where(events.c.stream_id == _guard_stream_id())
+        .scalar_subquery()
+    )
+    source = _guarded_source(count, head == bindparam("guard_version", type_=Integer()))
+    return (
+        sqlite_insert(events)
+        .from_select(list(ROW_COLUMNS), source)
+        .on_conflict_do_nothing()
+        .returning(*INSERTED)
+    )
+
+
+#: SQLite: a stream's new data key row; returns nothing (and raises nothing) when the stream
+#: has one already (another writer's), see `sqlite_guarded_insert`
+SQLITE_INSERT_KEY = (
+    sqlite_insert(data_keys).on_conflict_do_nothing().returning(data_keys.c.stream_id)
+)
 
 
 @functools.lru_cache(maxsize=64)

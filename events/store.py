@@ -36,14 +36,16 @@ from events.notify import Wakeup, pg_listening
 from events.statements import (
     COLUMNS,
     EVENTS_WITH_KEYS,
-    INSERT,
     PG_INSERT_ROWS,
     PG_INSERT_ROWS_AND_KEYS,
     PG_READ_HORIZON,
+    SQLITE_INSERT_KEY,
     decode,
     guarded_insert,
+    guarded_params,
     pg_after_each,
     pg_columns,
+    sqlite_guarded_insert,
 )
 from events.tables import NOTIFY_CHANNEL, data_keys, events
 
@@ -171,10 +173,14 @@ class EventStore:
                 async with self.engine.begin() as own:
                     returned = await self._insert(own, sid, version, rows, key_row)
         except _Conflict as conflict:
+            self._unstored(sid, key_row)
             # looked up once our own connection is back in the pool (or on the caller's
             # connection while its transaction is still usable)
             actual = await self._version_after_failure(sid, conn, aborted=conflict.args[0])
             raise ConcurrencyError(sid, version, actual) from conflict.__cause__
+        except BaseException:
+            self._unstored(sid, key_row)
+            raise
         if conn is None:
             self.committed()
         return [
@@ -197,6 +203,20 @@ class EventStore:
     def crypto(self) -> Crypto | None:
         """What seals and opens personal data on this engine (`events.crypto.attach`)."""
         return self._crypto if self._crypto is not _ATTACHED else crypto_of(self.engine)
+
+    def _unstored(self, sid: uuid.UUID, key_row: dict[str, Any] | None) -> None:
+        """The append failed: a data key it made was not stored, so it must not stay cached
+        (the stream's next events would be sealed with a key nobody can read back). A caller
+        whose transaction fails after the append calls `forget_key` itself."""
+        if key_row is not None:
+            self.forget_key(sid)
+
+    def forget_key(self, stream_id: uuid.UUID) -> None:
+        """Drop the stream's cached data key: call when a transaction that appended to it with
+        `conn=` rolls back (the key may have been made in it, and is then not stored)."""
+        crypto = self.crypto
+        if crypto is not None:
+            crypto.forget(stream_id)
 
     async def _seal(
         self,
@@ -238,44 +258,50 @@ class EventStore:
         """Insert the rows (and the stream's new data key row after them); {stream_version:
         (position, tx_id)}. Raises `_Conflict(aborted)` when the stream is not at
         `expected_version`."""
+        if self.dialect != "postgresql":
+            return await self._sqlite_insert(conn, sid, expected_version, rows, key_row)
         try:
             # the INSERT is the transaction's first write: on PostgreSQL that is when the
             # transaction id (and so the reading order) is assigned, after the stream was read
-            if expected_version == 0 and self.dialect == "postgresql":
+            if expected_version == 0:
                 # one statement, also for the stream's new data key row
                 stmt = PG_INSERT_ROWS_AND_KEYS if key_row is not None else PG_INSERT_ROWS
                 keys = [key_row] if key_row is not None else []
                 result = await conn.execute(stmt, pg_columns(rows, keys))
                 key_row = None
-            elif expected_version == 0 or self.dialect != "postgresql":
-                # one row: a plain INSERT; several: one multi-row INSERT (insertmanyvalues,
-                # a single statement up to MAX_EVENTS_PER_APPEND rows); compiled once, cached
-                result = await conn.execute(INSERT, rows[0] if len(rows) == 1 else rows)
             else:
-                params = {f"{c}_{i}": v for i, row in enumerate(rows) for c, v in row.items()}
-                params["guard_stream_id"] = sid
-                params["guard_version"] = expected_version
+                params = guarded_params(rows, sid, expected_version)
                 result = await conn.execute(guarded_insert(len(rows)), params)
         except IntegrityError as exc:
-            # a stale expectation trips the unique index (PostgreSQL aborts the transaction)
-            raise _Conflict(self.dialect == "postgresql") from exc
+            # a stale expectation trips the unique index (and aborts the transaction)
+            raise _Conflict(True) from exc
         returned = {r.stream_version: (r.position, r.tx_id) for r in result}
-        if len(returned) != len(rows):  # PostgreSQL: the expected version is not there
+        if len(returned) != len(rows):  # the expected version is not there
             raise _Conflict(False)
-        if expected_version > 0 and self.dialect != "postgresql":
-            # an expectation ahead of the stream must not leave a gap
-            found = await conn.scalar(
-                select(func.count())
-                .select_from(events)
-                .where(events.c.stream_id == sid, events.c.stream_version == expected_version)
-            )
-            if not found:
-                raise _Conflict(False)
         if key_row is not None:
             try:
                 await conn.execute(INSERT_KEY, key_row)
             except IntegrityError as exc:  # another writer gave this stream a key first
-                raise _Conflict(self.dialect == "postgresql") from exc
+                raise _Conflict(True) from exc
+        return returned
+
+    async def _sqlite_insert(
+        self,
+        conn: AsyncConnection,
+        sid: uuid.UUID,
+        expected_version: int,
+        rows: list[dict[str, Any]],
+        key_row: dict[str, Any] | None,
+    ) -> dict[int, tuple[int, int]]:
+        """`_insert` on SQLite, where a conflict is found by the rows returned, never by a
+        failed statement (see `events.statements.sqlite_guarded_insert`)."""
+        params = guarded_params(rows, sid, expected_version)
+        result = await conn.execute(sqlite_guarded_insert(len(rows)), params)
+        returned = {r.stream_version: (r.position, r.tx_id) for r in result}
+        if len(returned) != len(rows):  # the stream is not at the expected version
+            raise _Conflict(False)
+        if key_row is not None and (await conn.execute(SQLITE_INSERT_KEY, key_row)).first() is None:
+            raise _Conflict(False)  # another writer gave this stream a key first
         return returned
 
     # ------------------------------------------------------------------ group commit

@@ -61,3 +61,10 @@ class ProjectionTimeoutError(RegistryError):
     """The read model did not reach the needed version in time (read-your-writes)."""
 
     code = "PROJECTION_TIMEOUT"
+
+
+class IdempotencyKeyReusedError(RegistryError):
+    """A `command_id` already used for a different command (another kind, or other content):
+    nothing is done. The same command again with its id returns the first outcome instead."""
+
+    code = "IDEMPOTENCY_KEY_REUSED"

@@ -3,7 +3,8 @@
 `CommandHandlers.handle(command)` reads the user's stream, decides, and in ONE transaction
 appends the events (first), then takes/moves/releases reservations, destroys the user's data
 key when the events erase them (crypto-shredding, `events.crypto.shred`), records the
-command_id and, in inline mode, projects. On any error nothing is written.
+command_id with the command's fingerprint (`registry.idempotency`) and, in inline mode,
+projects. On any error nothing is written.
 """
 
 from __future__ import annotations
@@ -15,22 +16,21 @@ import uuid
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
-from sqlalchemy import insert, select
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events import ConcurrencyError, EventStore, Metadata, RecordedEvent, UserErased
-from events.crypto import shred
+from events.crypto import Keyring, shred
+from registry import idempotency
 from registry.commands import Command, LinkOAuthAccount, RegisterUser
 from registry.decisions import UserState, decide, fold
 from registry.errors import RegistryError, VersionConflictError
 from registry.passwords import PasswordHasher, prepare
+from registry.retries import retryable_sqlstate
 from registry.retry import once_more
-from registry.tables import processed_commands
 from registry.uniqueness import reserve
 
 log = logging.getLogger("registry.handlers")
@@ -72,7 +72,17 @@ class Outcome:
 
 
 class _Retry(Exception):
-    """The stream moved (or the database chose us as a deadlock victim): decide again."""
+    """Decide again: the stream moved (`conflict`), or the database chose this transaction
+    as a deadlock or serialization victim."""
+
+    def __init__(self, message: str, *, conflict: bool) -> None:
+        super().__init__(message)
+        self.conflict = conflict
+
+
+class _Duplicate(Exception):
+    """The command_id is recorded already (by a redelivery, or a reuse): the attempt rolled
+    back; the record decides what to answer."""
 
 
 _WRITE_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
@@ -121,11 +131,19 @@ class CommandHandlers:
     async def handle(self, command: Command, *, imported: bool = False) -> Outcome:
         """Carry out `command`; raises a RegistryError subclass (nothing written) on refusal.
 
-        The same `command_id` again returns the first outcome with `duplicate=True`. With an
-        `expected_version` that is not the user's version: VersionConflictError. Without one,
-        a concurrent change to the same user makes this command be decided again.
+        The same `command_id` again with the same command returns the first outcome with
+        `duplicate=True`; with another kind or content, `IdempotencyKeyReusedError` (nothing
+        done; see `registry.idempotency`). With an `expected_version` that is not the user's
+        version: VersionConflictError. Without one, a concurrent change to the same user makes
+        this command be decided again, as does a deadlock or serialization failure (SQLSTATE
+        40P01/40001); any other error surfaces as itself, after one attempt, nothing written.
         """
+        sent = command
         command = await prepare(command, self.profile_fields, self.password_helper)
+        # taken from the command as sent: before its password was hashed (with a random salt)
+        # and before ids were generated, so a redelivery has the same fingerprint
+        keyring = self._keyring()
+        fingerprint = None if command.command_id is None else idempotency.fingerprint(sent, keyring)
         if isinstance(command, RegisterUser) and command.user_id is None:
             command = command.model_copy(update={"user_id": uuid.uuid4()})
         if isinstance(command, LinkOAuthAccount) and command.oauth_account_id is None:
@@ -138,30 +156,34 @@ class CommandHandlers:
             imported=True if imported else None,
         )
         # a command_id seen before is not looked up first (a round trip for every command, for
-        # the rare redelivery): recording it again trips its unique key, the attempt rolls
-        # back whole, and the first outcome is returned below
+        # the rare redelivery): recording it again finds it taken, the attempt rolls back
+        # whole, and the first outcome is returned below (or the reuse refused)
         for attempt in range(MAX_ATTEMPTS):
             try:
                 # a lost connection: once more, when the command_id makes that safe
                 outcome = await once_more(
-                    partial(self._attempt, command, metadata, first=attempt == 0),
+                    partial(self._attempt, command, metadata, fingerprint, first=attempt == 0),
                     what=command.name,
                     safe=command.command_id is not None,
                 )
-            except (_Retry, RegistryError) as exc:
+            except (_Retry, _Duplicate, RegistryError) as exc:
                 if command.command_id is not None:
-                    prior = await self._prior(command.command_id)
+                    prior = await self._prior(sent, keyring)
                     if prior is not None:
                         return prior
                 if isinstance(exc, RegistryError):
                     raise
-                if command.expected_version is not None:
-                    raise VersionConflictError(str(exc.__cause__ or exc)) from None
+                if (
+                    isinstance(exc, _Retry)
+                    and exc.conflict
+                    and command.expected_version is not None
+                ):
+                    raise VersionConflictError(str(exc.__cause__ or exc)) from exc.__cause__
                 if attempt == MAX_ATTEMPTS - 1:
                     raise VersionConflictError(
                         f"user {_user_id(command)} kept changing; gave up after "
                         f"{MAX_ATTEMPTS} attempts"
-                    ) from None
+                    ) from exc.__cause__
                 await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
             if outcome.events:
@@ -176,16 +198,27 @@ class CommandHandlers:
             return outcome
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, command: Command, metadata: Metadata, *, first: bool) -> Outcome:
+    def _keyring(self) -> Keyring | None:
+        crypto = self.store.crypto
+        return None if crypto is None else crypto.keyring
+
+    async def _attempt(
+        self, command: Command, metadata: Metadata, fingerprint: str | None, *, first: bool
+    ) -> Outcome:
         if self._sqlite_writes is None:
-            return await self._attempt_in_tx(command, metadata, first)
+            return await self._attempt_in_tx(command, metadata, fingerprint, first)
         # SQLite has one writer at a time anyway: queue this process's writers here instead of
         # in the driver's busy handler, where each waiter holds a pooled connection (and a
         # thread) for up to the busy timeout
         async with self._sqlite_writes:
-            return await self._attempt_in_tx(command, metadata, first)
+            return await self._attempt_in_tx(command, metadata, fingerprint, first)
 
-    async def _attempt_in_tx(self, command: Command, metadata: Metadata, first: bool) -> Outcome:
+    async def _attempt_in_tx(
+        self, command: Command, metadata: Metadata, fingerprint: str | None, first: bool
+    ) -> Outcome:
+        """One read-decide-append transaction. Raises `_Retry` only for what deciding again
+        can resolve (the stream moved; a deadlock or serialization failure), `_Duplicate` for
+        a command_id recorded already; every other error as itself (nothing written)."""
         user_id = _user_id(command)
         try:
             async with self.engine.begin() as conn:
@@ -217,9 +250,12 @@ class CommandHandlers:
                     await reserve(conn, state, recorded)
                     if any(isinstance(r.event, UserErased) for r in recorded):
                         await shred(conn, self.store.crypto, user_id)
+                        await idempotency.forget(conn, user_id)
                 version = recorded[-1].stream_version if recorded else state.version
-                if command.command_id is not None:
-                    await self._record(conn, command, user_id, state.version, version)
+                if command.command_id is not None and not await idempotency.record(
+                    conn, command, fingerprint, user_id, state.version, version
+                ):
+                    raise _Duplicate(command.command_id)
                 projected = False
                 if recorded and self.inline_projection is not None:
                     inline = self.inline_projection
@@ -228,40 +264,24 @@ class CommandHandlers:
                     projected = True
                 elif recorded and self.own_projection is not None:
                     projected = await self.own_projection.apply_own(conn, recorded, state.version)
-        except ConcurrencyError as exc:
-            raise _Retry(str(exc)) from exc
-        except IntegrityError as exc:  # the command_id raced with itself
-            raise _Retry(str(exc)) from exc
-        except DBAPIError as exc:
-            if "deadlock" in str(exc).lower():
-                raise _Retry("deadlock") from exc
+        except BaseException as exc:
+            # rolled back: a data key made for the stream in this transaction was not stored
+            self.store.forget_key(user_id)
+            if isinstance(exc, ConcurrencyError):
+                raise _Retry(str(exc), conflict=True) from exc
+            code = retryable_sqlstate(exc) if isinstance(exc, DBAPIError) else None
+            if code is not None:
+                raise _Retry(f"SQLSTATE {code}", conflict=False) from exc
             raise
         return Outcome(
             user_id=user_id, version=version, events=tuple(recorded), projected=projected
         )
 
-    async def _record(
-        self, conn: AsyncConnection, command: Command, user_id: uuid.UUID, before: int, after: int
-    ) -> None:
-        await conn.execute(
-            insert(processed_commands).values(
-                command_id=command.command_id,
-                command=command.name,
-                user_id=user_id,
-                from_version=before,
-                to_version=after,
-                processed_at=datetime.now(UTC),
-            )
-        )
-
-    async def _prior(self, command_id: str) -> Outcome | None:
-        """The first outcome of a command_id already processed, or None."""
+    async def _prior(self, command: Command, keyring: Keyring | None) -> Outcome | None:
+        """The first outcome of the command's id if it was processed already, or None.
+        Raises `IdempotencyKeyReusedError` when the id was used for another command."""
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(processed_commands).where(processed_commands.c.command_id == command_id)
-                )
-            ).first()
+            row = await idempotency.prior(conn, command, keyring)
             if row is None:
                 return None
             stream = await self.store.read_stream(row.user_id, to_version=row.to_version, conn=conn)

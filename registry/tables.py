@@ -33,7 +33,8 @@ oauth_reservations = Table(
     Index("ix_registry_oauth_reservations_user_id", "user_id"),
 )
 
-#: commands that carried a command_id, and what they did (stream versions (from, to])
+#: commands that carried a command_id, and what they did (stream versions (from, to]); the
+#: command's kind and content fingerprint bind the id to that command (registry.idempotency)
 processed_commands = Table(
     "registry_processed_commands",
     metadata,
@@ -43,4 +44,8 @@ processed_commands = Table(
     Column("from_version", Integer, nullable=False),
     Column("to_version", Integer, nullable=False),
     Column("processed_at", UTCDateTime(), nullable=False),
+    # NULL: recorded before fingerprints existed, or cleared by the user's erasure
+    Column("fingerprint", String(100), nullable=True),
+    # an erasure clears the fingerprints of the user's commands
+    Index("ix_registry_processed_commands_user_id", "user_id"),
 )

@@ -11,11 +11,11 @@ again; an erased user's address and OAuth account ids are nowhere in clear after
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, insert, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events import (
@@ -28,40 +28,39 @@ from events import (
     UserRegistered,
     normalise_email,
 )
+from registry.claims import taking, took
 from registry.decisions import UserState
 from registry.errors import EmailAlreadyRegisteredError, OAuthAccountAlreadyLinkedError
 from registry.tables import email_reservations, oauth_reservations
 
-#: built once: SQLAlchemy reuses its compiled form (one is built per call otherwise)
-_INSERT_EMAIL = insert(email_reservations)
+#: built once: SQLAlchemy reuses their compiled form
+_TAKE_EMAIL = taking(email_reservations, email_reservations.c.email)
+_TAKE_OAUTH = taking(oauth_reservations, oauth_reservations.c.account_id)
 
 
 async def _take_email(conn: AsyncConnection, email: str, state: UserState) -> None:
-    try:
-        await conn.execute(
-            _INSERT_EMAIL,
-            {"email": email, "user_id": state.user_id, "reserved_at": datetime.now(UTC)},
-        )
-    except IntegrityError as exc:
-        raise EmailAlreadyRegisteredError(
-            "a user with this email address is already registered"
-        ) from exc
+    row = {"email": email, "user_id": state.user_id, "reserved_at": datetime.now(UTC)}
+    if not await took(conn, _TAKE_EMAIL, row):
+        raise EmailAlreadyRegisteredError("a user with this email address is already registered")
 
 
-async def _take_oauth(conn: AsyncConnection, state: UserState, event: OAuthAccountLinked) -> None:
-    try:
-        await conn.execute(
-            insert(oauth_reservations).values(
-                oauth_name=event.oauth_name,
-                account_id=event.account_id,
-                user_id=state.user_id,
-                oauth_account_id=event.oauth_account_id,
-            )
-        )
-    except IntegrityError as exc:
+async def _take_oauth(
+    conn: AsyncConnection,
+    state: UserState,
+    oauth_name: str,
+    account_id: str,
+    oauth_account_id: uuid.UUID,
+) -> None:
+    row = {
+        "oauth_name": oauth_name,
+        "account_id": account_id,
+        "user_id": state.user_id,
+        "oauth_account_id": oauth_account_id,
+    }
+    if not await took(conn, _TAKE_OAUTH, row):
         raise OAuthAccountAlreadyLinkedError(
-            f"{event.oauth_name} account {event.account_id} is already linked to a user"
-        ) from exc
+            f"{oauth_name} account {account_id} is already linked to a user"
+        )
 
 
 async def reserve(
@@ -86,24 +85,21 @@ async def reserve(
             await _take_email(conn, wanted, before)
             current = wanted
         elif isinstance(event, OAuthAccountLinked):
-            await _take_oauth(conn, before, event)
-            accounts[event.oauth_account_id] = (event.oauth_name, event.account_id)
+            oauth_id = event.oauth_account_id
+            await _take_oauth(conn, before, event.oauth_name, event.account_id, oauth_id)
+            accounts[oauth_id] = (event.oauth_name, event.account_id)
         elif isinstance(event, OAuthAccountUpdated) and "account_id" in event.changes:
             name, old_id = accounts[event.oauth_account_id]
             new_id = str(event.changes["account_id"])
-            try:
-                await conn.execute(
-                    update(oauth_reservations)
-                    .where(
-                        oauth_reservations.c.oauth_name == name,
-                        oauth_reservations.c.account_id == old_id,
-                    )
-                    .values(account_id=new_id)
+            # moved as release + take (not an UPDATE of the key, which can only report a taken
+            # id by failing); a taken id rolls the whole transaction back, release included
+            await conn.execute(
+                delete(oauth_reservations).where(
+                    oauth_reservations.c.oauth_name == name,
+                    oauth_reservations.c.account_id == old_id,
                 )
-            except IntegrityError as exc:
-                raise OAuthAccountAlreadyLinkedError(
-                    f"{name} account {new_id} is already linked to a user"
-                ) from exc
+            )
+            await _take_oauth(conn, before, name, new_id, event.oauth_account_id)
             accounts[event.oauth_account_id] = (name, new_id)
         elif isinstance(event, UserDeleted | UserErased):
             await conn.execute(

@@ -103,6 +103,30 @@ async def test_send_prints_the_reply_and_exits_by_outcome(
     assert "no reply" in err
 
 
+@sqlite_only
+async def test_send_exits_non_zero_for_a_reused_key(
+    nats_env: tuple[dict[str, str], Any],
+    engine: AsyncEngine,
+) -> None:
+    """A command_id reused for another command: rejected, exit 3 (was: the first outcome
+    as a duplicate, exit 0, the second command not done)."""
+    env, container = nats_env
+    async with consumer(container, "nats"):
+        code, a, _ = await cli("send", "register", json.dumps(register_payload()), env=env)
+        assert code == 0, a
+        code, b, _ = await cli("send", "register", json.dumps(register_payload()), env=env)
+        assert code == 0, b
+        update = {"user_id": a["user_id"], "is_active": False, "command_id": "reuse-1"}
+        code, first, _ = await cli("send", "update", json.dumps(update), env=env)
+        assert code == 0, first
+        erase = {"user_id": b["user_id"], "command_id": "reuse-1"}
+        code, reply, _ = await cli("send", "erase", json.dumps(erase), env=env)
+        assert (code, reply["status"], reply["code"]) == (3, "rejected", "IDEMPOTENCY_KEY_REUSED")
+        code, again, _ = await cli("send", "update", json.dumps(update), env=env)
+        assert (code, again["duplicate"]) == (0, True)
+    assert await event_count(engine) == 3
+
+
 async def test_send_without_a_broker_is_a_usage_error() -> None:
     code, _, err = await cli("send", "register", "{}", env={"REGISTRY_BROKER_URL": ""})
     assert code == 2 and "REGISTRY_BROKER_URL" in err

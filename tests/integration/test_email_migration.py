@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import insert, inspect, select, text
+from sqlalchemy import Connection, Index, MetaData, func, insert, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from projections import User
@@ -44,6 +44,16 @@ CANONICAL = {
 }
 
 
+def legacy_user_table(sync_conn: Connection) -> None:
+    """`user` as the default model made it before the one email rule: a lower(email) index."""
+    md = MetaData()
+    table = User.__table__.to_metadata(md)
+    for index in list(table.indexes):
+        table.indexes.discard(index)
+    table.create(sync_conn)
+    Index("ix_user_email_lower", func.lower(table.c.email)).create(sync_conn)
+
+
 async def indexes(engine: AsyncEngine) -> set[str]:
     async with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
@@ -56,7 +66,9 @@ async def indexes(engine: AsyncEngine) -> set[str]:
 async def test_0006_rewrites_old_addresses_into_the_canonical_form(
     engine: AsyncEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await migrate(engine, "0003")
+    await migrate(engine, "0004")
+    async with engine.begin() as conn:  # the read model as deployments before 0006 have it
+        await conn.run_sync(legacy_user_table)
     assert "ix_user_email_lower" in await indexes(engine)
     async with engine.begin() as conn:
         for uid, email, at in LEGACY.values():

@@ -104,9 +104,11 @@ async def test_concurrent_read_decide_append_transactions(
     """The command handlers' shape: read the stream and append in one transaction
     (`conn=`), retrying on `ConcurrencyError`. No barrier: the pool bounds the concurrency.
 
-    On SQLite this used to stall for the 30 s busy timeout at 15-20 appenders: the cursor of
-    a failed append was freed by the garbage collector on the event loop while its pooled
-    connection was busy-waiting for another writer (events/sqlite_cursors.py)."""
+    On SQLite with SQLAlchemy 2.0 this used to stall for the 30 s busy timeout at 15-20
+    appenders: a stale append was a failed statement, whose driver cursor the garbage
+    collector freed on the event loop while its pooled connection was busy-waiting for
+    another writer. A stale append on SQLite now inserts nothing instead of failing
+    (`events.statements.sqlite_guarded_insert`)."""
     sid = uuid.uuid4()
     engine = store.engine
     attempts = 0

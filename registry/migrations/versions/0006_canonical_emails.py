@@ -1,7 +1,7 @@
 """canonical emails: reservation keys and the read model's addresses in the one email rule
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-05
 
 Before this revision the reservation key was `strip().lower()` of the typed address, the read
@@ -33,7 +33,7 @@ from events.emails import normalise_email
 from events.tables import UTCDateTime
 
 revision: str = "0006"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
