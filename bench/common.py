@@ -102,11 +102,13 @@ def pg_dsn(url: str) -> str:
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    """Every table the registry owns (log, read model, write side), as `create_all` would."""
+    """Every table the registry owns (log, write side, bookkeeping) and the default models'
+    read model, as `create_all` would."""
+    from projections.tables import metadata as read_model_metadata
     from registry.schema import target_metadata
 
     async with engine.begin() as conn:
-        for md in target_metadata():
+        for md in [*target_metadata(), read_model_metadata]:
             await conn.run_sync(md.create_all)
 
 
