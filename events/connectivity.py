@@ -8,6 +8,8 @@ Anything else is an error of its own and must surface as itself.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from sqlalchemy.exc import DBAPIError
 
 #: SQLSTATEs of a connection the server ended: class 08 (connection exception), and
@@ -27,9 +29,35 @@ def _asyncpg_protocol_broken(exc: BaseException) -> bool:
     return isinstance(exc, InternalClientError)
 
 
-def _sqlstate(exc: BaseException) -> str | None:
+def error_chain(exc: BaseException, limit: int = 10) -> Iterator[BaseException]:
+    """`exc` and what it wraps: SQLAlchemy's driver error (`DBAPIError.orig`), `__cause__` and
+    `__context__`, each once (at most `limit` links)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo and len(seen) < limit:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        orig = e.orig if isinstance(e, DBAPIError) else None
+        todo += [e.__context__, e.__cause__, orig if isinstance(orig, BaseException) else None]
+
+
+def _own_sqlstate(exc: BaseException) -> str | None:
     value = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
-    return value if isinstance(value, str) else None
+    return value if isinstance(value, str) and value else None
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error, or None: read from the driver's error (asyncpg's
+    carry `.sqlstate`; SQLAlchemy's asyncpg adapter, 2.0 and 2.1, copies it onto its wrapper),
+    never from the message text."""
+    for e in error_chain(exc):
+        code = _own_sqlstate(e)
+        if code is not None:
+            return code
+    return None
 
 
 def connection_lost(exc: BaseException) -> bool:
@@ -37,23 +65,14 @@ def connection_lost(exc: BaseException) -> bool:
     be made: SQLAlchemy flagged it (`connection_invalidated`), the server ended the session
     (SQLSTATE class 08, 57P01-57P03), the socket failed (`OSError`), or asyncpg's protocol
     broke on the server's goodbye."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen or len(seen) > 10:
-            continue
-        seen.add(id(e))
-        if isinstance(e, DBAPIError):
-            if e.connection_invalidated:
-                return True
-            todo.append(e.orig)
-        state = _sqlstate(e)
+    for e in error_chain(exc):
+        if isinstance(e, DBAPIError) and e.connection_invalidated:
+            return True
+        state = _own_sqlstate(e)
         if state is not None and (state.startswith("08") or state in _LOST_SQLSTATES):
             return True
         if isinstance(e, OSError):  # ConnectionRefusedError, ConnectionResetError, ...
             return True
         if _asyncpg_protocol_broken(e):
             return True
-        todo += [e.__cause__, e.__context__]
     return False

@@ -29,8 +29,7 @@ from registry.commands import Command, LinkOAuthAccount, RegisterUser
 from registry.decisions import UserState, decide, fold
 from registry.errors import RegistryError, VersionConflictError
 from registry.passwords import PasswordHasher, prepare
-from registry.retries import retryable_sqlstate
-from registry.retry import once_more
+from registry.retry import once_more, retryable_sqlstate
 from registry.uniqueness import reserve
 
 log = logging.getLogger("registry.handlers")

@@ -1,4 +1,6 @@
-"""One more try after a lost database connection, where trying again is safe.
+"""What the write and read paths try again: a command decided again after a deadlock or
+serialization failure (`retryable_sqlstate`), and one more try after a lost database
+connection, where trying again is safe.
 
 A backend terminated by an administrator, a failover, a restart: the statement in flight
 fails, SQLAlchemy invalidates the pool, and the next checkout connects anew. So one more try
@@ -20,13 +22,23 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from events.connectivity import connection_lost
+from events.connectivity import connection_lost, sqlstate
 
 T = TypeVar("T")
 
 log = logging.getLogger("registry.retry")
 
-__all__ = ["connection_lost", "once_more", "session_read"]
+__all__ = ["connection_lost", "once_more", "retryable_sqlstate", "session_read", "sqlstate"]
+
+#: deadlock_detected, serialization_failure: the transaction was rolled back and can be re-run
+RETRY_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def retryable_sqlstate(exc: BaseException) -> str | None:
+    """The error's SQLSTATE when it is a deadlock or serialization victim, else None (read
+    from the driver's error, never from its message)."""
+    code = sqlstate(exc)
+    return code if code in RETRY_SQLSTATES else None
 
 
 async def once_more(fn: Callable[[], Awaitable[T]], *, what: str, safe: bool = True) -> T:

@@ -19,7 +19,7 @@ from projections import BaseUserTableUUID, UserProjection
 from projections.tables import metadata as projections_metadata
 from registry.commands import RegisterUser, UpdateUser
 from registry.handlers import CommandHandlers
-from registry.retries import retryable_sqlstate, sqlstate
+from registry.retry import retryable_sqlstate, sqlstate
 from registry.tables import metadata as registry_metadata
 from tests.integration.test_handlers import count_events
 
