@@ -33,6 +33,7 @@ from registry.commands import Command
 from registry.errors import ProjectionTimeoutError
 from registry.handlers import CommandHandlers, Outcome, _sqlite_write_lock, profile_fields_of
 from registry.keys import enable, enabled
+from registry.retry import once_more
 from registry.schema import ensure_schema
 from registry.settings import Settings, get_settings
 
@@ -62,9 +63,11 @@ class Runtime:
         async with self._lock:
             models = (self.projection.user_model, self.projection.oauth_model)
             if write and not enabled(self.engine):
-                await enable(self.engine, self.settings or get_settings(), *models)
+                settings = self.settings or get_settings()
+                # idempotent set-up: a lost connection is tried once more
+                await once_more(lambda: enable(self.engine, settings, *models), what="set-up")
             if not self.schema_ready:
-                await ensure_schema(self.engine, *models)
+                await once_more(lambda: ensure_schema(self.engine, *models), what="set-up")
                 self.schema_ready = True
 
     @property
