@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from sqlalchemy import event
@@ -9,6 +11,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+log = logging.getLogger("events.engine")
 
 _DRIVERS = {
     "postgresql": "postgresql+asyncpg",
@@ -30,6 +34,32 @@ def normalise_url(url: str | URL) -> URL:
     return parsed
 
 
+def _journal_mode(cur: Any) -> str:
+    cur.execute("PRAGMA journal_mode")
+    row = cur.fetchone()
+    return str(row[0]).lower() if row else ""
+
+
+def _use_wal(cur: Any) -> None:
+    """Put the database file in WAL mode (it stays so: later connections find it there).
+
+    Switching needs the file to itself, and SQLite answers "database is locked" at once,
+    without its busy handler, while another connection of a process starting at the same
+    moment holds it; that connection is then switching the file itself. So: look first, try,
+    and look again for a moment before going on in whatever mode the file is in."""
+    for _ in range(50):
+        try:
+            if _journal_mode(cur) == "wal":
+                return
+            cur.execute("PRAGMA journal_mode=WAL")
+            if _journal_mode(cur) == "wal":
+                return
+        except Exception:  # the driver's OperationalError("database is locked")
+            pass
+        time.sleep(0.02)  # a first start only; the connection is not in use yet
+    log.warning("the SQLite database is not in WAL mode: readers and writers will wait more")
+
+
 def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     """An async engine for the log. SQLite runs in WAL mode with a busy timeout so that a
     server and a worker process can share one file."""
@@ -43,8 +73,8 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            _use_wal(cur)
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()

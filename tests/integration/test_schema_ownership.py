@@ -158,7 +158,7 @@ async def test_a_failed_migration_leaves_nothing_half_made(engine: AsyncEngine) 
 
 
 async def test_concurrent_starts_on_a_new_database_all_succeed(database_url: str) -> None:
-    engines = [create_engine(database_url) for _ in range(4)]
+    engines = [create_engine(database_url) for _ in range(8)]
     try:
         await asyncio.gather(*(ensure_schema(e, AppUser) for e in engines))
         await write_and_read(engines[0], f"{uuid.uuid4().hex[:8]}@example.com")
