@@ -277,6 +277,8 @@ async def test_writers_released_together_commit_together(pg_url: str) -> None:
 
         await asyncio.gather(*(writer(w) for w in range(writers)))
         assert (await store.head()).count == rounds * writers
-        assert len(inserts) <= rounds * writers / 3.3, f"{len(inserts)} INSERTs"
+        # two groups of four: 40; a loaded 2-core machine splits some groups (up to 53 seen);
+        # the bug this guards against sends 60
+        assert len(inserts) <= 56, f"{len(inserts)} INSERTs"
     finally:
         await engine.dispose()
