@@ -34,6 +34,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.catalog import EVENT_TYPES
+from events.claims import taking, took
 from events.envelope import shard_of
 from events.errors import EventStoreError, InvalidEventError
 from events.tables import data_keys, events, master_key_record
@@ -388,6 +389,9 @@ async def shred(conn: AsyncConnection, crypto: Crypto | None, stream_id: UUID) -
 
 
 # ---------------------------------------------------------------------------- checks
+_RECORD_KEY = taking(master_key_record, master_key_record.c.id)
+
+
 def _wrong_key(recorded: str, keyring: Keyring) -> MasterKeyError:
     return MasterKeyError(
         f"this database belongs to master key {recorded}, this process has "
@@ -409,15 +413,11 @@ async def claim_master_key(conn: AsyncConnection, keyring: Keyring) -> None:
     that lacks the recorded key. The caller rolls back on the error: nothing is written."""
     recorded = await recorded_master_key(conn)
     if recorded is None:
-        from sqlalchemy.dialects import postgresql, sqlite
-
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        await conn.execute(
-            dialect.insert(master_key_record)
-            .values(id=1, key_id=keyring.active.key_id, recorded_at=datetime.now(UTC))
-            .on_conflict_do_nothing(index_elements=["id"])
-        )
-        recorded = await recorded_master_key(conn)
+        row = {"id": 1, "key_id": keyring.active.key_id, "recorded_at": datetime.now(UTC)}
+        if not await took(conn, _RECORD_KEY, row):  # another process recorded one first
+            recorded = await recorded_master_key(conn)
+        else:
+            recorded = keyring.active.key_id
     if recorded not in keyring.key_ids:
         raise _wrong_key(str(recorded), keyring)
 

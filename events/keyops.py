@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.catalog import EVENT_TYPES
+from events.claims import taking
 from events.crypto import Crypto, Keyring, record_master_key, verify
 from events.errors import EventStoreError
 from events.tables import data_keys, events
@@ -29,12 +29,7 @@ OnProgress = Callable[[int, int], None]
 BATCH_ATTEMPTS = 5
 #: new data key rows, skipping (and not returning) those another writer stored meanwhile: a
 #: lost race is an answer, not a failed statement (see `events.statements.sqlite_guarded_insert`)
-_INSERT_KEYS = {
-    "postgresql": postgresql.insert(data_keys)
-    .on_conflict_do_nothing()
-    .returning(data_keys.c.stream_id),
-    "sqlite": sqlite.insert(data_keys).on_conflict_do_nothing().returning(data_keys.c.stream_id),
-}
+_INSERT_KEYS = taking(data_keys, data_keys.c.stream_id)
 
 
 class _KeyRaced(EventStoreError):

@@ -87,7 +87,7 @@ class _Duplicate(Exception):
 _WRITE_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
-def _sqlite_write_lock(engine: AsyncEngine) -> asyncio.Lock | None:
+def sqlite_write_lock(engine: AsyncEngine) -> asyncio.Lock | None:
     """One lock per SQLite engine, shared by every CommandHandlers on it; None elsewhere."""
     if engine.dialect.name != "sqlite":
         return None
@@ -125,7 +125,7 @@ class CommandHandlers:
         #: worker mode's fast path: project a command's own events in its transaction when
         #: the read model is exactly at the version it was decided on (else the projector does)
         self.own_projection = own_projection
-        self._sqlite_writes = _sqlite_write_lock(engine)
+        self._sqlite_writes = sqlite_write_lock(engine)
 
     async def handle(self, command: Command, *, imported: bool = False) -> Outcome:
         """Carry out `command`; raises a RegistryError subclass (nothing written) on refusal.

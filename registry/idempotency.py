@@ -37,8 +37,8 @@ from pydantic_core import to_jsonable_python
 from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from events.claims import taking, took
 from events.crypto import Keyring, MasterKey
-from registry.claims import taking, took
 from registry.commands import Command, UpdateOAuthAccount
 from registry.errors import IdempotencyKeyReusedError
 from registry.tables import processed_commands

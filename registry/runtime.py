@@ -17,6 +17,7 @@ are visible to its reads at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ from projections import User as DefaultUser
 from projections.waiting import project_stream, projector_holds, wait_for_version
 from registry.commands import Command
 from registry.errors import ProjectionTimeoutError
-from registry.handlers import CommandHandlers, Outcome, _sqlite_write_lock, profile_fields_of
+from registry.handlers import CommandHandlers, Outcome, profile_fields_of, sqlite_write_lock
 from registry.keys import enable, enabled
 from registry.retry import once_more
 from registry.schema import ensure_schema
@@ -95,12 +96,9 @@ class Runtime:
             return  # committed together with the events: visible already
         if not await projector_holds(self.engine, self.projection, outcome.user_id):
             # nobody else will project it: bring this user's rows up to the log here
-            lock = _sqlite_write_lock(self.engine)
-            if lock is None:
+            # on SQLite, queued behind this process's other writers as the handlers are
+            async with sqlite_write_lock(self.engine) or contextlib.nullcontext():
                 await project_stream(self.engine, self.projection, outcome.user_id)
-            else:
-                async with lock:
-                    await project_stream(self.engine, self.projection, outcome.user_id)
             return
         try:
             await wait_for_version(

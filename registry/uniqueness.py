@@ -28,7 +28,7 @@ from events import (
     UserRegistered,
     normalise_email,
 )
-from registry.claims import taking, took
+from events.claims import taking, took
 from registry.decisions import UserState
 from registry.errors import EmailAlreadyRegisteredError, OAuthAccountAlreadyLinkedError
 from registry.tables import email_reservations, oauth_reservations

@@ -1,5 +1,6 @@
 """Insert-if-absent: a row whose key is taken comes back as an empty result, not as a failed
-statement (email and OAuth reservations, processed command ids).
+statement (email and OAuth reservations, processed command ids, data keys, the master key
+record).
 
 Expected conflicts must not fail on SQLite: SQLAlchemy 2.0's aiosqlite adapter leaves a failed
 statement's driver cursor to the garbage collector, and freeing it on the event loop can block
