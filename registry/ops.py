@@ -4,35 +4,41 @@ from __future__ import annotations
 
 import getpass
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import EventStore, create_engine
 from registry.schema import require_registry
 from registry.settings import Settings
 
 
+@asynccontextmanager
+async def _engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """An engine on the configured database for one operation, disposed afterwards."""
+    engine = create_engine(settings.database_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
 async def gather_status(settings: Settings) -> dict[str, Any]:
     """Event count and head position, plus projection checkpoints (and failures, skips) when
     they exist."""
-    engine = create_engine(settings.database_url)
-    try:
+    from projections.status import projection_skips, projection_status
+
+    async with _engine(settings) as engine:
         await require_registry(engine)  # a new directory: say what to run, create nothing
         store = EventStore(engine)
         head = await store.head()
-        report: dict[str, Any] = {
+        return {
             "events": {"count": head.count, "head_position": head.position},
-            "projections": [],
-            "skipped": [],
+            "projections": [s.as_dict() for s in await projection_status(engine, store)],
+            "skipped": [s.as_dict() for s in await projection_skips(engine)],
         }
-        try:
-            from projections.status import projection_skips, projection_status
-        except ImportError:  # pragma: no cover - until the read side lands
-            return report
-        report["projections"] = [s.as_dict() for s in await projection_status(engine, store)]
-        report["skipped"] = [s.as_dict() for s in await projection_skips(engine)]
-        return report
-    finally:
-        await engine.dispose()
 
 
 def operator() -> str:
@@ -51,12 +57,8 @@ async def retry_failed(
     event again within a lease renewal. Returns the failures cleared."""
     from projections import failures
 
-    engine = create_engine(settings.database_url)
-    try:
-        async with engine.begin() as conn:
-            return [f.as_dict() for f in await failures.clear(conn, projection, partition)]
-    finally:
-        await engine.dispose()
+    async with _engine(settings) as engine, engine.begin() as conn:
+        return [f.as_dict() for f in await failures.clear(conn, projection, partition)]
 
 
 async def pending_event(settings: Settings, projection: str, partition: int) -> dict[str, Any]:
@@ -64,23 +66,18 @@ async def pending_event(settings: Settings, projection: str, partition: int) -> 
     failure recorded for it if any. Raises ProjectionError when there is none."""
     from projections import failures
 
-    engine = create_engine(settings.database_url)
-    try:
-        async with engine.connect() as conn:
-            _, ref = await failures.pending(conn, projection, partition)
-            found = await failures.failed(conn, projection, [partition])
-        info: dict[str, Any] = {
-            "projection": projection,
-            "partition": partition,
-            "position": ref.position,
-            "stream_id": str(ref.stream_id),
-            "stream_version": ref.stream_version,
-            "event_type": ref.event_type,
-            "failure": found[0].as_dict() if found else None,
-        }
-        return info
-    finally:
-        await engine.dispose()
+    async with _engine(settings) as engine, engine.connect() as conn:
+        _, ref = await failures.pending(conn, projection, partition)
+        found = await failures.failed(conn, projection, [partition])
+    return {
+        "projection": projection,
+        "partition": partition,
+        "position": ref.position,
+        "stream_id": str(ref.stream_id),
+        "stream_version": ref.stream_version,
+        "event_type": ref.event_type,
+        "failure": found[0].as_dict() if found else None,
+    }
 
 
 async def skip_event(
@@ -90,10 +87,6 @@ async def skip_event(
     Raises ProjectionError when that is not the partition's next event."""
     from projections import failures
 
-    engine = create_engine(settings.database_url)
-    try:
-        async with engine.begin() as conn:
-            record = await failures.skip(conn, projection, partition, position, by=by, note=note)
-        return record.as_dict()
-    finally:
-        await engine.dispose()
+    async with _engine(settings) as engine, engine.begin() as conn:
+        record = await failures.skip(conn, projection, partition, position, by=by, note=note)
+    return record.as_dict()
