@@ -56,8 +56,8 @@ async def run(opts: Options) -> list[Row]:
 
     from events import EventStore, create_engine
     from projections import OAuthAccount, User, UserProjection
-    from registry.lifespan import run_projector
-    from registry.runtime import EncryptingHandlers, custom_columns, use_handlers
+    from registry.adapter.projector import run_projector
+    from registry.adapter.runtime import EncryptingHandlers, custom_columns, use_handlers
     from registry.settings import Settings
 
     async with scratch_database(opts.database_url, "adapter") as url:

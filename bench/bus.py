@@ -99,7 +99,7 @@ async def run(opts: Options) -> list[Row]:
     from registry.bootstrap import build
     from registry.bus import Channels, running_bus
     from registry.bus.app import command_handlers
-    from registry.commands import RegisterUser
+    from registry.domain.commands import RegisterUser
     from registry.settings import Settings
 
     prefix = f"bench{uuid.uuid4().hex[:8]}"

@@ -100,7 +100,7 @@ class ProjectionWorker(PoisonHandling):
         #: checks it under lock before writing, so a stale one only costs a re-read)
         self._cursors: dict[int, Cursor] = {}
         self.applied = 0
-        #: the task running `run()`, when started by `registry.lifespan.run_projector`
+        #: the task running `run()`, when started by `registry.adapter.projector.run_projector`
         self.task: asyncio.Task[None] | None = None
         #: set once the worker has taken its first share of partitions
         self.ready = asyncio.Event()

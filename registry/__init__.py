@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from registry.adapter import EventSourcedUserDatabase
-    from registry.lifespan import run_projector
+    from registry.adapter.projector import run_projector
 
 __all__ = ["EventSourcedUserDatabase", "run_projector"]
 
@@ -20,7 +20,7 @@ def __getattr__(name: str) -> Any:  # lazy: `import registry` stays cheap for th
 
         return EventSourcedUserDatabase
     if name == "run_projector":
-        from registry.lifespan import run_projector
+        from registry.adapter.projector import run_projector
 
         return run_projector
     raise AttributeError(f"module 'registry' has no attribute {name!r}")

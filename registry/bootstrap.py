@@ -3,7 +3,7 @@
 Entry points (CLI commands, the API, the bus consumer) get what they need from here and nothing
 else constructs these objects. Every entry point calls `Container.encrypt()` before it migrates
 or writes anything (`run_projector` and the adapter's runtime do the same through
-`registry.keys.enable`), so personal data is sealed whichever process writes it.
+`registry.service.keys.enable`), so personal data is sealed whichever process writes it.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class Container:
         handlers = self.extras.get("handlers")
         if handlers is None:
             from projections import UserProjection
-            from registry.runtime import EncryptingHandlers, custom_columns
+            from registry.adapter.runtime import EncryptingHandlers, custom_columns
 
             inline = None
             if self.settings.projection_mode == "inline":
@@ -86,10 +86,11 @@ class Container:
         return handlers
 
     async def encrypt(self) -> Crypto:
-        """Turn on sealing of personal data for this container's engine (`registry.keys.enable`
-        with these models): call it first, before the schema is migrated or anything written.
+        """Turn on sealing of personal data for this container's engine
+        (`registry.service.keys.enable` with these models): call it first, before the schema is
+        migrated or anything written.
         Raises `MasterKeyError` for a wrong or missing master key; nothing is written then."""
-        from registry.keys import enable
+        from registry.service.keys import enable
 
         return await enable(self.engine, self.settings, self.user_table, self.oauth_table)
 

@@ -34,7 +34,7 @@ oauth_reservations = Table(
 )
 
 #: commands that carried a command_id, and what they did (stream versions (from, to]); the
-#: command's kind and content fingerprint bind the id to that command (registry.idempotency)
+#: command's kind and content fingerprint bind the id to that command (registry.service.idempotency)
 processed_commands = Table(
     "registry_processed_commands",
     metadata,

@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 from projections.queries import ReadModel
 from registry.api import errors
 from registry.api.auth import BearerAuth
-from registry.api.ops import ops_router
+from registry.api.monitoring import ops_router
 from registry.api.users import users_router
 from registry.bootstrap import Container
 

@@ -11,7 +11,7 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 from registry.api.errors import ApiProblem
-from registry.retry import connection_lost, once_more
+from registry.service.retry import connection_lost, once_more
 
 #: seconds a client is told to wait when the database stays unreachable
 RETRY_AFTER = 1

@@ -43,7 +43,7 @@ def background(container: Container) -> Lifespan:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        from registry.lifespan import run_projector
+        from registry.adapter.projector import run_projector
 
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from events import EventStore, normalise_email
 from projections.queries import ReadModel
-from registry.decisions import fold
+from registry.domain.decisions import fold
 from registry.errors import UserNotFoundError
 
 

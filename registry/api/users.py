@@ -15,8 +15,8 @@ from events.crypto import ERASED
 from projections.queries import MAX_PAGE, ReadModel, UserFilter
 from registry.api.errors import ApiProblem, responses
 from registry.api.params import Instant, PlainText, StrictBool, StrictInt
+from registry.api.responses import HistoryEntry, HistoryOut, UserOut, UserPageOut
 from registry.api.retrying import ReadRoute
-from registry.api.schemas import HistoryEntry, HistoryOut, UserOut, UserPageOut
 from registry.api.timetravel import user_as_of
 from registry.bootstrap import Container
 from registry.errors import ProjectionTimeoutError, UserNotFoundError

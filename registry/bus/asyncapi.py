@@ -15,7 +15,7 @@ from registry.bus.brokers import broker_kind, create_broker
 from registry.bus.channels import Channels
 from registry.bus.relay import PublishedEvent
 from registry.bus.replies import Reply
-from registry.commands import COMMANDS, Command
+from registry.domain.commands import COMMANDS, Command
 
 DEFAULT_URL = "nats://localhost:4222"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from registry.commands import COMMANDS, Command
+from registry.domain.commands import COMMANDS, Command
 from registry.errors import InvalidCommandError, PayloadTooLargeError, UnknownCommandError
 
 #: deepest nesting of objects/arrays a command may have (a profile of nested objects included)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from registry.bus.payloads import parse_command, peek_command_id, validation_message
-from registry.commands import Command
+from registry.domain.commands import Command
 from registry.errors import InvalidCommandError, PayloadTooLargeError, RegistryError
 
 log = logging.getLogger("registry.bus")

@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from events import EventStore, create_engine
-from registry.commands import LinkOAuthAccount, RegisterUser, UpdateUser
+from registry.domain.commands import LinkOAuthAccount, RegisterUser, UpdateUser
 
 pytestmark = pytest.mark.e2e
 
@@ -116,8 +116,8 @@ def start(tmp_path: Path) -> Iterator[object]:
 async def write_users(db: Path, key_file: Path) -> list[tuple[str, int]]:
     """Register, update and link through the command handlers, on the server's SQLite file,
     sealed with the master key the server generated (as a second process would)."""
-    from registry.handlers import CommandHandlers
-    from registry.keys import enable
+    from registry.service.handlers import CommandHandlers
+    from registry.service.keys import enable
     from registry.settings import Settings
 
     url = f"sqlite+aiosqlite:///{db}"

@@ -15,10 +15,10 @@ from events import EventStore
 from projections import UserProjection
 from projections.status import projection_status
 from registry import run_projector
-from registry.commands import RegisterUser, UpdateUser
-from registry.handlers import CommandHandlers
-from registry.lifespan import ensure_schema
-from registry.runtime import custom_columns
+from registry.adapter.runtime import custom_columns
+from registry.domain.commands import RegisterUser, UpdateUser
+from registry.schema import ensure_schema
+from registry.service.handlers import CommandHandlers
 from registry.settings import Settings
 from tests.integration.test_adapter import OAuthAccount, User
 

@@ -23,10 +23,10 @@ from projections import UserProjection
 from projections.status import projection_status
 from projections.tables import projection_checkpoints, projection_tombstones
 from registry import EventSourcedUserDatabase, run_projector
+from registry.adapter.runtime import custom_columns, use_handlers
 from registry.errors import ProjectionTimeoutError
-from registry.handlers import CommandHandlers
-from registry.lifespan import ensure_schema
-from registry.runtime import custom_columns, use_handlers
+from registry.schema import ensure_schema
+from registry.service.handlers import CommandHandlers
 from registry.settings import Settings
 from registry.tables import metadata as registry_metadata
 from tests.integration.test_adapter import OAUTH, OAuthAccount, User

@@ -20,7 +20,7 @@ from test_api_support import (
 
 from events import UserDeactivated, UserDeleted, UserEmailChanged, UserVerified
 from registry.api import create_app
-from registry.api.ops import stalled
+from registry.api.monitoring import stalled
 
 PROTECTED = [
     "/users",
@@ -142,7 +142,7 @@ async def test_min_version_beyond_the_log_is_refused_at_once(api: Api) -> None:
 
 
 async def test_min_version_waits_for_the_running_projector(api: Api) -> None:
-    from registry.lifespan import run_projector
+    from registry.adapter.projector import run_projector
 
     c = api.container
     async with run_projector(

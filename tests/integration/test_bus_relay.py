@@ -29,7 +29,7 @@ from projections.worker import ProjectionWorker
 from registry.bootstrap import Container
 from registry.bus import Channels, EventPublisher, EventRelay, command_handlers, create_broker
 from registry.bus.relay import public_payload
-from registry.commands import LinkOAuthAccount, RegisterUser, UpdateOAuthAccount, UpdateUser
+from registry.domain.commands import LinkOAuthAccount, RegisterUser, UpdateOAuthAccount, UpdateUser
 
 pytestmark = pytest.mark.broker
 SECRETS = ("correct horse", "gho_access", "ghr_refresh", "ya29_new", "new password!")

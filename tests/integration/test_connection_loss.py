@@ -30,8 +30,8 @@ from events.tables import events
 from projections import OAuthAccount, User, UserProjection
 from registry import EventSourcedUserDatabase
 from registry.api import create_app
-from registry.commands import RegisterUser, UpdateUser
-from registry.handlers import CommandHandlers
+from registry.domain.commands import RegisterUser, UpdateUser
+from registry.service.handlers import CommandHandlers
 from registry.tables import metadata as registry_metadata
 
 TERMINATIONS = 10
@@ -79,7 +79,7 @@ async def test_terminated_backends_reach_no_client(
     pg: tuple[AsyncEngine, Api, CommandHandlers], pg_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine, api, handlers = pg
-    caplog.set_level(logging.WARNING, logger="registry.retry")
+    caplog.set_level(logging.WARNING, logger="registry.service.retry")
     users = []
     for i in range(CLIENTS):
         out = await handlers.handle(

@@ -22,10 +22,10 @@ from test_api_support import Api, open_api
 from events import UserEmailChanged, UserRegistered
 from projections import OAuthAccount, User, UserProjection
 from registry import EventSourcedUserDatabase
+from registry.adapter.runtime import use_handlers
 from registry.bus.replies import Reply, process
 from registry.errors import InvalidCommandError
-from registry.handlers import CommandHandlers
-from registry.runtime import use_handlers
+from registry.service.handlers import CommandHandlers
 from registry.tables import email_reservations
 from registry.tables import metadata as registry_metadata
 

@@ -27,7 +27,7 @@ from events.crypto import ERASED, Crypto, Keyring, MasterKey, attach
 from events.tables import data_keys, events
 from projections import OAuthAccount, User, UserProjection
 from projections.replay import replay
-from registry.commands import (
+from registry.domain.commands import (
     DeleteUser,
     EraseUser,
     LinkOAuthAccount,
@@ -36,8 +36,8 @@ from registry.commands import (
     UpdateUser,
 )
 from registry.errors import UserNotFoundError
-from registry.handlers import CommandHandlers, Outcome
 from registry.schema import ensure_schema
+from registry.service.handlers import CommandHandlers, Outcome
 from registry.tables import email_reservations, oauth_reservations, processed_commands
 
 #: the app's custom column marked personal (sealed, and shredded with the rest)

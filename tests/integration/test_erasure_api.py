@@ -17,8 +17,8 @@ from test_erasure import FastHasher, Victim, full_life
 
 from events.crypto import Crypto, Keyring, MasterKey, attach
 from registry.api import create_app
-from registry.commands import EraseUser
-from registry.handlers import CommandHandlers
+from registry.domain.commands import EraseUser
+from registry.service.handlers import CommandHandlers
 
 
 @pytest.fixture

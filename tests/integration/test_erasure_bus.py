@@ -33,7 +33,7 @@ from test_erasure import assert_nowhere, dump_every_table
 from events.crypto import Crypto, Keyring, MasterKey, attach
 from registry.bootstrap import Container
 from registry.bus import Channels
-from registry.commands import RegisterUser
+from registry.domain.commands import RegisterUser
 
 pytestmark = pytest.mark.broker
 

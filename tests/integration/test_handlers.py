@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from events import EventStore, UserRegistered
 from events.tables import events
 from events.tables import metadata as events_metadata
-from registry.commands import (
+from registry.domain.commands import (
     DeleteUser,
     LinkOAuthAccount,
     RegisterUser,
@@ -28,7 +28,7 @@ from registry.errors import (
     UserNotFoundError,
     VersionConflictError,
 )
-from registry.handlers import CommandHandlers
+from registry.service.handlers import CommandHandlers
 from registry.tables import email_reservations, oauth_reservations
 from registry.tables import metadata as registry_metadata
 
@@ -235,7 +235,7 @@ async def test_secrets_never_logged(
         await handlers.handle(UpdateUser(user_id=uid, password="plain-SECRET-3", profile={"x": 1}))
     # aiosqlite's own DEBUG logger prints SQL parameters: a driver's debug trace, not ours
     ours = [r for r in caplog.records if not r.name.startswith("aiosqlite")]
-    assert any(r.name == "registry.handlers" for r in ours)
+    assert any(r.name == "registry.service.handlers" for r in ours)
     text = " ".join(r.getMessage() + str(r.exc_text or "") for r in ours)
     assert "SECRET" not in text and "fake$" not in text
 

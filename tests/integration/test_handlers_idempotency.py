@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from events import EventStore
 from events.crypto import Crypto, Keyring, MasterKey
 from events.tables import metadata as events_metadata
-from registry.commands import EraseUser, RegisterUser, UpdateUser
+from registry.domain.commands import EraseUser, RegisterUser, UpdateUser
 from registry.errors import IdempotencyKeyReusedError
-from registry.handlers import CommandHandlers
+from registry.service.handlers import CommandHandlers
 from registry.tables import email_reservations, processed_commands
 from registry.tables import metadata as registry_metadata
 from tests.integration.test_handlers import count_events

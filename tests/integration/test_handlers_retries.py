@@ -17,9 +17,9 @@ from events import EventStore, RecordedEvent, create_engine
 from events.tables import metadata as events_metadata
 from projections import BaseUserTableUUID, UserProjection
 from projections.tables import metadata as projections_metadata
-from registry.commands import RegisterUser, UpdateUser
-from registry.handlers import CommandHandlers
-from registry.retry import retryable_sqlstate, sqlstate
+from registry.domain.commands import RegisterUser, UpdateUser
+from registry.service.handlers import CommandHandlers
+from registry.service.retry import retryable_sqlstate, sqlstate
 from registry.tables import metadata as registry_metadata
 from tests.integration.test_handlers import count_events
 

@@ -33,17 +33,18 @@ from events.crypto import Crypto, Keyring, MasterKey, MasterKeyError, attach, cr
 from events.tables import events
 from projections import BaseUserTableUUID, OAuthAccount, User
 from registry import EventSourcedUserDatabase
+from registry.adapter.projector import run_projector
 from registry.bootstrap import build
-from registry.commands import RegisterUser
-from registry.handlers import CommandHandlers
-from registry.keys import (
+from registry.domain.commands import RegisterUser
+from registry.schema import ensure_schema
+from registry.service.handlers import CommandHandlers
+from registry.service.keys import (
     enable,
     load_keyring,
     personal_columns,
     read_key_file,
     write_key_file,
 )
-from registry.lifespan import ensure_schema, run_projector
 from registry.settings import Settings, get_settings
 
 

@@ -27,9 +27,9 @@ from events import EventStore, create_engine, shard_of
 from events.crypto import Crypto, Keyring, MasterKey, crypto_of
 from events.keyops import encrypt_events
 from events.tables import data_keys, events
-from registry.commands import UpdateUser
-from registry.handlers import CommandHandlers
-from registry.keys import enable
+from registry.domain.commands import UpdateUser
+from registry.service.handlers import CommandHandlers
+from registry.service.keys import enable
 
 KEY = MasterKey.generate()
 V1_EMAIL, V1_HASH = "ada.v1@example.com", "$argon2id$v1-legacy-hash"

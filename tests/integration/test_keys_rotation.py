@@ -28,9 +28,9 @@ from events import EventStore, create_engine
 from events.crypto import Keyring, MasterKey, MasterKeyError, verify
 from events.keyops import keys_to_rotate, rotate
 from events.tables import data_keys
-from registry.commands import RegisterUser, UpdateUser
-from registry.handlers import CommandHandlers
-from registry.keys import enable
+from registry.domain.commands import RegisterUser, UpdateUser
+from registry.service.handlers import CommandHandlers
+from registry.service.keys import enable
 
 OLD, NEW = MasterKey.generate(), MasterKey.generate()
 

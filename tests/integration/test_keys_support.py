@@ -21,9 +21,9 @@ from events.crypto import MasterKey, shred
 from events.tables import data_keys, events
 from projections import OAuthAccount, User, UserProjection
 from projections.replay import replay
-from registry.commands import LinkOAuthAccount, RegisterUser, UpdateUser
-from registry.handlers import CommandHandlers
-from registry.lifespan import ensure_schema
+from registry.domain.commands import LinkOAuthAccount, RegisterUser, UpdateUser
+from registry.schema import ensure_schema
+from registry.service.handlers import CommandHandlers
 from registry.settings import Settings
 
 REGISTRY = str(Path(sys.executable).with_name("registry"))

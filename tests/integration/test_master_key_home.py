@@ -20,9 +20,9 @@ from events import create_engine
 from events.crypto import MasterKey, MasterKeyError, recorded_master_key
 from events.keyops import rotate
 from projections import OAuthAccount, User
-from registry.keys import default_key_file, enable, load_keyring
-from registry.lifespan import run_projector
+from registry.adapter.projector import run_projector
 from registry.schema import ensure_schema
+from registry.service.keys import default_key_file, enable, load_keyring
 from registry.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -116,8 +116,8 @@ def test_status_where_there_is_no_registry_says_what_to_run_and_creates_nothing(
 async def test_status_of_a_postgresql_database_without_a_registry(pg_url: str) -> None:
     import pytest
 
-    from registry.ops import gather_status
     from registry.schema import RegistryMissingError
+    from registry.service.operations import gather_status
     from registry.settings import Settings
 
     with pytest.raises(RegistryMissingError, match=r"no events table.*registry migrate"):

@@ -12,7 +12,7 @@ from test_projection_support import AppOAuth, AppUser
 from events import EventStore, OAuthAccountLinked, UserProfileUpdated, UserRegistered
 from projections import UserProjection
 from projections.worker import wait_for_version
-from registry.lifespan import run_projector
+from registry.adapter.projector import run_projector
 from registry.settings import Settings
 
 

@@ -23,13 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from events import ConcurrencyError, EventStore, UserRegistered
 from events.crypto import Crypto, Keyring, MasterKey
 from events.tables import metadata as events_metadata
-from registry.commands import LinkOAuthAccount, RegisterUser, UpdateOAuthAccount, UpdateUser
+from registry.domain.commands import LinkOAuthAccount, RegisterUser, UpdateOAuthAccount, UpdateUser
 from registry.errors import (
     EmailAlreadyRegisteredError,
     OAuthAccountAlreadyLinkedError,
     UserAlreadyExistsError,
 )
-from registry.handlers import CommandHandlers
+from registry.service.handlers import CommandHandlers
 from registry.tables import metadata as registry_metadata
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from registry.commands import (
+from registry.domain.commands import (
     COMMANDS,
     LinkOAuthAccount,
     RegisterUser,

@@ -24,7 +24,7 @@ from events import (
     UserUnverified,
     UserVerified,
 )
-from registry.commands import (
+from registry.domain.commands import (
     DeleteUser,
     EraseUser,
     LinkOAuthAccount,
@@ -32,7 +32,7 @@ from registry.commands import (
     UpdateOAuthAccount,
     UpdateUser,
 )
-from registry.decisions import UserState, decide, fold
+from registry.domain.decisions import UserState, decide, fold
 from registry.errors import (
     InvalidCommandError,
     OAuthAccountAlreadyLinkedError,
@@ -40,7 +40,7 @@ from registry.errors import (
     UserAlreadyExistsError,
     UserNotFoundError,
 )
-from registry.passwords import check_profile
+from registry.service.passwords import check_profile
 
 UID = uuid.uuid4()
 

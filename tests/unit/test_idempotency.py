@@ -1,5 +1,6 @@
-"""Fingerprints that bind an idempotency key to its command (registry.idempotency): stable over
-redeliveries, different for other content, keyed by the master key, never the plaintext."""
+"""Fingerprints that bind an idempotency key to its command (registry.service.idempotency):
+stable over redeliveries, different for other content, keyed by the master key, never the
+plaintext."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ import hashlib
 import uuid
 
 from events.crypto import Keyring, MasterKey
-from registry.commands import (
+from registry.domain.commands import (
     EraseUser,
     LinkOAuthAccount,
     RegisterUser,
     UpdateOAuthAccount,
     UpdateUser,
 )
-from registry.idempotency import SECRET_GIVEN, _content, fingerprint, matches
+from registry.service.idempotency import SECRET_GIVEN, _content, fingerprint, matches
 
 K1, K2 = MasterKey.generate(), MasterKey.generate()
 USER = uuid.uuid4()

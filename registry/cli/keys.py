@@ -1,7 +1,5 @@
 """`registry keygen`, `registry rotate-master-key`, `registry encrypt-events`: master keys and
-bringing the log under encryption. Added to the `registry` group by `registry.cli` (`register`);
-the shared CLI helpers are imported from it when a command runs, so either module may be
-imported first (also under `python -m registry.cli`)."""
+bringing the log under encryption."""
 
 from __future__ import annotations
 
@@ -11,10 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as Bar
 
+from events import keyops
 from events.crypto import MasterKey, MasterKeyError
 from events.keyops import Migration, Rotation
-from registry.keys import MASTER_KEY_VAR, PREVIOUS_KEYS_VAR, load_keyring, write_key_file
+from registry.bootstrap import build
+from registry.cli.common import EXIT_USAGE, emit_json, fail, load_settings, run
+from registry.schema import ensure_schema
+from registry.service.keys import MASTER_KEY_VAR, PREVIOUS_KEYS_VAR, load_keyring, write_key_file
 from registry.settings import Settings
 
 Progress = Callable[[int, int], None]
@@ -23,9 +28,6 @@ Progress = Callable[[int, int], None]
 @contextmanager
 def progress_bar(description: str) -> Iterator[Progress]:
     """A progress bar on stderr; yields the `on_progress(done, total)` callback."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-    from rich.progress import Progress as Bar
 
     bar = Bar(
         TextColumn(f"[bold]{description}"),
@@ -40,7 +42,6 @@ def progress_bar(description: str) -> Iterator[Progress]:
 
 
 def _run_or_fail(what: str, go: Callable[[], Awaitable[Any]]) -> Any:
-    from registry.cli import fail, run
 
     try:
         return run(go)
@@ -70,7 +71,6 @@ def keygen(output: Path | None, keep_existing: bool) -> None:
     Set it as REGISTRY_MASTER_KEY in every process (or keep it in the file named by
     REGISTRY_MASTER_KEY_FILE). Keep it secret and backed up: without it, the personal data in
     the log cannot be read. To replace a key in use, see `registry rotate-master-key`."""
-    from registry.cli import EXIT_USAGE, fail
 
     key = MasterKey.generate()
     if output is not None:
@@ -91,13 +91,11 @@ def keygen(output: Path | None, keep_existing: bool) -> None:
 
 
 async def _rotate(settings: Settings, batch_size: int, on_progress: Progress) -> Rotation:
-    from events.keyops import rotate
-    from registry.bootstrap import build
 
     keyring = load_keyring(settings, generate=False)
     container = build(settings)
     try:
-        return await rotate(
+        return await keyops.rotate(
             container.engine, keyring, batch_size=batch_size, on_progress=on_progress
         )
     finally:
@@ -114,7 +112,6 @@ def rotate_master_key(batch_size: int, as_json: bool) -> None:
     old one(s), once every running process has both keys (see the README's rotation steps).
     Each batch commits on its own: an interrupted run resumes when run again. Afterwards the
     old key can be dropped everywhere; a process with only the old key refuses to start."""
-    from registry.cli import emit_json, load_settings
 
     settings = load_settings()
     with progress_bar("re-wrapping data keys") as on_progress:
@@ -131,15 +128,12 @@ def rotate_master_key(batch_size: int, as_json: bool) -> None:
 
 
 async def _encrypt(settings: Settings, batch_size: int, on_progress: Progress) -> Migration:
-    from events.keyops import encrypt_events
-    from registry.bootstrap import build
-    from registry.schema import ensure_schema
 
     container = build(settings)
     try:
         crypto = await container.encrypt()
         await ensure_schema(container.engine, container.user_table, container.oauth_table)
-        return await encrypt_events(
+        return await keyops.encrypt_events(
             container.engine, crypto, batch_size=batch_size, on_progress=on_progress
         )
     finally:
@@ -156,7 +150,6 @@ def encrypt_events(batch_size: int, as_json: bool) -> None:
     key one and moves the personal values of their clear events into the sealed column (the
     payload keeps "[erased]" placeholders). Erased users are skipped. Online, resumable (run it
     again after an interruption) and idempotent (a second run changes nothing)."""
-    from registry.cli import emit_json, load_settings
 
     settings = load_settings()
     with progress_bar("sealing events") as on_progress:
@@ -179,9 +172,3 @@ def encrypt_events(batch_size: int, as_json: bool) -> None:
         f"{result.scanned} events stored in clear scanned"
         + ("" if result.sealed else ": nothing left to encrypt")
     )
-
-
-def register(group: click.Group) -> None:
-    """Add these commands to the `registry` group."""
-    for command in (keygen, rotate_master_key, encrypt_events):
-        group.add_command(command)

@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events.claims import taking, took
 from events.crypto import Keyring, MasterKey
-from registry.commands import Command, UpdateOAuthAccount
+from registry.domain.commands import Command, UpdateOAuthAccount
 from registry.errors import IdempotencyKeyReusedError
 from registry.tables import processed_commands
 

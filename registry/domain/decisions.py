@@ -30,7 +30,7 @@ from events import (
     UserUnverified,
     UserVerified,
 )
-from registry.commands import (
+from registry.domain.commands import (
     Command,
     DeleteUser,
     EraseUser,

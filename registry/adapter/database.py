@@ -22,7 +22,8 @@ from sqlalchemy.orm import joinedload
 from sqlalchemy.sql import Select
 
 from events.emails import lookup_key
-from registry.commands import (
+from registry.adapter.runtime import Runtime, custom_columns, engine_of, runtime_for
+from registry.domain.commands import (
     Command,
     DeleteUser,
     EraseUser,
@@ -37,9 +38,8 @@ from registry.errors import (
     UserAlreadyExistsError,
     UserNotFoundError,
 )
-from registry.handlers import Outcome
-from registry.retry import session_read
-from registry.runtime import Runtime, custom_columns, engine_of, runtime_for
+from registry.service.handlers import Outcome
+from registry.service.retry import session_read
 
 #: `get`'s statement per user model (prepared with a bind parameter, built once)
 _BY_ID: weakref.WeakKeyDictionary[Any, Select[Any]] = weakref.WeakKeyDictionary()

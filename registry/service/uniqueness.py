@@ -29,7 +29,7 @@ from events import (
     normalise_email,
 )
 from events.claims import taking, took
-from registry.decisions import UserState
+from registry.domain.decisions import UserState
 from registry.errors import EmailAlreadyRegisteredError, OAuthAccountAlreadyLinkedError
 from registry.tables import email_reservations, oauth_reservations
 

@@ -30,12 +30,12 @@ from events import EventStore
 from projections import ProjectionTimeout, UserProjection
 from projections import User as DefaultUser
 from projections.waiting import project_stream, projector_holds, wait_for_version
-from registry.commands import Command
+from registry.domain.commands import Command
 from registry.errors import ProjectionTimeoutError
-from registry.handlers import CommandHandlers, Outcome, profile_fields_of, sqlite_write_lock
-from registry.keys import enable, enabled
-from registry.retry import once_more
 from registry.schema import ensure_schema
+from registry.service.handlers import CommandHandlers, Outcome, profile_fields_of, sqlite_write_lock
+from registry.service.keys import enable, enabled
+from registry.service.retry import once_more
 from registry.settings import Settings, get_settings
 
 #: columns of the read model that are not the app's custom ("profile") columns
@@ -57,7 +57,7 @@ class Runtime:
     async def prepare(self, *, write: bool) -> None:
         """Before the first read: the registry's tables and the model's tables, made when
         missing (`registry.schema.ensure_schema`). Before the first write also encryption
-        (`registry.keys.enable`: a wrong or missing master key raises `MasterKeyError`, and
+        (`registry.service.keys.enable`: a wrong or missing master key raises `MasterKeyError`, and
         on a database that exists nothing is changed)."""
         if self.schema_ready and (not write or enabled(self.engine)):
             return
@@ -110,7 +110,7 @@ class Runtime:
 
 class EncryptingHandlers(CommandHandlers):
     """The adapter's command handlers: the adapter has no start-up of its own, so encryption
-    is turned on from settings (`registry.keys.enable`, verified against the stored keys)
+    is turned on from settings (`registry.service.keys.enable`, verified against the stored keys)
     before the first command is handled; a wrong or missing master key fails that command
     with `MasterKeyError` and writes nothing."""
 

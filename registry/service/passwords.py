@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from registry.commands import Command, RegisterUser, UpdateUser
+from registry.domain.commands import Command, RegisterUser, UpdateUser
 from registry.errors import InvalidCommandError
 
 #: fields of every user that are not "profile" (custom columns)

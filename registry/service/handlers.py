@@ -3,7 +3,7 @@
 `CommandHandlers.handle(command)` reads the user's stream, decides, and in ONE transaction
 appends the events (first), then takes/moves/releases reservations, destroys the user's data
 key when the events erase them (crypto-shredding, `events.crypto.shred`), records the
-command_id with the command's fingerprint (`registry.idempotency`) and, in inline mode,
+command_id with the command's fingerprint (`registry.service.idempotency`) and, in inline mode,
 projects. On any error nothing is written.
 """
 
@@ -24,15 +24,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events import ConcurrencyError, EventStore, Metadata, RecordedEvent, UserErased
 from events.crypto import Keyring, shred
-from registry import idempotency
-from registry.commands import Command, LinkOAuthAccount, RegisterUser
-from registry.decisions import UserState, decide, fold
+from registry.domain.commands import Command, LinkOAuthAccount, RegisterUser
+from registry.domain.decisions import UserState, decide, fold
 from registry.errors import RegistryError, VersionConflictError
-from registry.passwords import PasswordHasher, prepare
-from registry.retry import once_more, retryable_sqlstate
-from registry.uniqueness import reserve
+from registry.service import idempotency
+from registry.service.passwords import PasswordHasher, prepare
+from registry.service.retry import once_more, retryable_sqlstate
+from registry.service.uniqueness import reserve
 
-log = logging.getLogger("registry.handlers")
+log = logging.getLogger("registry.service.handlers")
 
 #: attempts of read-decide-append when the stream moved under us and no expected_version was
 #: stated (the command is re-decided against the new state each time)
@@ -132,7 +132,7 @@ class CommandHandlers:
 
         The same `command_id` again with the same command returns the first outcome with
         `duplicate=True`; with another kind or content, `IdempotencyKeyReusedError` (nothing
-        done; see `registry.idempotency`). With an `expected_version` that is not the user's
+        done; see `registry.service.idempotency`). With an `expected_version` that is not the user's
         version: VersionConflictError. Without one, a concurrent change to the same user makes
         this command be decided again, as does a deadlock or serialization failure (SQLSTATE
         40P01/40001); any other error surfaces as itself, after one attempt, nothing written.

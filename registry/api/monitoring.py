@@ -13,8 +13,8 @@ from sqlalchemy import text
 
 from registry.api import metrics
 from registry.api.errors import json_responses, responses
+from registry.api.responses import HealthOut, ProjectionsOut
 from registry.api.retrying import ReadRoute
-from registry.api.schemas import HealthOut, ProjectionsOut
 from registry.bootstrap import Container
 
 #: a partition whose oldest unprojected event is older than this is stalled

@@ -52,7 +52,7 @@ from events.crypto import (
 from events.tables import data_keys, master_key_record
 from registry.settings import Settings
 
-log = logging.getLogger("registry.keys")
+log = logging.getLogger("registry.service.keys")
 
 MASTER_KEY_VAR = "REGISTRY_MASTER_KEY"
 PREVIOUS_KEYS_VAR = "REGISTRY_PREVIOUS_MASTER_KEYS"

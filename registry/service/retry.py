@@ -26,7 +26,7 @@ from events.connectivity import connection_lost, sqlstate
 
 T = TypeVar("T")
 
-log = logging.getLogger("registry.retry")
+log = logging.getLogger("registry.service.retry")
 
 __all__ = ["connection_lost", "once_more", "retryable_sqlstate", "session_read", "sqlstate"]
 

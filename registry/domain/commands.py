@@ -8,7 +8,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, StrictInt
 
-from registry.fields import (
+from registry.domain.fields import (
     INT32_MAX,
     NO_NUL,
     PLAIN,
@@ -32,8 +32,8 @@ class Command(BaseModel):
     `expected_version`: the user's stream version the sender saw; a different current version
     fails with VERSION_CONFLICT and changes nothing.
 
-    Every field is checked before anything runs (`registry.fields`): no NUL, control character
-    or lone surrogate in a stored string, the email rule (`events.emails`) on addresses,
+    Every field is checked before anything runs (`registry.domain.fields`): no NUL, control
+    character or lone surrogate in a stored string, the email rule (`events.emails`) on addresses,
     strict booleans and integers. A refusal is INVALID_COMMAND on the bus and
     `InvalidCommandError` from the adapter; nothing is written.
     """

@@ -21,9 +21,9 @@ from typing import Any, Protocol
 from pydantic import SecretStr, ValidationError
 
 from events import normalise_url
-from registry.commands import Command, LinkOAuthAccount, RegisterUser
+from registry.domain.commands import Command, LinkOAuthAccount, RegisterUser
 from registry.errors import InvalidCommandError, RegistryError
-from registry.import_source import (
+from registry.service.import_source import (
     USER_BASE_COLUMNS,
     ImportSourceError,
     as_uuid,

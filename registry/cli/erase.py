@@ -7,8 +7,16 @@ import sys
 import uuid
 
 import click
+from sqlalchemy import inspect
 
-from registry.handlers import Outcome
+from events.tables import events
+from projections import UserProjection
+from registry.bootstrap import build
+from registry.cli.common import EXIT_USAGE, emit_json, fail, load_settings, run
+from registry.domain.commands import EraseUser
+from registry.errors import RegistryError
+from registry.schema import ensure_schema
+from registry.service.handlers import Outcome
 from registry.settings import Settings
 
 #: the user does not exist (the same code `registry send` uses for a rejected command)
@@ -21,13 +29,6 @@ async def erase_user(settings: Settings, user_id: uuid.UUID) -> Outcome:
 
     When the read model is caught up with the user, their rows go in the same transaction;
     otherwise the projector removes them when it applies the `UserErased`."""
-    from sqlalchemy import inspect
-
-    from events.tables import events
-    from projections import UserProjection
-    from registry.bootstrap import build
-    from registry.commands import EraseUser
-    from registry.schema import ensure_schema
 
     container = build(settings)
     try:
@@ -48,11 +49,6 @@ async def erase_user(settings: Settings, user_id: uuid.UUID) -> Outcome:
         await container.aclose()
 
 
-def register(group: click.Group) -> None:
-    """Add `erase` to the `registry` command group."""
-    group.add_command(erase)
-
-
 @click.command()
 @click.argument("user_id")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
@@ -66,8 +62,6 @@ def erase(user_id: str, yes: bool, as_json: bool) -> None:
     Their events stay (history shows them as erased). Erasing again changes nothing.
     Exit codes: 0 erased (or already erased), 3 no such user, 1 error, 2 usage error.
     """
-    from registry.cli import EXIT_USAGE, emit_json, fail, load_settings, run
-    from registry.errors import RegistryError
 
     try:
         uid = uuid.UUID(user_id)

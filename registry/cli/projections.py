@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import click
 
+from projections.errors import ProjectionError
+from registry.cli.common import emit_json, fail, load_settings, run
+from registry.service.operations import operator, pending_event, retry_failed, skip_event
+
 #: a skip refused (not the partition's next event, no such partition): nothing changed
 EXIT_REFUSED = 3
-
-
-def register(group: click.Group) -> None:
-    """Add the `projections` group to the `registry` command group."""
-    group.add_command(projections)
 
 
 @click.group()
@@ -27,8 +26,6 @@ def retry(projection: str | None, partition: int | None, as_json: bool) -> None:
     """Clear the failure of PROJECTION's failed partitions (every projection's when omitted):
     the projector holding each tries its event again, with a fresh count of attempts. Fix the
     cause first (a master key, the app's model)."""
-    from registry.cli import emit_json, fail, load_settings, run
-    from registry.ops import retry_failed
 
     if partition is not None and projection is None:
         fail("--partition needs a PROJECTION", 2)
@@ -63,9 +60,6 @@ def skip(
     PROJECTION applies (the one it failed on). The event stays in the log but is never
     applied to this projection; the skip is recorded (who, when, why) and listed by
     `registry status`. A replay applies the event again."""
-    from projections.errors import ProjectionError
-    from registry.cli import emit_json, fail, load_settings, run
-    from registry.ops import operator, pending_event, skip_event
 
     settings = load_settings()
     if not yes:

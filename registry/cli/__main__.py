@@ -1,0 +1,5 @@
+"""`python -m registry.cli`: the `registry` command line."""
+
+from registry.cli.app import main
+
+main()
