@@ -3,6 +3,10 @@ objects (JetStream streams, RabbitMQ exchanges and queues, Redis consumer groups
 
 Everything derives from one prefix (default ``registry``, setting ``REGISTRY_BUS_PREFIX``), so
 test runs and side-by-side deployments never share a queue or a stream.
+
+`Channels.command_channels` is the table of commands on the bus (`CommandChannel`: name,
+channel, command model, reply model); the consumer's subscriptions
+(`registry.bus.subscriptions`) and the AsyncAPI document are both built from it.
 """
 
 from __future__ import annotations
@@ -10,9 +14,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from registry.domain.commands import COMMANDS
+from registry.bus.replies import Reply
+from registry.domain.commands import COMMANDS, Command
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+
+
+@dataclass(frozen=True, slots=True)
+class CommandChannel:
+    """One command on the bus: its `name`, the channel (`address`) it is sent on, the model
+    its payload is validated against (`command`) and the model of the reply it gets."""
+
+    name: str
+    address: str
+    command: type[Command]
+    reply: type[Reply] = Reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +47,13 @@ class Channels:
     @property
     def commands(self) -> dict[str, str]:
         return {name: self.command(name) for name in COMMANDS}
+
+    @property
+    def command_channels(self) -> tuple[CommandChannel, ...]:
+        """Every command the consumer takes, in `registry.domain.commands.COMMANDS` order."""
+        return tuple(
+            CommandChannel(name, self.command(name), cls) for name, cls in COMMANDS.items()
+        )
 
     @property
     def command_wildcard(self) -> str:

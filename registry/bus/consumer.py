@@ -15,6 +15,9 @@ identity on the broker as its id (`bus:nats:<stream>:<created>:<sequence>`,
 commit, a lost acknowledgement) returns the first outcome. A message is acknowledged once its
 command has run, also when the reply cannot be sent (logged once, at WARNING).
 
+What the consumer reads on each broker is declared in `registry.bus.subscriptions`, which the
+AsyncAPI document (`registry.bus.asyncapi`) is built from as well.
+
 Durability per broker (what stays on the broker: `registry.bus.retention`):
 - NATS: a work-queue JetStream stream over `<prefix>.users.*` and one durable pull consumer;
   a message is acknowledged after its reply, so a consumer killed before acking gets it
@@ -49,6 +52,7 @@ from registry.bus.retention import (
     ensure_queue,
     trim_redis_streams,
 )
+from registry.bus.subscriptions import Subscriptions
 from registry.errors import InvalidCommandError
 
 log = logging.getLogger("registry.bus")
@@ -88,6 +92,8 @@ class CommandConsumer:
         self.ack_wait = ack_wait
         self.consumer_name = consumer_name or f"{socket.gethostname()}-{os.getpid()}"
         self.kind = broker_kind_of(broker)
+        #: what this consumer reads, as `registry.bus.asyncapi` documents it
+        self.subscriptions = Subscriptions(self.kind, self.channels, self.consumer_name, ack_wait)
         self._nats: NatsCommandLoop | None = None
         self._trimmer: asyncio.Task[None] | None = None
         getattr(self, f"_wire_{self.kind}")()
@@ -128,7 +134,7 @@ class CommandConsumer:
             await self._nats.start()
         if self.kind == "redis":
             client = await self.broker.connect()
-            streams = list(self.channels.commands.values())
+            streams = list(dict.fromkeys(sub.address for sub in self.subscriptions))
             self._trimmer = asyncio.create_task(trim_redis_streams(client, streams))
 
     async def finish(self, grace: float = STOP_GRACE) -> None:
@@ -269,12 +275,13 @@ class CommandConsumer:
     # ------------------------------------------------------------------ brokers
     def _wire_nats(self) -> None:
         ch = self.channels
+        (sub,) = self.subscriptions
         self._nats = NatsCommandLoop(
             self.broker,
             stream=command_stream_config(
-                ch.nats_command_stream, [ch.command_wildcard], self.max_payload_bytes
+                ch.nats_command_stream, [sub.address], self.max_payload_bytes
             ),
-            subject=ch.command_wildcard,
+            subject=sub.address,
             durable=ch.durable,
             run=self._run_nats,
             max_workers=self.max_workers,
@@ -282,20 +289,19 @@ class CommandConsumer:
         )
 
     def _wire_rabbit(self) -> None:
-        from faststream.rabbit import Channel, ExchangeType, RabbitExchange, RabbitQueue
+        from faststream.rabbit import Channel
 
         ch = self.channels
-        exchange = RabbitExchange(ch.exchange, type=ExchangeType.TOPIC, durable=True)
-        # declared and bound by `prepare` (or kept, when it cannot be migrated)
-        queue = RabbitQueue(ch.queue, durable=True, routing_key=ch.command_wildcard, declare=False)
 
         async def on_command(_body: Any) -> None:
             message = self._message()
             await self._run(message, ch.command_name(message.raw_message.routing_key))
 
+        (sub,) = self.subscriptions
+        args, options = self.subscriptions.subscriber_args(sub)
         self.broker.subscriber(
-            queue,
-            exchange,
+            *args,
+            **options,
             channel=Channel(prefetch_count=self.max_workers),
             decoder=_raw_body,
             no_reply=True,
@@ -303,43 +309,22 @@ class CommandConsumer:
         )(on_command)
 
     def _wire_redis(self) -> None:
-        from faststream.redis import StreamSub
-
-        ch = self.channels
-        idle_ms = max(1, int(self.ack_wait * 1000))
-        for name, channel in ch.commands.items():
-            sub = StreamSub(channel, group=ch.durable, consumer=self.consumer_name)
+        for sub in self.subscriptions:
+            args, options = self.subscriptions.subscriber_args(sub)
+            if not sub.reclaim:
+                options["max_workers"] = self.max_workers
+            (command,) = sub.channels
             self.broker.subscriber(
-                stream=sub,
-                max_workers=self.max_workers,
-                decoder=_raw_body,
-                no_reply=True,
-                include_in_schema=False,
-            )(self._bound(name))
-            # entries a dead consumer of the group read but never acknowledged: claimed
-            # (XAUTOCLAIM) once idle for ack_wait, then handled like any other
-            reclaim = StreamSub(
-                channel,
-                group=ch.durable,
-                consumer=f"{self.consumer_name}-reclaim",
-                min_idle_time=idle_ms,
-                polling_interval=min(idle_ms, 1000),
-            )
-            self.broker.subscriber(
-                stream=reclaim, decoder=_raw_body, no_reply=True, include_in_schema=False
-            )(self._bound(name))
+                *args, **options, decoder=_raw_body, no_reply=True, include_in_schema=False
+            )(self._bound(command.name))
 
     def _wire_kafka(self) -> None:
-        ch = self.channels
-        for name, channel in ch.commands.items():
+        for sub in self.subscriptions:
+            args, options = self.subscriptions.subscriber_args(sub)
+            (command,) = sub.channels
             self.broker.subscriber(
-                channel,
-                group_id=ch.durable,
-                auto_offset_reset="earliest",
-                decoder=_raw_body,
-                no_reply=True,
-                include_in_schema=False,
-            )(self._bound(name, reply_topic=ch.replies))
+                *args, **options, decoder=_raw_body, no_reply=True, include_in_schema=False
+            )(self._bound(command.name, reply_topic=self.channels.replies))
 
     def _bound(self, name: str, reply_topic: str = "") -> Any:
         async def on_command(_body: Any) -> None:
