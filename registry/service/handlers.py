@@ -4,7 +4,9 @@
 appends the events (first), then takes/moves/releases reservations, destroys the user's data
 key when the events erase them (crypto-shredding, `events.crypto.shred`), records the
 command_id with the command's fingerprint (`registry.service.idempotency`) and, in inline mode,
-projects. On any error nothing is written.
+projects. On any error nothing is written. The transaction is a unit of work
+(`registry.service.unit_of_work`): the database's by default, or the in-memory one
+(`registry.service.memory`) for `BaseCommandHandlers` without a database.
 """
 
 from __future__ import annotations
@@ -13,47 +15,45 @@ import asyncio
 import logging
 import random
 import uuid
-import weakref
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import ConcurrencyError, EventStore, Metadata, RecordedEvent, UserErased
-from events.crypto import Keyring, shred
+from events.crypto import Keyring
+from events.port import EventLog
 from registry.domain.commands import Command, LinkOAuthAccount, RegisterUser
 from registry.domain.decisions import UserState, decide, fold
 from registry.errors import RegistryError, VersionConflictError
 from registry.service import idempotency
 from registry.service.passwords import PasswordHasher, prepare
 from registry.service.retry import once_more, retryable_sqlstate
-from registry.service.uniqueness import reserve
+from registry.service.unit_of_work import (
+    InlineProjection,
+    OwnProjection,
+    SqlUnitOfWork,
+    UnitOfWork,
+    sqlite_write_lock,
+)
+
+__all__ = [
+    "BaseCommandHandlers",
+    "CommandHandlers",
+    "InlineProjection",
+    "Outcome",
+    "OwnProjection",
+    "profile_fields_of",
+    "sqlite_write_lock",
+]
 
 log = logging.getLogger("registry.service.handlers")
 
 #: attempts of read-decide-append when the stream moved under us and no expected_version was
 #: stated (the command is re-decided against the new state each time)
 MAX_ATTEMPTS = 30
-
-
-class OwnProjection(Protocol):
-    """What the writer-side fast path needs (projections.UserProjection fits)."""
-
-    async def apply_own(
-        self, conn: AsyncConnection, recorded: Sequence[RecordedEvent], after_version: int
-    ) -> bool: ...
-
-
-class InlineProjection(OwnProjection, Protocol):
-    """What inline mode needs of a projection (projections.UserProjection fits): the fast
-    path, and the fold for when the read model is not where the command was decided."""
-
-    name: str
-
-    async def apply(self, conn: AsyncConnection, batch: Sequence[RecordedEvent]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -84,40 +84,27 @@ class _Duplicate(Exception):
     back; the record decides what to answer."""
 
 
-_WRITE_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
-
-
-def sqlite_write_lock(engine: AsyncEngine) -> asyncio.Lock | None:
-    """One lock per SQLite engine, shared by every CommandHandlers on it; None elsewhere."""
-    if engine.dialect.name != "sqlite":
-        return None
-    lock = _WRITE_LOCKS.get(engine.sync_engine)
-    if lock is None:
-        lock = _WRITE_LOCKS[engine.sync_engine] = asyncio.Lock()
-    return lock
-
-
 def _user_id(command: Command) -> uuid.UUID:
     value = getattr(command, "user_id", None)
     assert isinstance(value, uuid.UUID)
     return value
 
 
-class CommandHandlers:
-    """Carries out commands against the log. See the module docstring for the transaction."""
+class BaseCommandHandlers:
+    """Carries out commands through a unit of work (see the module docstring for the
+    transaction). `CommandHandlers` is this on the database."""
 
     def __init__(
         self,
-        engine: AsyncEngine,
-        store: EventStore,
+        unit_of_work: UnitOfWork,
         *,
         profile_fields: frozenset[str] | None = None,
         inline_projection: InlineProjection | None = None,
         password_helper: PasswordHasher | None = None,
         own_projection: OwnProjection | None = None,
     ) -> None:
-        self.engine = engine
-        self.store = store
+        self.unit_of_work = unit_of_work
+        self.store: EventLog = unit_of_work.store
         #: the user model's custom columns; None: any profile key is accepted
         self.profile_fields = profile_fields
         self.inline_projection = inline_projection
@@ -125,7 +112,6 @@ class CommandHandlers:
         #: worker mode's fast path: project a command's own events in its transaction when
         #: the read model is exactly at the version it was decided on (else the projector does)
         self.own_projection = own_projection
-        self._sqlite_writes = sqlite_write_lock(engine)
 
     async def handle(self, command: Command, *, imported: bool = False) -> Outcome:
         """Carry out `command`; raises a RegistryError subclass (nothing written) on refusal.
@@ -204,12 +190,10 @@ class CommandHandlers:
     async def _attempt(
         self, command: Command, metadata: Metadata, fingerprint: str | None, *, first: bool
     ) -> Outcome:
-        if self._sqlite_writes is None:
+        lock = self.unit_of_work.write_lock
+        if lock is None:
             return await self._attempt_in_tx(command, metadata, fingerprint, first)
-        # SQLite has one writer at a time anyway: queue this process's writers here instead of
-        # in the driver's busy handler, where each waiter holds a pooled connection (and a
-        # thread) for up to the busy timeout
-        async with self._sqlite_writes:
+        async with lock:
             return await self._attempt_in_tx(command, metadata, fingerprint, first)
 
     async def _attempt_in_tx(
@@ -220,13 +204,13 @@ class CommandHandlers:
         a command_id recorded already; every other error as itself (nothing written)."""
         user_id = _user_id(command)
         try:
-            async with self.engine.begin() as conn:
+            async with self.unit_of_work.transaction() as tx:
                 if first and isinstance(command, RegisterUser):
                     # a registration expects an empty stream: skip the read; if the id is
                     # taken the append conflicts and the next attempt reads and refuses
                     state = UserState(user_id=user_id)
                 else:
-                    state = fold(user_id, await self.store.read_stream(user_id, conn=conn))
+                    state = fold(user_id, await tx.read_stream(user_id))
                 if (
                     command.expected_version is not None
                     and command.expected_version != state.version
@@ -239,30 +223,21 @@ class CommandHandlers:
                 recorded: list[RecordedEvent] = []
                 if new_events:
                     # events FIRST: on PostgreSQL the transaction id is assigned here
-                    recorded = await self.store.append(
-                        user_id,
-                        new_events,
-                        expected_version=state.version,
-                        metadata=metadata,
-                        conn=conn,
+                    recorded = await tx.append(
+                        user_id, new_events, expected_version=state.version, metadata=metadata
                     )
-                    await reserve(conn, state, recorded)
+                    await tx.reserve(state, recorded)
                     if any(isinstance(r.event, UserErased) for r in recorded):
-                        await shred(conn, self.store.crypto, user_id)
-                        await idempotency.forget(conn, user_id)
+                        await tx.erase(user_id)
                 version = recorded[-1].stream_version if recorded else state.version
-                if command.command_id is not None and not await idempotency.record(
-                    conn, command, fingerprint, user_id, state.version, version
+                if command.command_id is not None and not await tx.record(
+                    command, fingerprint, user_id, state.version, version
                 ):
                     raise _Duplicate(command.command_id)
                 projected = False
-                if recorded and self.inline_projection is not None:
-                    inline = self.inline_projection
-                    if not await inline.apply_own(conn, recorded, state.version):
-                        await inline.apply(conn, recorded)
-                    projected = True
-                elif recorded and self.own_projection is not None:
-                    projected = await self.own_projection.apply_own(conn, recorded, state.version)
+                inline, own = self.inline_projection, self.own_projection
+                if recorded and (inline is not None or own is not None):
+                    projected = await tx.project(recorded, state.version, inline=inline, own=own)
         except BaseException as exc:
             # rolled back: a data key made for the stream in this transaction was not stored
             self.store.forget_key(user_id)
@@ -279,13 +254,39 @@ class CommandHandlers:
     async def _prior(self, command: Command, keyring: Keyring | None) -> Outcome | None:
         """The first outcome of the command's id if it was processed already, or None.
         Raises `IdempotencyKeyReusedError` when the id was used for another command."""
-        async with self.engine.connect() as conn:
-            row = await idempotency.prior(conn, command, keyring)
-            if row is None:
-                return None
-            stream = await self.store.read_stream(row.user_id, to_version=row.to_version, conn=conn)
-        recorded = tuple(e for e in stream if e.stream_version > row.from_version)
-        return Outcome(row.user_id, row.to_version, recorded, duplicate=True)
+        prior = await self.unit_of_work.prior(command, keyring)
+        if prior is None:
+            return None
+        recorded = tuple(e for e in prior.stream if e.stream_version > prior.from_version)
+        return Outcome(prior.user_id, prior.to_version, recorded, duplicate=True)
+
+
+class CommandHandlers(BaseCommandHandlers):
+    """The command handlers on the database: `engine` and `store` make the unit of work
+    (`SqlUnitOfWork`) unless another one is given."""
+
+    store: EventStore
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        store: EventStore,
+        *,
+        profile_fields: frozenset[str] | None = None,
+        inline_projection: InlineProjection | None = None,
+        password_helper: PasswordHasher | None = None,
+        own_projection: OwnProjection | None = None,
+        unit_of_work: UnitOfWork | None = None,
+    ) -> None:
+        super().__init__(
+            unit_of_work if unit_of_work is not None else SqlUnitOfWork(engine, store),
+            profile_fields=profile_fields,
+            inline_projection=inline_projection,
+            password_helper=password_helper,
+            own_projection=own_projection,
+        )
+        self.engine = engine
+        self.store = store
 
 
 def profile_fields_of(user_table: Any, builtin: frozenset[str]) -> frozenset[str]:

@@ -143,12 +143,19 @@ async def prior(
             select(processed_commands).where(processed_commands.c.command_id == command.command_id)
         )
     ).first()
-    if found is not None and not matches(found.command, found.fingerprint, command, keyring):
+    if found is not None:
+        refuse_reuse(found.command, found.fingerprint, command, keyring)
+    return found
+
+
+def refuse_reuse(kind: str, stored: str | None, command: Command, keyring: Keyring | None) -> None:
+    """Raise `IdempotencyKeyReusedError` unless `command` is the one recorded under its id
+    (as `kind` with fingerprint `stored`)."""
+    if not matches(kind, stored, command, keyring):
         raise IdempotencyKeyReusedError(
             f"command_id {command.command_id!r} was already used for a different command; "
             "nothing was done (use a new command_id for a new command)"
         )
-    return found
 
 
 async def forget(conn: AsyncConnection, user_id: uuid.UUID) -> None:
