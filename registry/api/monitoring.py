@@ -11,6 +11,7 @@ from fastapi.params import Depends as DependsParam
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
+from projections.status import projection_skips, projection_status
 from registry.api import metrics
 from registry.api.errors import json_responses, responses
 from registry.api.responses import HealthOut, ProjectionsOut
@@ -23,14 +24,10 @@ DB_CHECK_TIMEOUT = 3.0
 
 
 async def partitions(container: Container) -> list[dict[str, Any]]:
-    from projections.status import projection_status
-
     return [s.as_dict() for s in await projection_status(container.engine, container.store)]
 
 
 async def skipped(container: Container) -> list[dict[str, Any]]:
-    from projections.status import projection_skips
-
     return [s.as_dict() for s in await projection_skips(container.engine)]
 
 

@@ -26,6 +26,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+# A process talks to one broker: each broker's client library (FastStream's broker module,
+# nats-py, aiormq) is imported in the function that uses that broker, because importing them
+# all measurably slows the start of every process, `registry` commands included.
+
 log = logging.getLogger("registry.bus")
 
 #: a command nobody handles is dropped after this long (seconds)
