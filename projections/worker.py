@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events import Cursor, EventStore, RecordedEvent
 from projections import failures, leases
-from projections.errors import ProjectionError
 from projections.poison import PoisonHandling, Suspect
 from projections.sharing import PartitionSharing
 from projections.signals import PROJECTIONS_CHANNEL, projection_wakeup
@@ -132,9 +132,7 @@ class ProjectionWorker(PoisonHandling, PartitionSharing):
                     async with self.engine.begin() as conn:
                         await leases.ensure_partitions(conn, self.name, self.partitions)
                     break
-                except ProjectionError:
-                    raise
-                except Exception:
+                except (SQLAlchemyError, OSError):
                     if attempt == 4:
                         raise
                     await asyncio.sleep(0.2 * (attempt + 1))
@@ -165,7 +163,7 @@ class ProjectionWorker(PoisonHandling, PartitionSharing):
             if now >= next_maintenance:
                 try:
                     await self._maintain()
-                except Exception:
+                except Exception:  # whatever failed, the next round tries again
                     log.exception("lease maintenance failed", extra={"projection": self.name})
                 next_maintenance = now + interval
             self._dirty.clear()
@@ -180,7 +178,7 @@ class ProjectionWorker(PoisonHandling, PartitionSharing):
                     break
                 try:
                     progressed = await self.run_batches(group) > 0 or progressed
-                except Exception as exc:
+                except Exception as exc:  # a subscriber may raise anything: find the event
                     await self._recover(group, exc)
                     progressed = True
                 else:

@@ -11,7 +11,9 @@ from datetime import datetime
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
+    ColumnElement,
     Table,
+    Update,
     bindparam,
     delete,
     insert,
@@ -89,7 +91,7 @@ async def write_changes(
         await _update_grouped(conn, oauth, oauth_updates, guard_version=False)
 
 
-def matching(col: Any, ids: Sequence[uuid.UUID]) -> Any:
+def matching(col: ColumnElement[uuid.UUID], ids: Sequence[uuid.UUID]) -> ColumnElement[bool]:
     return col == ids[0] if len(ids) == 1 else col.in_(ids)
 
 
@@ -173,7 +175,7 @@ async def _update_grouped(
 
 
 @functools.lru_cache(maxsize=256)
-def _update_statement(table: Table, cols: tuple[str, ...], guard_version: bool) -> Any:
+def _update_statement(table: Table, cols: tuple[str, ...], guard_version: bool) -> Update:
     """An UPDATE by id of these columns, built once per column set (reused compiled form)."""
     names = [c for c in cols if c != "_id"]
     # bind names must differ from column names in an UPDATE's SET clause
@@ -198,7 +200,7 @@ def row_update_only(change: StreamChange) -> bool:
 
 
 @functools.lru_cache(maxsize=256)
-def own_update_statement(table: Table, cols: tuple[str, ...]) -> Any:
+def own_update_statement(table: Table, cols: tuple[str, ...]) -> Update:
     """An UPDATE of these columns of the row with id `_id` only if it is at version `_after`
     (the writer-side fast path: applied, or left to the projector)."""
     return _update_statement(table, cols, False).where(table.c.version == bindparam("_after"))

@@ -211,7 +211,7 @@ class NatsCommandLoop:
             await self.run(
                 message, bus_id("nats", meta.stream, self.incarnation, meta.sequence.stream)
             )
-        except Exception:
+        except Exception:  # whatever the handler raised, the loop goes on
             # left unacknowledged: redelivered after ack_wait
             log.exception("command message not handled", extra={"subject": message.subject})
         finally:
