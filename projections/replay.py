@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import MetaData, Table, delete, func, select, text
+from sqlalchemy import MetaData, Table, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events import Cursor, EventStore
@@ -42,7 +42,6 @@ from projections.generations import (
     drop_table,
     foreign_referrers,
     swap,
-    table_names,
 )
 from projections.replay_bulk import BulkJob, bulk_shards
 from projections.replay_jobs import bulk_in_processes
@@ -260,32 +259,14 @@ class Replay:
         self.on_progress(self.progress)
         name = self.live.name
         async with self.engine.begin() as conn:
-            # lock out live projectors: their batches lock their checkpoint row first
-            await replay_book.touch(conn, self.book)
-            locked = select(cp.c.partition).where(cp.c.name == name).order_by(cp.c.partition)
-            if conn.dialect.name == "postgresql":
-                locked = locked.with_for_update()
-            # checkpoint rows before the tables: a live batch locks its checkpoint row and then
-            # writes the tables, so the other order deadlocks with it
-            partitions = [r.partition for r in await conn.execute(locked)]
-            if conn.dialect.name == "postgresql":
-                names = ", ".join(
-                    conn.dialect.identifier_preparer.quote(t.name) for t in self.live_tables
-                )
-                existing = await conn.run_sync(table_names)
-                if all(t.name in existing for t in self.live_tables):
-                    await conn.execute(text(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE"))
+            partitions = await replay_book.lock_out_live(conn, self.book, name, self.live_tables)
             while True:
                 cursor, n = await self._apply_next(conn)
                 if n == 0:
                     break
             if not self.in_place:
                 await conn.run_sync(swap, self.live_tables, self.next_tables)
-                tomb = projection_tombstones
-                await conn.execute(delete(tomb).where(tomb.c.projection == name))
-                await conn.execute(
-                    tomb.update().where(tomb.c.projection == self.book).values(projection=name)
-                )
+                await replay_book.move_tombstones(conn, self.book, name)
             count = len(partitions) or self.partitions
             await replay_book.hand_over(conn, name, self.book, cursor, count)
         return cursor

@@ -9,11 +9,12 @@ the book's place.
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import Table, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events import Cursor
 from events.envelope import SHARDS
+from projections.generations import table_names
 from projections.tables import projection_checkpoints, projection_tombstones, utcnow
 
 cp = projection_checkpoints
@@ -86,9 +87,32 @@ async def advance(conn: AsyncConnection, book: str, cursor: Cursor) -> None:
     )
 
 
-async def touch(conn: AsyncConnection, book: str) -> None:
-    """Lock the book's row for the rest of the transaction."""
+async def lock_out_live(
+    conn: AsyncConnection, book: str, name: str, live_tables: list[Table]
+) -> list[int]:
+    """Lock out the live projectors of `name` and the readers of its tables until the swap
+    commits; the live projection's partitions."""
+    # lock out live projectors: their batches lock their checkpoint row first
     await conn.execute(cp.update().where(cp.c.name == book).values(updated_at=utcnow()))
+    locked = select(cp.c.partition).where(cp.c.name == name).order_by(cp.c.partition)
+    if conn.dialect.name == "postgresql":
+        locked = locked.with_for_update()
+    # checkpoint rows before the tables: a live batch locks its checkpoint row and then
+    # writes the tables, so the other order deadlocks with it
+    partitions = [r.partition for r in await conn.execute(locked)]
+    if conn.dialect.name == "postgresql":
+        names = ", ".join(conn.dialect.identifier_preparer.quote(t.name) for t in live_tables)
+        existing = await conn.run_sync(table_names)
+        if all(t.name in existing for t in live_tables):
+            await conn.execute(text(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE"))
+    return partitions
+
+
+async def move_tombstones(conn: AsyncConnection, book: str, name: str) -> None:
+    """The replay's deletion tombstones become the live projection's."""
+    tomb = projection_tombstones
+    await conn.execute(delete(tomb).where(tomb.c.projection == name))
+    await conn.execute(tomb.update().where(tomb.c.projection == book).values(projection=name))
 
 
 async def hand_over(
