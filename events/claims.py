@@ -5,10 +5,10 @@ record).
 Expected conflicts must not fail on SQLite: SQLAlchemy 2.0's aiosqlite adapter leaves a failed
 statement's driver cursor to the garbage collector, and freeing it on the event loop can block
 the loop on that connection's mutex for the whole busy timeout (see
-`events.statements.sqlite_guarded_insert`). On PostgreSQL the conflict no longer aborts the
-transaction either; it is the same single round trip. On both backends a concurrent,
-uncommitted insert of the same key is waited for, as a plain INSERT would, so races are
-decided by the primary key as before.
+`events.statements.sqlite_guarded_insert`). On PostgreSQL the conflict does not abort the
+transaction either, and costs no extra round trip. On both backends a concurrent, uncommitted
+insert of the same key is waited for, as a plain INSERT would, so races are decided by the
+primary key.
 """
 
 from __future__ import annotations

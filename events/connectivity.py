@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from asyncpg.exceptions import InternalClientError
 from sqlalchemy.exc import DBAPIError
 
 #: SQLSTATEs of a connection the server ended: class 08 (connection exception), and
@@ -22,10 +23,6 @@ def _asyncpg_protocol_broken(exc: BaseException) -> bool:
     FATAL (pg_terminate_backend) was read but the socket's close not yet, so SQLAlchemy does
     not see the connection closed; asyncpg's protocol is stuck consuming an error that never
     ends. Its InternalClientError means only such a broken protocol state."""
-    try:
-        from asyncpg.exceptions import InternalClientError
-    except ImportError:  # pragma: no cover - SQLite-only installs
-        return False
     return isinstance(exc, InternalClientError)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from typing import Any
 
@@ -54,7 +55,7 @@ def _use_wal(cur: Any) -> None:
             cur.execute("PRAGMA journal_mode=WAL")
             if _journal_mode(cur) == "wal":
                 return
-        except Exception:  # the driver's OperationalError("database is locked")
+        except sqlite3.OperationalError:  # "database is locked"
             pass
         time.sleep(0.02)  # a first start only; the connection is not in use yet
     log.warning("the SQLite database is not in WAL mode: readers and writers will wait more")

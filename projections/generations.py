@@ -146,3 +146,15 @@ def _rename_pg(sync_conn: Connection, table: str) -> None:
     for name in list(indexes):
         if NEXT in name:
             sync_conn.execute(text(f"ALTER INDEX {q(name)} RENAME TO {q(name.replace(NEXT, ''))}"))
+
+
+def drop_table(sync_conn: Connection, table: Table) -> None:
+    table.drop(sync_conn, checkfirst=True)
+
+
+def create_table(sync_conn: Connection, table: Table) -> None:
+    table.create(sync_conn)
+
+
+def table_names(sync_conn: Connection) -> set[str]:
+    return set(inspect(sync_conn).get_table_names())

@@ -94,7 +94,7 @@ class PoisonHandling:
                 # a batch of one partition failed whole already: start with half of it
                 first = self.batch_size if len(group) > 1 else self.batch_size // 2
                 await self._isolate(partition, first)
-        except Exception as err:
+        except Exception as err:  # our own bookkeeping failed, whatever the cause: pause
             self._outage(err)
 
     async def _isolate(self, partition: int, limit: int) -> None:
@@ -104,7 +104,7 @@ class PoisonHandling:
         while not self._stopping and partition in self.held:
             try:
                 done = await self.run_batches([partition], limit=limit)
-            except Exception as exc:
+            except Exception as exc:  # a subscriber may raise anything
                 if connection_lost(exc):
                     raise
                 if limit == 1:
@@ -182,13 +182,13 @@ class PoisonHandling:
         suspect = self._suspects.get(partition)
         try:
             await self.run_batches([partition], limit=1)
-        except Exception as exc:
+        except Exception as exc:  # a subscriber may raise anything
             if connection_lost(exc):
                 self._outage(exc)
                 return
             try:
                 await self._suspect(partition, exc)
-            except Exception as err:
+            except Exception as err:  # our own bookkeeping failed, whatever the cause: pause
                 self._outage(err)
             return
         self._back_online()

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, Select, Table, false, select
+from sqlalchemy import ColumnElement, Select, false, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events.emails import lookup_key
+from projections.users import OAuthModel, UserModel, table_of
 
 #: columns of the read model that hold secrets: never selected
 SECRET_USER_COLUMNS = frozenset({"hashed_password"})
@@ -47,18 +48,12 @@ class UserPage:
     next_after: UUID | None
 
 
-def _table(model: Any) -> Table:
-    table = getattr(model, "__table__", model)
-    assert isinstance(table, Table)
-    return table
-
-
 class ReadModel:
     """Prepared queries over one user table (and optionally its OAuth account table)."""
 
-    def __init__(self, user_model: Any, oauth_model: Any | None = None) -> None:
-        self.users = _table(user_model)
-        self.oauth = _table(oauth_model) if oauth_model is not None else None
+    def __init__(self, user_model: UserModel, oauth_model: OAuthModel | None = None) -> None:
+        self.users = table_of(user_model)
+        self.oauth = table_of(oauth_model) if oauth_model is not None else None
         self.user_columns = [c for c in self.users.c if c.name not in SECRET_USER_COLUMNS]
         self.profile_columns = [
             c.name for c in self.user_columns if c.name not in BASE_USER_COLUMNS

@@ -3,9 +3,9 @@
 A replay spends its bulk phase in Python (decoding, folding, building rows), so one process is
 one core. Shards are independent (a stream never spans two), so the shards still to do are
 dealt out round-robin: this process takes the first share and N-1 forked processes the others,
-each running the same `Replay.bulk_shards` on its own connections. Every flush commits its
-shards' progress rows with their rows, so a run that fails or is interrupted resumes per shard,
-as with one process.
+each running the same share of work (`Replay.bulk_shards`) on its own connections. Every
+flush commits its shards' progress rows with their rows, so a run that fails or is interrupted
+resumes per shard, as with one process.
 
 Forked, not spawned: a child inherits the projection as it was built (an app's own models
 included) with nothing to pickle or import again. Nothing open crosses the fork: this process
@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from multiprocessing.sharedctypes import Synchronized
 
-from events import Cursor
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from projections.errors import ReplayError
-
-if TYPE_CHECKING:
-    from projections.replay import Replay
 
 #: how often this process adds the children's counts to the progress it reports (seconds)
 POLL = 0.2
+
+#: counts events read, a number at a time
+Count = Callable[[int], None]
+#: one process's share of the bulk phase: its shards, and how it counts the events it reads
+RunShare = Callable[[list[int], Count], Coroutine[object, object, None]]
 
 
 def deal(shards: list[int], jobs: int) -> list[list[int]]:
@@ -34,15 +38,24 @@ def deal(shards: list[int], jobs: int) -> list[list[int]]:
     return [share for i in range(jobs) if (share := shards[i::jobs])]
 
 
-async def bulk_in_processes(job: Replay, shards: list[int], head: Cursor) -> None:
-    shares = deal(shards, job.jobs)
+async def bulk_in_processes(
+    engine: AsyncEngine,
+    run_share: RunShare,
+    shards: list[int],
+    *,
+    jobs: int,
+    report: Count,
+) -> None:
+    """Run `run_share` on `shards` dealt out to `jobs` processes (this one included), on
+    `engine`'s connections; `report` receives the events read by all of them so far."""
+    shares = deal(shards, jobs)
     ctx = multiprocessing.get_context("fork")
-    counters = [ctx.Value("q", 0) for _ in shares[1:]]
-    await job.engine.dispose()  # no pooled connection crosses the fork
+    counters: list[Synchronized[int]] = [ctx.Value("q", 0) for _ in shares[1:]]
+    await engine.dispose()  # no pooled connection crosses the fork
     children = [
         ctx.Process(
             target=_child,
-            args=(job, share, head, counter),
+            args=(engine, run_share, share, counter),
             name=f"replay-bulk-{i}",
             daemon=True,
         )
@@ -50,27 +63,25 @@ async def bulk_in_processes(job: Replay, shards: list[int], head: Cursor) -> Non
     ]
     for child in children:
         child.start()
-    base = job.progress.done
     own = 0
 
-    def report() -> None:
-        job.progress.done = base + own + sum(int(c.value) for c in counters)
-        job.on_progress(job.progress)
+    def total() -> None:
+        report(own + sum(int(c.value) for c in counters))
 
     def count(n: int) -> None:
         nonlocal own
         own += n
-        report()
+        total()
 
     try:
-        mine = asyncio.create_task(job.bulk_shards(shares[0], head, count))
+        mine = asyncio.create_task(run_share(shares[0], count))
         while not mine.done():
             await asyncio.wait({mine}, timeout=POLL)
-            report()
+            total()
         await mine
         while any(c.is_alive() for c in children):
             await asyncio.sleep(POLL)
-            report()
+            total()
         failed = [c for c in children if c.exitcode != 0]
         if failed:
             codes = ", ".join(f"{c.name} exited {c.exitcode}" for c in failed)
@@ -78,7 +89,7 @@ async def bulk_in_processes(job: Replay, shards: list[int], head: Cursor) -> Non
                 f"{len(failed)} of {len(children) + 1} replay processes failed ({codes}); "
                 "run the replay again: it resumes from the shards already written"
             )
-        report()
+        total()
     finally:
         for child in children:
             if child.is_alive():
@@ -86,7 +97,9 @@ async def bulk_in_processes(job: Replay, shards: list[int], head: Cursor) -> Non
             child.join()
 
 
-def _child(job: Replay, share: list[int], head: Cursor, counter: Any) -> None:
+def _child(
+    engine: AsyncEngine, run_share: RunShare, share: list[int], counter: Synchronized[int]
+) -> None:
     def count(n: int) -> None:
         with counter.get_lock():
             counter.value += n
@@ -94,11 +107,11 @@ def _child(job: Replay, share: list[int], head: Cursor, counter: Any) -> None:
     async def main() -> None:
         # the pool inherited from the parent is empty (disposed before the fork): start anew
         # without touching it
-        await job.engine.dispose(close=False)
+        await engine.dispose(close=False)
         try:
-            await job.bulk_shards(share, head, count)
+            await run_share(share, count)
         finally:
-            await job.engine.dispose()
+            await engine.dispose()
 
     asyncio.run(main())
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, inspect, select, tuple_
+from sqlalchemy import Connection, func, inspect, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events import EventStore
@@ -40,11 +40,11 @@ class PartitionStatus:
         return asdict(self)
 
 
-def _has_tables(sync_conn: Any) -> bool:
+def _has_tables(sync_conn: Connection) -> bool:
     return bool(inspect(sync_conn).has_table(projection_checkpoints.name))
 
 
-def _has_failure_tables(sync_conn: Any) -> bool:
+def _has_failure_tables(sync_conn: Connection) -> bool:
     # a database not yet migrated to them has no failures to show
     return bool(inspect(sync_conn).has_table(projection_failures.name))
 

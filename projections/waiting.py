@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -12,7 +11,7 @@ from events import EventStore
 from projections import leases
 from projections.errors import ProjectionTimeout
 from projections.signals import is_listening, projection_wakeup
-from projections.users import projected_version
+from projections.users import UserProjection, projected_version
 
 #: how often a waiter looks again when no wake-up arrives
 POLL_SECONDS = 0.05
@@ -20,7 +19,11 @@ POLL_SECONDS_LISTENING = 0.5
 
 
 async def wait_for_version(
-    engine: AsyncEngine, projection: Any, stream_id: uuid.UUID, version: int, timeout: float
+    engine: AsyncEngine,
+    projection: UserProjection,
+    stream_id: uuid.UUID,
+    version: int,
+    timeout: float,
 ) -> None:
     """Return once `projection` reflects `version` of the stream (or its deletion at or after
     it); raise `ProjectionTimeout` after `timeout` seconds, saying plainly when no projector
@@ -44,7 +47,7 @@ async def wait_for_version(
 
 async def _explain(
     engine: AsyncEngine,
-    projection: Any,
+    projection: UserProjection,
     sid: uuid.UUID,
     version: int,
     current: int,
@@ -73,7 +76,9 @@ async def _explain(
     return f"{head}: the projector is behind"
 
 
-async def projector_holds(engine: AsyncEngine, projection: Any, stream_id: uuid.UUID) -> bool:
+async def projector_holds(
+    engine: AsyncEngine, projection: UserProjection, stream_id: uuid.UUID
+) -> bool:
     """True when a projector holds a live lease on the partition of `stream_id` (it will
     project the stream's new events)."""
     async with engine.connect() as conn:
@@ -84,7 +89,9 @@ async def projector_holds(engine: AsyncEngine, projection: Any, stream_id: uuid.
     return leases.partition_of(stream_id, partitions) in holders
 
 
-async def project_stream(engine: AsyncEngine, projection: Any, stream_id: uuid.UUID) -> None:
+async def project_stream(
+    engine: AsyncEngine, projection: UserProjection, stream_id: uuid.UUID
+) -> None:
     """Bring one stream's rows up to the log in one transaction: for a writer that no
     projector serves. Safe beside a projector that starts meanwhile (applying is idempotent:
     each row carries the version it reflects). Leaves the checkpoints alone."""

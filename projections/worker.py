@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import socket
 import time
@@ -21,12 +20,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events import Cursor, EventStore, RecordedEvent
 from projections import failures, leases
-from projections.errors import ProjectionError
 from projections.poison import PoisonHandling, Suspect
+from projections.sharing import PartitionSharing
 from projections.signals import PROJECTIONS_CHANNEL, projection_wakeup
 from projections.waiting import wait_for_version
 
@@ -61,7 +61,7 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-class ProjectionWorker(PoisonHandling):
+class ProjectionWorker(PoisonHandling, PartitionSharing):
     """Runs one subscriber over the partitions whose leases it holds, until cancelled.
 
     A batch that fails is retried partition by partition, then in halves, down to the one
@@ -132,9 +132,7 @@ class ProjectionWorker(PoisonHandling):
                     async with self.engine.begin() as conn:
                         await leases.ensure_partitions(conn, self.name, self.partitions)
                     break
-                except ProjectionError:
-                    raise
-                except Exception:
+                except (SQLAlchemyError, OSError):
                     if attempt == 4:
                         raise
                     await asyncio.sleep(0.2 * (attempt + 1))
@@ -165,7 +163,7 @@ class ProjectionWorker(PoisonHandling):
             if now >= next_maintenance:
                 try:
                     await self._maintain()
-                except Exception:
+                except Exception:  # whatever failed, the next round tries again
                     log.exception("lease maintenance failed", extra={"projection": self.name})
                 next_maintenance = now + interval
             self._dirty.clear()
@@ -180,7 +178,7 @@ class ProjectionWorker(PoisonHandling):
                     break
                 try:
                     progressed = await self.run_batches(group) > 0 or progressed
-                except Exception as exc:
+                except Exception as exc:  # a subscriber may raise anything: find the event
                     await self._recover(group, exc)
                     progressed = True
                 else:
@@ -233,64 +231,6 @@ class ProjectionWorker(PoisonHandling):
                 self._woken_at = time.monotonic()
             self._dirty.set()
 
-    async def _maintain(self) -> None:
-        """Heartbeat, renew our leases, and take or give partitions towards a fair share.
-
-        Each step is its own short transaction touching one lease row at a time (or several in
-        ascending order), so that workers maintaining at once cannot deadlock."""
-        async with self.engine.begin() as conn:
-            members = await leases.heartbeat(conn, self.name, self.worker_id, self.lease_ttl)
-        fair = math.ceil(self.partitions / max(members, 1))
-        kept = set()
-        async with self.engine.begin() as conn:
-            for p in sorted(self.held):
-                if await leases.renew(conn, self.name, p, self.worker_id, self.lease_ttl):
-                    kept.add(p)
-            extra = sorted(kept)[fair:]
-            if extra:
-                await leases.release(conn, self.name, extra, self.worker_id)
-                kept -= set(extra)
-        gained = []
-        offset = hash(self.worker_id) % self.partitions
-        for i in range(self.partitions):
-            if len(kept) >= fair:
-                break
-            p = (offset + i) % self.partitions
-            if p in kept:
-                continue
-            async with self.engine.begin() as conn:
-                if await leases.acquire(conn, self.name, p, self.worker_id, self.lease_ttl):
-                    kept.add(p)
-                    gained.append(p)
-        if gained or extra or kept != self.held:
-            log.info(
-                "partitions assigned",
-                extra={
-                    "projection": self.name,
-                    "worker": self.worker_id,
-                    "held": sorted(kept),
-                    "gained": gained,
-                    "released": extra,
-                    "workers": members,
-                },
-            )
-        if gained:
-            self._dirty.set()
-        for p in set(self._cursors) - (kept - set(gained)):
-            del self._cursors[p]  # read a gained partition's checkpoint afresh
-        await self._read_failures(kept)
-        self.held = kept
-        self.ready.set()
-
-    async def _leave(self) -> None:
-        # bounded: if the database is busy the leases simply expire (lease_ttl)
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(min(self.lease_ttl, 3.0)), self.engine.begin() as conn:
-                await leases.release(conn, self.name, sorted(self.held), self.worker_id)
-                await leases.leave(conn, self.name, self.worker_id)
-        self.held.clear()
-        log.info("projector stopped", extra={"projection": self.name, "worker": self.worker_id})
-
     # ------------------------------------------------------------------ one batch
     async def run_batches(self, partitions: Sequence[int], *, limit: int | None = None) -> int:
         """Apply the next batch of these partitions' events in one transaction: up to
@@ -300,7 +240,7 @@ class ProjectionWorker(PoisonHandling):
         from the batch (nothing of it is committed); one whose checkpoint another worker moved
         is read again next time.
 
-        On PostgreSQL a batch is seven round trips whatever the number of partitions: begin,
+        On PostgreSQL a batch takes the same round trips whatever the number of partitions: begin,
         read the events, renew the leases and lock the checkpoints, the subscriber's load and
         write, move the checkpoints and notify, commit. `limit`: fewer events than
         `batch_size` (narrowing a failure down to one event)."""

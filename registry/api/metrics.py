@@ -39,7 +39,7 @@ def counting(
     async def wrapped(command: Any) -> T:
         try:
             result = await handle(command)
-        except Exception as exc:
+        except Exception as exc:  # every failure is counted, then raised as it was
             record_command(name(command), "rejected", str(getattr(exc, "code", "INTERNAL_ERROR")))
             raise
         record_command(name(command), "accepted")

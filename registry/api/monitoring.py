@@ -10,7 +10,9 @@ from fastapi import APIRouter
 from fastapi.params import Depends as DependsParam
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
+from projections.status import projection_skips, projection_status
 from registry.api import metrics
 from registry.api.errors import json_responses, responses
 from registry.api.responses import HealthOut, ProjectionsOut
@@ -23,14 +25,10 @@ DB_CHECK_TIMEOUT = 3.0
 
 
 async def partitions(container: Container) -> list[dict[str, Any]]:
-    from projections.status import projection_status
-
     return [s.as_dict() for s in await projection_status(container.engine, container.store)]
 
 
 async def skipped(container: Container) -> list[dict[str, Any]]:
-    from projections.status import projection_skips
-
     return [s.as_dict() for s in await projection_skips(container.engine)]
 
 
@@ -94,7 +92,7 @@ def ops_router(container: Container, auth: DependsParam) -> APIRouter:
             async with asyncio.timeout(DB_CHECK_TIMEOUT), engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
             checks["database"] = "ok"
-        except Exception as exc:
+        except Exception as exc:  # a health check reports whatever failed, never raises
             checks["database"] = f"unreachable: {type(exc).__name__}"
         if checks["database"] == "ok":
             try:
@@ -103,7 +101,7 @@ def ops_router(container: Container, auth: DependsParam) -> APIRouter:
                 problems = [f"failed: {', '.join(stopped)}"] if stopped else []
                 problems += [f"stalled: {', '.join(late)}"] if late else []
                 checks["projections"] = "; ".join(problems) or "ok"
-            except Exception as exc:
+            except Exception as exc:  # reported, like the database check
                 checks["projections"] = f"unknown: {type(exc).__name__}"
         if all(v == "ok" for v in checks.values()):
             return {"status": "ok", "checks": checks}
@@ -135,11 +133,11 @@ def ops_router(container: Container, auth: DependsParam) -> APIRouter:
         head = await container.store.head()
         try:
             parts = await partitions(container)
-        except Exception:  # the projection tables may not exist yet
+        except SQLAlchemyError:  # the projection tables may not exist yet
             parts = []
         try:
             skips = await skipped(container)
-        except Exception:
+        except SQLAlchemyError:
             skips = []
         body = metrics.render(head.count, head.position, parts, skips)
         return PlainTextResponse(body, media_type=metrics.CONTENT_TYPE)

@@ -27,7 +27,7 @@ class ReadRoute(APIRoute):
         async def handle_once_more(request: Request) -> Response:
             try:
                 return await once_more(lambda: handle(request), what=what)
-            except Exception as exc:
+            except Exception as exc:  # only a lost connection is answered here
                 if not connection_lost(exc):
                     raise
                 raise ApiProblem(

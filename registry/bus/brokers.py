@@ -6,6 +6,10 @@ import logging
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+# A process talks to one broker: each broker's client library (FastStream's broker module,
+# nats-py, aiormq) is imported in the function that uses that broker, because importing them
+# all measurably slows the start of every process, `registry` commands included.
+
 Kind = Literal["nats", "rabbit", "redis", "kafka"]
 
 SCHEMES: dict[str, Kind] = {

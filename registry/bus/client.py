@@ -12,10 +12,14 @@ import json
 import uuid
 from typing import Any
 
-from registry.bus.brokers import broker_kind, create_broker
+from registry.bus.brokers import broker_kind, broker_kind_of, create_broker
 from registry.bus.channels import Channels
 from registry.bus.nats_commands import NatsRequester
 from registry.bus.replies import Reply
+
+# A process talks to one broker: each broker's client library (FastStream's broker module,
+# nats-py, aiormq) is imported in the function that uses that broker, because importing them
+# all measurably slows the start of every process, `registry` commands included.
 
 
 class ReplyTimeoutError(TimeoutError):
@@ -48,8 +52,6 @@ async def request(
 ) -> Reply:
     """Send `body` on the command channel of `name` over a connected NATS/RabbitMQ/Redis broker
     and return the reply; `ReplyTimeoutError` when none comes within `timeout` seconds."""
-    from registry.bus.brokers import broker_kind_of
-
     ch = channels or Channels()
     channel = ch.command(name)
     kind = broker_kind_of(broker)

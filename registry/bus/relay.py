@@ -31,6 +31,10 @@ from registry.bus.brokers import broker_kind_of
 from registry.bus.channels import Channels
 from registry.bus.nats_commands import declare_stream
 
+# A process talks to one broker: each broker's client library (FastStream's broker module,
+# nats-py, aiormq) is imported in the function that uses that broker, because importing them
+# all measurably slows the start of every process, `registry` commands included.
+
 log = logging.getLogger("registry.bus.relay")
 
 RELAY_NAME = "relay"

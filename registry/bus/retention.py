@@ -26,6 +26,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+# A process talks to one broker: each broker's client library (FastStream's broker module,
+# nats-py, aiormq) is imported in the function that uses that broker, because importing them
+# all measurably slows the start of every process, `registry` commands included.
+
 log = logging.getLogger("registry.bus")
 
 #: a command nobody handles is dropped after this long (seconds)
@@ -117,7 +121,7 @@ async def declare_command_stream(js: Any, config: Any, durable: str, drain: Drai
         if (await js.stream_info(name)).config.retention == old.config.retention:
             with contextlib.suppress(NotFoundError):
                 await js.delete_stream(name)
-    except Exception as exc:
+    except Exception as exc:  # whatever failed, the old stream keeps serving
         with contextlib.suppress(Exception):
             await js.update_stream(old.config)
         log.warning(
@@ -196,7 +200,7 @@ async def trim_redis_streams(
         for stream in streams:
             try:
                 trimmed = await client.xtrim(stream, minid=f"{cutoff}-0", approximate=False)
-            except Exception as exc:
+            except Exception as exc:  # the loop outlives any failure: tried again next time
                 log.warning("command stream not trimmed", extra={"error": type(exc).__name__})
                 continue
             if trimmed:

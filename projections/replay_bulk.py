@@ -1,0 +1,86 @@
+"""The bulk phase of a replay: fold shards up to the head in memory per stream and write each
+group's final rows together with the group's progress rows, in one transaction.
+
+Streams never span shards, so only per-shard order matters; memory is bounded by the group
+size (`BulkJob.flush_streams`), and an interrupted run resumes per shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from events import Cursor
+from events.crypto import crypto_of
+from projections.folding import StreamChange
+from projections.replay_reads import ShardBatch, read_shards
+from projections.tables import projection_checkpoints, utcnow
+from projections.users import UserProjection
+
+cp = projection_checkpoints
+
+
+@dataclass(frozen=True)
+class BulkJob:
+    """What one process needs for its share of the bulk phase."""
+
+    engine: AsyncEngine
+    #: the projection writing into the replay's target tables
+    target: UserProjection
+    #: the name of the replay's progress rows in `projection_checkpoints`
+    book: str
+    head: Cursor
+    batch_size: int
+    #: write the folded rows once this many streams are folded
+    flush_streams: int
+
+
+async def bulk_shards(job: BulkJob, shards: list[int], count: Callable[[int], None]) -> None:
+    """Read, fold and write `shards` up to the job's head, counting the events read with
+    `count`."""
+    # reading runs ahead of folding and writing (bounded queue): the database reads the
+    # next shards while this process folds and the previous group is written
+    queue: asyncio.Queue[ShardBatch | None] = asyncio.Queue(4)
+    reader = asyncio.create_task(read_shards(job.engine, shards, job.head, job.batch_size, queue))
+    writing: asyncio.Task[None] | None = None
+    try:
+        changes: dict[uuid.UUID, StreamChange] = {}
+        pending: list[int] = []
+        while (item := await queue.get()) is not None:
+            shard, chunk, keys = item
+            if chunk is not None:
+                job.target.fold_rows(changes, chunk, crypto_of(job.engine), keys)
+                count(len(chunk))
+                continue
+            pending.append(shard)
+            if len(changes) >= job.flush_streams:
+                # one group is written while the next one folds
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(_flush(job, changes, pending))
+                changes, pending = {}, []
+        if writing is not None:
+            await writing
+        await _flush(job, changes, pending)
+        await reader
+    finally:
+        reader.cancel()
+        if writing is not None:
+            writing.cancel()
+
+
+async def _flush(job: BulkJob, changes: dict[uuid.UUID, StreamChange], shards: list[int]) -> None:
+    if not shards:
+        return
+    async with job.engine.begin() as conn:
+        # the progress rows first: this begins the transaction the COPY then joins
+        await conn.execute(
+            cp.update()
+            .where(cp.c.name == job.book, cp.c.partition.in_(shards))
+            .values(tx_id=job.head.tx_id, position=job.head.position, updated_at=utcnow())
+        )
+        await job.target.write(conn, changes.values(), copy=True)
