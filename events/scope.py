@@ -10,7 +10,9 @@ The layers above keep their own per-engine state here too, without this package 
 types: each declares a typed `Slot` beside the code that uses it (the projections' wake-ups,
 the registry's key checks and adapter runtimes) and gets its value with `scope.get(SLOT)`,
 made on first use. So there is one per-engine dictionary in the process, and imports still run
-`registry → projections → events` only.
+`registry → projections → events` only. The registry's two slots (`registry.service.keys` and
+`registry.adapter.runtime`) stay apart rather than forming one registry-level object: such an
+object would have the service layer name the adapter's types.
 """
 
 from __future__ import annotations

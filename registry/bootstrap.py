@@ -5,7 +5,7 @@ Entry points take a `Container` from here and hand it down: the CLI commands ope
 `running(settings)`, the read API (`registry.api.app.create_app`) and the bus
 (`registry.bus.app.running_bus`) are given one, and `run_projector` and the FastAPI Users
 adapter wrap the app's own engine with `container_for`. `Container.start()` turns on sealing of
-personal data (`Container.encrypt`, the one caller of `registry.service.keys.enable`) before
+personal data (`encrypt`, the registry's one caller of `registry.service.keys.enable`) before
 anything is migrated or written; a wrong or missing master key raises `MasterKeyError` there,
 with nothing written. The handlers built here check the same before their first command, for
 code that uses a container without starting it.
@@ -27,10 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import EventStore, create_engine
 from events.crypto import Crypto
-from projections import BaseOAuthAccountTableUUID, BaseUserTableUUID, OAuthAccount, User
+from projections import OAuthAccount, User
 from projections.users import UserProjection
 from projections.worker import ProjectionWorker, Subscriber
 from registry.domain.commands import Command
+from registry.schema import OAuthModel, UserModel
 from registry.service.handlers import (
     CommandHandlers,
     InlineProjection,
@@ -41,9 +42,6 @@ from registry.service.handlers import (
 from registry.service.keys import enable, enabled
 from registry.service.passwords import PasswordHasher
 from registry.settings import Settings
-
-UserModel = type[BaseUserTableUUID]
-OAuthModel = type[BaseOAuthAccountTableUUID]
 
 #: columns of the read model that are not an app's custom ("profile") columns
 BUILTIN_COLUMNS = frozenset(c.key for c in User.__table__.columns)
@@ -274,6 +272,8 @@ async def running(settings: Settings, *, encrypted: bool = True) -> AsyncIterato
 __all__ = [
     "Container",
     "EncryptingHandlers",
+    "OAuthModel",
+    "UserModel",
     "build",
     "container_for",
     "custom_columns",

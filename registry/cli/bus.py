@@ -40,7 +40,7 @@ async def consume_commands(settings: Settings, *, relay: bool = True) -> None:
 
 async def send_command_and_wait(
     settings: Settings, name: str, payload: str, timeout: float
-) -> tuple[int, Any]:
+) -> tuple[int, dict[str, Any]]:
     """Send one command; (exit code, reply as a dict). Raises `ReplyTimeoutError` on timeout."""
     assert settings.broker_url
     reply = await send_command(
