@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import secrets
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +36,7 @@ from events.catalog import EVENT_TYPES
 from events.claims import taking, took
 from events.envelope import shard_of
 from events.errors import EventStoreError, InvalidEventError
+from events.scope import scope_of
 from events.tables import data_keys, events, master_key_record
 
 #: what a personal field reads as once its key is gone (and what the stored payload holds)
@@ -153,7 +153,7 @@ def _event_aad(stream_id: UUID, stream_version: int) -> bytes:
     return stream_id.bytes + stream_version.to_bytes(4, "big")
 
 
-def _clear(value: Any) -> Any:
+def _clear(value: object) -> str | None:
     return None if value is None else ERASED
 
 
@@ -174,7 +174,9 @@ def personal_spec(personal_profile: frozenset[str]) -> dict[str, _Spec]:
     }
 
 
-def split_personal(spec: _Spec, data: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+def split_personal(
+    spec: _Spec, data: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """See `Crypto.split`."""
     fields, nested, keys = spec
     clear = dict(data)
@@ -220,7 +222,9 @@ class Crypto:
         spec = self._spec.get(event_type)
         return spec is not None and bool(spec[0] or spec[2])
 
-    def split(self, event_type: str, data: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    def split(
+        self, event_type: str, data: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """(the payload with personal values replaced by "[erased]", the personal values)
         — the second is None when the payload holds nothing personal."""
         return split_personal(self._spec[event_type], data)
@@ -329,19 +333,13 @@ _STORED_KEY = select(data_keys.c.master_key_id, data_keys.c.wrapped_key).where(
 
 
 # ---------------------------------------------------------------------------- per engine
-_CRYPTO: weakref.WeakKeyDictionary[Any, Crypto] = weakref.WeakKeyDictionary()
-
-
 def attach(engine: AsyncEngine, crypto: Crypto | None) -> None:
     """Make every `EventStore` on `engine` seal and open with `crypto` (None: detach)."""
-    if crypto is None:
-        _CRYPTO.pop(engine.sync_engine, None)
-    else:
-        _CRYPTO[engine.sync_engine] = crypto
+    scope_of(engine).crypto = crypto
 
 
 def crypto_of(engine: AsyncEngine) -> Crypto | None:
-    return _CRYPTO.get(engine.sync_engine)
+    return scope_of(engine).crypto
 
 
 # ---------------------------------------------------------------------------- erasure

@@ -1,35 +1,40 @@
 """Wake-ups for read-your-writes waiters: in-process after a projector commits, and across
-processes on PostgreSQL through NOTIFY on `registry_projections`."""
+processes on PostgreSQL through NOTIFY on `registry_projections`. Their per-engine state lives
+in the engine's scope (`events.scope`)."""
 
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events.engine import asyncpg_dsn
 from events.notify import Wakeup, pg_listening
+from events.scope import Slot, scope_of
 
 PROJECTIONS_CHANNEL = "registry_projections"
 
-_wakeups: weakref.WeakKeyDictionary[Any, Wakeup] = weakref.WeakKeyDictionary()
-_listening: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+@dataclass
+class ProjectionSignals:
+    """One engine's projector commit signal, and how many LISTEN connections feed it."""
+
+    wakeup: Wakeup = field(default_factory=Wakeup)
+    listening: int = 0
+
+
+SIGNALS = Slot("projection signals", ProjectionSignals)
 
 
 def projection_wakeup(engine: AsyncEngine) -> Wakeup:
     """The signal notified whenever a projector on this engine commits a batch."""
-    key = engine.sync_engine
-    wakeup = _wakeups.get(key)
-    if wakeup is None:
-        wakeup = _wakeups[key] = Wakeup()
-    return wakeup
+    return scope_of(engine).get(SIGNALS).wakeup
 
 
 def is_listening(engine: AsyncEngine) -> bool:
-    return _listening.get(engine.sync_engine, 0) > 0
+    return scope_of(engine).get(SIGNALS).listening > 0
 
 
 @contextlib.asynccontextmanager
@@ -39,11 +44,10 @@ async def projections_listening(engine: AsyncEngine) -> AsyncIterator[None]:
     if engine.dialect.name != "postgresql":
         yield
         return
-    key = engine.sync_engine
-    channels = {PROJECTIONS_CHANNEL: projection_wakeup(engine)}
-    async with pg_listening(asyncpg_dsn(engine.url), channels):
-        _listening[key] = _listening.get(key, 0) + 1
+    signals = scope_of(engine).get(SIGNALS)
+    async with pg_listening(asyncpg_dsn(engine.url), {PROJECTIONS_CHANNEL: signals.wakeup}):
+        signals.listening += 1
         try:
             yield
         finally:
-            _listening[key] -= 1
+            signals.listening -= 1

@@ -38,11 +38,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from events.crypto import claim_master_key, crypto_of
 from events.tables import metadata as events_metadata
 from projections.models import OAuthAccount, User
-from projections.tables import BaseOAuthAccountTableUUID
+from projections.tables import BaseOAuthAccountTableUUID, BaseUserTableUUID
 from projections.tables import metadata as projections_metadata
 from projections.users import table_of
 from registry.errors import RegistryError
 from registry.tables import metadata as registry_metadata
+
+#: an app's read-model classes (subclasses of the mixins)
+UserModel = type[BaseUserTableUUID]
+OAuthModel = type[BaseOAuthAccountTableUUID]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 #: PostgreSQL advisory lock key held (for one transaction) while a process changes the schema
@@ -210,12 +214,14 @@ def _create_tables(sync_conn: Connection, tables: list[Table], complete: bool = 
             )
 
 
-def read_model_tables(user_table: Any, oauth_table: Any = None) -> list[Table]:
+def read_model_tables(
+    user_table: UserModel | Table, oauth_table: OAuthModel | Table | None = None
+) -> list[Table]:
     """The tables of the app's read model: its user table, and its OAuth table if it has one
     (given, or the target of the user model's relationship to a `BaseOAuthAccountTableUUID`
     model: reading the user loads it)."""
     tables = [table_of(user_table)]
-    related = [oauth_table] if oauth_table is not None else []
+    related: list[OAuthModel | Table] = [oauth_table] if oauth_table is not None else []
     if isinstance(user_table, type):
         mapper: Any = inspect(user_table, raiseerr=False)
         for rel in getattr(mapper, "relationships", ()):
@@ -230,8 +236,8 @@ def read_model_tables(user_table: Any, oauth_table: Any = None) -> list[Table]:
 
 async def ensure_schema(
     engine: AsyncEngine,
-    user_table: Any = None,
-    oauth_table: Any = None,
+    user_table: UserModel | Table | None = None,
+    oauth_table: OAuthModel | Table | None = None,
     *,
     migrate: bool = True,
     complete_columns: bool = True,

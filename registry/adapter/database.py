@@ -9,8 +9,7 @@ them (read-your-writes).
 from __future__ import annotations
 
 import uuid
-import weakref
-from typing import Any, Generic
+from typing import Any, Generic, cast
 
 from fastapi_users.db.base import BaseUserDatabase
 from fastapi_users.exceptions import UserAlreadyExists, UserNotExists
@@ -22,7 +21,8 @@ from sqlalchemy.orm import joinedload
 from sqlalchemy.sql import Select
 
 from events.emails import lookup_key
-from registry.adapter.runtime import Runtime, custom_columns, engine_of, runtime_for
+from registry.adapter.runtime import Runtime, engine_of, runtime_for
+from registry.bootstrap import OAuthModel, UserModel, custom_columns
 from registry.domain.commands import (
     Command,
     DeleteUser,
@@ -41,8 +41,6 @@ from registry.errors import (
 from registry.service.handlers import Outcome
 from registry.service.retry import session_read
 
-#: `get`'s statement per user model (prepared with a bind parameter, built once)
-_BY_ID: weakref.WeakKeyDictionary[Any, Select[Any]] = weakref.WeakKeyDictionary()
 USER_FIELDS = ("email", "password", "hashed_password", "is_active", "is_superuser", "is_verified")
 OAUTH_FIELDS = ("access_token", "expires_at", "refresh_token", "account_id", "account_email")
 
@@ -81,7 +79,7 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
         self,
         session: AsyncSession,
         user_table: type[UP],
-        oauth_account_table: type[Any] | None = None,
+        oauth_account_table: OAuthModel | None = None,
         *,
         erase_on_delete: bool = False,
     ) -> None:
@@ -94,11 +92,12 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
     # ------------------------------------------------------------------ reads
     async def get(self, id: ID) -> UP | None:
         """The user with this id, or None."""
-        await self._rt().prepare(write=False)
-        stmt = _BY_ID.get(self.user_table)
-        if stmt is None:  # built once per model: SQLAlchemy then reuses its cache key
+        runtime = self._rt()
+        await runtime.prepare(write=False)
+        stmt = runtime.by_id
+        if stmt is None:  # with a bind parameter, built once: SQLAlchemy reuses its cache key
             stmt = self._prepare(select(self.user_table).where(self._col("id") == bindparam("id")))
-            _BY_ID[self.user_table] = stmt
+            runtime.by_id = stmt
         return await self._one(stmt, {"id": id}, prepared=True)
 
     async def get_by_email(self, email: str) -> UP | None:
@@ -200,28 +199,30 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
     def _col(self, name: str) -> Any:
         return getattr(self.user_table, name)
 
-    def _oauth_table(self) -> Any:
+    def _oauth_table(self) -> OAuthModel:
         if self.oauth_account_table is None:
             raise NotImplementedError()
         return self.oauth_account_table
 
     def _rt(self) -> Runtime:
         if self._runtime is None:
-            engine = engine_of(self.session, self.user_table)
-            self._runtime = runtime_for(engine, self.user_table, self.oauth_account_table)
+            # fastapi-users types models by protocol; the registry's are its mixins' subclasses
+            user_table = cast(UserModel, self.user_table)
+            engine = engine_of(self.session, user_table)
+            self._runtime = runtime_for(engine, user_table, self.oauth_account_table)
         return self._runtime
 
-    def _id_of(self, user: Any) -> Any:
+    def _id_of(self, user: UP) -> uuid.UUID:
         # from the identity map, not the attribute: a committed session expires attributes
         state: Any = inspect(user)
         identity = state.identity
-        return identity[0] if identity else user.id
+        return cast(uuid.UUID, identity[0] if identity else user.id)
 
     def _split(
         self, values: dict[str, Any], *, creating: bool, user_id: Any = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Built-in fields and custom columns ("profile"); any other key is refused."""
-        custom = custom_columns(self.user_table)
+        custom = custom_columns(cast(UserModel, self.user_table))
         data: dict[str, Any] = {}
         profile: dict[str, Any] = {}
         for key, value in values.items():

@@ -12,43 +12,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from events import EventStore
-from projections.users import UserProjection
 from projections.worker import ProjectionWorker
+from registry.bootstrap import Container, OAuthModel, UserModel, container_for
 from registry.schema import ensure_schema
-from registry.service.keys import enable
 from registry.settings import Settings, get_settings
 
 log = logging.getLogger("registry.adapter.projector")
 
 #: how long `run_projector` waits for its worker to take partitions before yielding anyway
 READY_TIMEOUT = 10.0
-
-
-def make_worker(
-    engine: AsyncEngine,
-    user_table: Any,
-    oauth_table: Any = None,
-    *,
-    settings: Settings,
-    worker_id: str | None = None,
-) -> ProjectionWorker:
-    return ProjectionWorker(
-        engine,
-        EventStore(engine),
-        UserProjection(user_table, oauth_table),
-        partitions=settings.projection_partitions,
-        batch_size=settings.projection_batch_size,
-        lease_ttl=settings.lease_ttl,
-        worker_id=worker_id,
-        max_attempts=settings.projection_max_attempts,
-        retry_backoff=settings.projection_retry_backoff,
-        retry_backoff_max=settings.projection_retry_backoff_max,
-    )
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:
@@ -59,8 +34,8 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 @contextlib.asynccontextmanager
 async def run_projector(
     engine: AsyncEngine,
-    user_table: Any,
-    oauth_table: Any = None,
+    user_table: UserModel,
+    oauth_table: OAuthModel | None = None,
     *,
     migrate: bool = True,
     settings: Settings | None = None,
@@ -73,11 +48,23 @@ async def run_projector(
     model's columns marked `info={"personal": True}`) unless the app attached a Crypto itself;
     raises `MasterKeyError` before projecting anything when the master key is wrong or missing.
     """
-    settings = settings or get_settings()
+    container = container_for(engine, settings or get_settings(), user_table, oauth_table)
+    async with projecting(container, migrate=migrate) as worker:
+        yield worker
+
+
+@contextlib.asynccontextmanager
+async def projecting(
+    container: Container, *, migrate: bool = True
+) -> AsyncIterator[ProjectionWorker]:
+    """`run_projector` for a container from the composition root (`registry serve`,
+    `registry worker`)."""
     # the master key is checked first: a wrong or missing one changes nothing, schema included
-    await enable(engine, settings, user_table, oauth_table)
-    await ensure_schema(engine, user_table, oauth_table, migrate=migrate)
-    worker = make_worker(engine, user_table, oauth_table, settings=settings)
+    await container.start()
+    await ensure_schema(
+        container.engine, container.user_table, container.oauth_table, migrate=migrate
+    )
+    worker = container.worker()
     task = worker.task = asyncio.create_task(worker.run(), name="projector")
     task.add_done_callback(_report_crash)
     # yield once the projector holds its partitions, so that reads right after start-up are
@@ -89,4 +76,4 @@ async def run_projector(
         yield worker
     finally:
         # a crash was reported by _report_crash; a worker that does not end lets its leases expire
-        await worker.shut_down(task, grace=settings.lease_ttl + 5)
+        await worker.shut_down(task, grace=container.settings.lease_ttl + 5)

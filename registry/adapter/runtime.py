@@ -1,12 +1,13 @@
-"""What the adapter needs per engine: command handlers, the projection it reads, the schema,
-and the wait for read-your-writes.
+"""What the adapter needs per engine and models: command handlers, the projection it reads and
+waits on, the schema, and read-your-writes.
 
-`EventSourcedUserDatabase(session, User)` finds everything here from the session's engine:
-handlers are built on first use (inline projection when `REGISTRY_PROJECTION_MODE=inline`)
-and cached per engine and models; before its first read the registry's tables and the
-model's tables are made when missing, and before its first write encryption is turned on.
-An app (or the composition root) may install its own with
-`use_handlers(engine, handlers, user_table, oauth_table)`.
+`EventSourcedUserDatabase(session, User)` finds its `Runtime` in the scope of the session's
+engine (`events.scope`, slot `RUNTIMES`). The first adapter on an engine has one built by the
+composition root (`registry.bootstrap.container_for` with settings from the environment), so
+the adapter, the bus and the CLI write through handlers made in one place; before its first read
+the registry's tables and the model's tables are made when missing, and before its first write
+encryption is turned on (`Container.encrypt`). An app or a test may install its own handlers
+with `use_handlers(engine, handlers, user_table, oauth_table)`.
 
 A write that was not projected in its own transaction waits for the projector; when no
 projector holds the user's partition (an app that only swapped the adapter in, and runs no
@@ -18,57 +19,68 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import Connection, Select, Table, inspect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Mapper
-from sqlalchemy.sql.schema import Table
 
-from events import EventStore
+from events.scope import Slot, scope_of
 from projections import ProjectionTimeout, UserProjection
-from projections import User as DefaultUser
 from projections.waiting import project_stream, projector_holds, wait_for_version
-from registry.domain.commands import Command
+from registry.bootstrap import (
+    Container,
+    EncryptingHandlers,
+    OAuthModel,
+    UserModel,
+    container_for,
+    custom_columns,
+)
 from registry.errors import ProjectionTimeoutError
 from registry.schema import ensure_schema
-from registry.service.handlers import CommandHandlers, Outcome, profile_fields_of, sqlite_write_lock
-from registry.service.keys import enable, enabled
+from registry.service.handlers import CommandHandlers, Outcome, sqlite_write_lock
+from registry.service.keys import enabled
 from registry.service.retry import once_more
-from registry.settings import Settings, get_settings
+from registry.settings import get_settings
 
-#: columns of the read model that are not the app's custom ("profile") columns
-BUILTIN_COLUMNS = frozenset(c.key for c in DefaultUser.__table__.columns)
+Models = tuple[UserModel, OAuthModel | None]
 
 
 @dataclass
 class Runtime:
     """Handlers and projection for one engine and one pair of models."""
 
-    engine: AsyncEngine
+    container: Container
     handlers: CommandHandlers
     projection: UserProjection
     timeout: float
-    settings: Settings | None = None
     schema_ready: bool = False
+    #: `get`'s statement, built once: SQLAlchemy then reuses its cache key
+    by_id: Select[Any] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self.container.engine
 
     async def prepare(self, *, write: bool) -> None:
         """Before the first read: the registry's tables and the model's tables, made when
         missing (`registry.schema.ensure_schema`). Before the first write also encryption
-        (`registry.service.keys.enable`: a wrong or missing master key raises `MasterKeyError`, and
-        on a database that exists nothing is changed)."""
+        (`Container.encrypt`: a wrong or missing master key raises `MasterKeyError`, and on a
+        database that exists nothing is changed)."""
         if self.schema_ready and (not write or enabled(self.engine)):
             return
         async with self._lock:
-            models = (self.projection.user_model, self.projection.oauth_model)
+            container = self.container
             if write and not enabled(self.engine):
-                settings = self.settings or get_settings()
                 # idempotent set-up: a lost connection is tried once more
-                await once_more(lambda: enable(self.engine, settings, *models), what="set-up")
+                await once_more(container.encrypt, what="set-up")
             if not self.schema_ready:
-                await once_more(lambda: ensure_schema(self.engine, *models), what="set-up")
+                await once_more(
+                    lambda: ensure_schema(self.engine, container.user_table, container.oauth_table),
+                    what="set-up",
+                )
                 self.schema_ready = True
 
     @property
@@ -108,92 +120,83 @@ class Runtime:
             raise ProjectionTimeoutError(str(exc)) from None
 
 
-class EncryptingHandlers(CommandHandlers):
-    """The adapter's command handlers: the adapter has no start-up of its own, so encryption
-    is turned on from settings (`registry.service.keys.enable`, verified against the stored keys)
-    before the first command is handled; a wrong or missing master key fails that command
-    with `MasterKeyError` and writes nothing."""
-
-    def __init__(self, *args: Any, settings: Settings, models: tuple[Any, ...], **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.settings = settings
-        self.models = models
-
-    async def handle(self, command: Command, *, imported: bool = False) -> Outcome:
-        if not enabled(self.engine):
-            await enable(self.engine, self.settings, *self.models)
-        return await super().handle(command, imported=imported)
+#: each engine's adapter runtimes, by models
+RUNTIMES: Slot[dict[Models, Runtime]] = Slot("adapter runtimes", dict)
 
 
-_runtimes: weakref.WeakKeyDictionary[Any, dict[tuple[Any, Any], Runtime]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def engine_of(session: AsyncSession, user_table: Any) -> AsyncEngine:
+def engine_of(session: AsyncSession, user_table: UserModel) -> AsyncEngine:
     """The async engine the session reads `user_table` through."""
     bind = session.bind
     if isinstance(bind, AsyncEngine):
         return bind
     if isinstance(bind, AsyncConnection):
         return bind.engine
-    sync = session.sync_session.get_bind(mapper=_mapper(user_table))
-    sync_engine: Any = getattr(sync, "engine", sync)
-    return AsyncEngine._retrieve_proxy_for_target(sync_engine)
+    # bound per model (`binds=`) or by a custom `get_bind`: the session resolves the sync
+    # engine. SQLAlchemy (2.0 and 2.1) offers no public way from it back to the app's async
+    # engine: constructing `AsyncEngine(core)` would make a second proxy and register it as
+    # the one `AsyncConnection.engine` returns for the app's engine, so the proxy registry
+    # is asked, read only
+    sync = session.get_bind(mapper=_mapper(user_table))
+    core = sync.engine if isinstance(sync, Connection) else sync
+    return AsyncEngine._retrieve_proxy_for_target(core)
 
 
-def _mapper(model: Any) -> Mapper[Any] | None:
-    from sqlalchemy import inspect
-
+def _mapper(model: UserModel | Table) -> Mapper[Any] | None:
     return None if isinstance(model, Table) else inspect(model)
+
+
+def install(
+    container: Container,
+    handlers: CommandHandlers,
+    projection: UserProjection,
+    *,
+    timeout: float | None = None,
+) -> Runtime:
+    """Make adapters on `container.engine` for its models write through `handlers` and read
+    and wait on `projection`."""
+    runtime = Runtime(
+        container,
+        handlers,
+        projection,
+        timeout if timeout is not None else container.settings.read_your_writes_timeout,
+    )
+    models = (container.user_table, container.oauth_table)
+    scope_of(container.engine).get(RUNTIMES)[models] = runtime
+    return runtime
 
 
 def use_handlers(
     engine: AsyncEngine,
     handlers: CommandHandlers,
-    user_table: Any,
-    oauth_table: Any = None,
+    user_table: UserModel,
+    oauth_table: OAuthModel | None = None,
     *,
     timeout: float | None = None,
 ) -> Runtime:
     """Make adapters on `engine` for these models write through `handlers`."""
-    settings = get_settings()
-    runtime = Runtime(
-        engine=engine,
-        handlers=handlers,
-        projection=UserProjection(user_table, oauth_table),
-        timeout=timeout if timeout is not None else settings.read_your_writes_timeout,
-        settings=settings,
-    )
-    _runtimes.setdefault(engine.sync_engine, {})[(user_table, oauth_table)] = runtime
-    return runtime
+    container = container_for(engine, get_settings(), user_table, oauth_table)
+    return install(container, handlers, container.projection(), timeout=timeout)
 
 
-def runtime_for(engine: AsyncEngine, user_table: Any, oauth_table: Any = None) -> Runtime:
-    """The cached runtime for `engine` and the models, built from settings on first use."""
-    found = _runtimes.get(engine.sync_engine, {}).get((user_table, oauth_table))
+def runtime_for(
+    engine: AsyncEngine, user_table: UserModel, oauth_table: OAuthModel | None = None
+) -> Runtime:
+    """The runtime for `engine` and the models, built by the composition root on first use."""
+    found = scope_of(engine).get(RUNTIMES).get((user_table, oauth_table))
     if found is not None:
         return found
-    settings = get_settings()
-    inline = own = None
-    if settings.projection_mode == "inline":
-        inline = UserProjection(user_table, oauth_table)
-    else:  # worker mode: a write still skips the projector hop when it safely can
-        own = UserProjection(user_table, oauth_table)
-    handlers = EncryptingHandlers(
-        engine,
-        EventStore(engine),
-        profile_fields=custom_columns(user_table),
-        inline_projection=inline,
-        own_projection=own,
-        settings=settings,
-        models=(user_table, oauth_table),
-    )
-    runtime = use_handlers(engine, handlers, user_table, oauth_table)
-    runtime.projection = inline or own or runtime.projection
-    return runtime
+    container = container_for(engine, get_settings(), user_table, oauth_table)
+    projection = container.projection()
+    return install(container, container.adapter_handlers(projection), projection)
 
 
-def custom_columns(user_table: Any) -> frozenset[str]:
-    """The app's own columns on its user model (what `profile` may set)."""
-    return profile_fields_of(user_table, BUILTIN_COLUMNS)
+__all__ = [
+    "RUNTIMES",
+    "EncryptingHandlers",
+    "Runtime",
+    "custom_columns",
+    "engine_of",
+    "install",
+    "runtime_for",
+    "use_handlers",
+]

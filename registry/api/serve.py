@@ -16,11 +16,14 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
+from registry.adapter.projector import projecting
 from registry.api.app import Lifespan, create_app
 from registry.api.auth import load_or_create_token
 from registry.api.metrics import counting
 from registry.bootstrap import Container, build
+from registry.bus.app import running_bus
 from registry.logs import configure_logging
+from registry.schema import migrate
 from registry.settings import Settings
 
 Echo = Callable[[str], None]
@@ -30,8 +33,6 @@ Echo = Callable[[str], None]
 async def consuming(container: Container) -> AsyncIterator[None]:
     """The bus command consumer and event relay (`registry.bus.app.running_bus`), each command's
     outcome counted for `/metrics`."""
-    from registry.bus.app import running_bus
-
     handlers = container.handlers()
     handle = counting(lambda command: str(command.name), handlers.handle)
     async with running_bus(container, handle=handle):
@@ -43,17 +44,8 @@ def background(container: Container) -> Lifespan:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        from registry.adapter.projector import run_projector
-
         async with AsyncExitStack() as stack:
-            await stack.enter_async_context(
-                run_projector(
-                    container.engine,
-                    container.user_table,
-                    container.oauth_table,
-                    settings=container.settings,
-                )
-            )
+            await stack.enter_async_context(projecting(container))
             if container.settings.broker_url:
                 await stack.enter_async_context(consuming(container))
             yield
@@ -102,12 +94,10 @@ async def _announce(server: uvicorn.Server, settings: Settings, echo: Echo) -> N
 
 
 async def serve(settings: Settings, stop: _Stop, echo: Echo) -> int:
-    from registry.schema import migrate
-
     container = build(settings)
     try:
         container.settings = settings = with_token(settings, echo)
-        await container.encrypt()  # a wrong or missing master key: nothing written
+        await container.start()  # a wrong or missing master key: nothing written
         await migrate(container.engine)
         if stop.requested:
             return 0

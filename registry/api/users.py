@@ -12,7 +12,9 @@ from fastapi import APIRouter, Query
 
 from events import RecordedEvent
 from events.crypto import ERASED
+from projections.errors import ProjectionTimeout
 from projections.queries import MAX_PAGE, ReadModel, UserFilter
+from projections.worker import wait_for_version
 from registry.api.errors import ApiProblem, responses
 from registry.api.params import Instant, PlainText, StrictBool, StrictInt
 from registry.api.responses import HistoryEntry, HistoryOut, UserOut, UserPageOut
@@ -96,16 +98,9 @@ def users_router(container: Container, read_model: ReadModel) -> APIRouter:
     router = APIRouter(prefix="/users", tags=["users"], route_class=ReadRoute)
     engine = container.engine
     timeout = container.settings.read_your_writes_timeout
-    projection: Any = None
+    projection = container.projection()
 
     async def wait_for(user_id: UUID, version: int) -> None:
-        nonlocal projection
-        from projections import UserProjection
-        from projections.errors import ProjectionTimeout
-        from projections.worker import wait_for_version
-
-        if projection is None:
-            projection = UserProjection(container.user_table, container.oauth_table)
         try:
             await wait_for_version(engine, projection, user_id, version, timeout)
         except ProjectionTimeout as exc:

@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from registry.bootstrap import Container
 from registry.bus.brokers import create_broker
 from registry.bus.channels import Channels
 from registry.bus.consumer import CommandConsumer
 from registry.bus.relay import RELAY_NAME, EventPublisher, EventRelay
 from registry.bus.replies import Handle
+from registry.service.handlers import CommandHandlers
 
 log = logging.getLogger("registry.bus")
 
@@ -26,30 +28,16 @@ class BusRuntime:
     relay: EventRelay | None
 
 
-def command_handlers(container: Any) -> Any:
+def command_handlers(container: Container) -> CommandHandlers:
     """The container's `CommandHandlers` (the one write path), built once and cached."""
     return container.handlers()
 
 
 @contextlib.asynccontextmanager
-async def relaying(container: Any, relay: EventRelay) -> AsyncIterator[None]:
-    """Run `relay` on the projection worker machinery (one partition: global log order)."""
-    from projections.worker import ProjectionWorker
-
+async def relaying(container: Container, relay: EventRelay) -> AsyncIterator[None]:
+    """Run `relay` on the projection worker machinery (`Container.relay_worker`)."""
     settings = container.settings
-    worker = ProjectionWorker(
-        container.engine,
-        container.store,
-        relay,
-        partitions=1,
-        batch_size=min(settings.projection_batch_size, 500),
-        lease_ttl=settings.lease_ttl,
-        # a broker outage fails the relay's batches too: never mark its partition failed,
-        # keep backing off (retry_backoff_max) until the broker is back
-        max_attempts=None,
-        retry_backoff=settings.projection_retry_backoff,
-        retry_backoff_max=settings.projection_retry_backoff_max,
-    )
+    worker = container.relay_worker(relay)
     task = asyncio.create_task(worker.run(), name=f"{relay.name}-worker")
     try:
         yield
@@ -62,7 +50,7 @@ async def relaying(container: Any, relay: EventRelay) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def running_bus(
-    container: Any,
+    container: Container,
     *,
     broker: Any | None = None,
     handle: Handle | None = None,
@@ -79,7 +67,7 @@ async def running_bus(
         if not settings.broker_url:
             raise ValueError("no broker configured: set REGISTRY_BROKER_URL")
         broker = create_broker(settings.broker_url)
-    ch = channels or Channels(getattr(settings, "bus_prefix", "registry"))
+    ch = channels or Channels(settings.bus_prefix)
     consumer = CommandConsumer(
         broker,
         handle or command_handlers(container).handle,

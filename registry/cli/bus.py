@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import click
 
-from registry.bootstrap import build
+from registry.bootstrap import running
 from registry.bus.app import running_bus
 from registry.bus.asyncapi import asyncapi_document
 from registry.bus.channels import Channels
@@ -28,23 +28,19 @@ EXIT_TIMEOUT = 4
 
 async def consume_commands(settings: Settings, *, relay: bool = True) -> None:
     """Consume commands (and relay events) until SIGTERM or SIGINT."""
-    container = build(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    try:
-        await container.encrypt()  # a wrong or missing master key: nothing consumed or written
-        async with running_bus(container, relay=relay):
-            await stop.wait()
-    finally:
-        await container.aclose()
+    # a wrong or missing master key: nothing consumed or written
+    async with running(settings) as container, running_bus(container, relay=relay):
+        await stop.wait()
 
 
 async def send_command_and_wait(
     settings: Settings, name: str, payload: str, timeout: float
-) -> tuple[int, Any]:
+) -> tuple[int, dict[str, Any]]:
     """Send one command; (exit code, reply as a dict). Raises `ReplyTimeoutError` on timeout."""
     assert settings.broker_url
     reply = await send_command(

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from events import create_engine
+from registry.bootstrap import database
 from registry.cli.common import EXIT_ERROR, emit_json, fail, load_settings, run
 from registry.schema import RegistryMissingError, current_revision
 from registry.schema import migrate as do_migrate
@@ -21,12 +21,9 @@ def migrate(revision: str) -> None:
     settings = load_settings()
 
     async def go() -> str | None:
-        engine = create_engine(settings.database_url)
-        try:
+        async with database(settings) as engine:
             await do_migrate(engine, revision)
             return await current_revision(engine)
-        finally:
-            await engine.dispose()
 
     try:
         current = run(go)

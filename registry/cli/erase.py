@@ -10,8 +10,7 @@ import click
 from sqlalchemy import inspect
 
 from events.tables import events
-from projections import UserProjection
-from registry.bootstrap import build
+from registry.bootstrap import running
 from registry.cli.common import EXIT_USAGE, emit_json, fail, load_settings, run
 from registry.domain.commands import EraseUser
 from registry.errors import RegistryError
@@ -29,10 +28,7 @@ async def erase_user(settings: Settings, user_id: uuid.UUID) -> Outcome:
 
     When the read model is caught up with the user, their rows go in the same transaction;
     otherwise the projector removes them when it applies the `UserErased`."""
-
-    container = build(settings)
-    try:
-        await container.encrypt()  # a wrong or missing master key: nothing written
+    async with running(settings) as container:  # a wrong or missing master key: nothing written
         async with container.engine.connect() as conn:
             found = await conn.run_sync(lambda c: inspect(c).has_table(events.name))
         if not found:  # a mistyped URL must not create an empty registry
@@ -42,11 +38,9 @@ async def erase_user(settings: Settings, user_id: uuid.UUID) -> Outcome:
         await ensure_schema(container.engine, container.user_table, container.oauth_table)
         handlers = container.handlers()
         if handlers.inline_projection is None and handlers.own_projection is None:
-            handlers.own_projection = UserProjection(container.user_table, container.oauth_table)
-        outcome: Outcome = await handlers.handle(EraseUser(user_id=user_id, actor="registry erase"))
-        return outcome
-    finally:
-        await container.aclose()
+            # the user's rows go with the erasure when the read model is caught up with them
+            handlers.own_projection = container.projection()
+        return await handlers.handle(EraseUser(user_id=user_id, actor="registry erase"))
 
 
 @click.command()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import click
 from rich.console import Console
@@ -16,19 +16,19 @@ from rich.progress import Progress as Bar
 from events import keyops
 from events.crypto import MasterKey, MasterKeyError
 from events.keyops import Migration, Rotation
-from registry.bootstrap import build
+from registry.bootstrap import running
 from registry.cli.common import EXIT_USAGE, emit_json, fail, load_settings, run
 from registry.schema import ensure_schema
 from registry.service.keys import MASTER_KEY_VAR, PREVIOUS_KEYS_VAR, load_keyring, write_key_file
 from registry.settings import Settings
 
 Progress = Callable[[int, int], None]
+T = TypeVar("T")
 
 
 @contextmanager
 def progress_bar(description: str) -> Iterator[Progress]:
     """A progress bar on stderr; yields the `on_progress(done, total)` callback."""
-
     bar = Bar(
         TextColumn(f"[bold]{description}"),
         BarColumn(),
@@ -41,8 +41,7 @@ def progress_bar(description: str) -> Iterator[Progress]:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
-def _run_or_fail(what: str, go: Callable[[], Awaitable[Any]]) -> Any:
-
+def _run_or_fail(what: str, go: Callable[[], Awaitable[T]]) -> T:
     try:
         return run(go)
     except MasterKeyError as exc:
@@ -91,15 +90,13 @@ def keygen(output: Path | None, keep_existing: bool) -> None:
 
 
 async def _rotate(settings: Settings, batch_size: int, on_progress: Progress) -> Rotation:
-
     keyring = load_keyring(settings, generate=False)
-    container = build(settings)
-    try:
+    # not started: a rotation re-wraps data keys with the keys given and seals nothing, and
+    # must never make the embedded default's key file
+    async with running(settings, encrypted=False) as container:
         return await keyops.rotate(
             container.engine, keyring, batch_size=batch_size, on_progress=on_progress
         )
-    finally:
-        await container.aclose()
 
 
 @click.command("rotate-master-key")
@@ -128,16 +125,12 @@ def rotate_master_key(batch_size: int, as_json: bool) -> None:
 
 
 async def _encrypt(settings: Settings, batch_size: int, on_progress: Progress) -> Migration:
-
-    container = build(settings)
-    try:
-        crypto = await container.encrypt()
+    async with running(settings) as container:
+        crypto = await container.encrypt()  # started already: the Crypto it attached
         await ensure_schema(container.engine, container.user_table, container.oauth_table)
         return await keyops.encrypt_events(
             container.engine, crypto, batch_size=batch_size, on_progress=on_progress
         )
-    finally:
-        await container.aclose()
 
 
 @click.command("encrypt-events")

@@ -17,10 +17,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from projections.replay import Progress as ReplayProgress
 from projections.replay import Replay
-from projections.users import UserProjection
-from registry.adapter.projector import run_projector
-from registry.bootstrap import build
+from registry.adapter.projector import projecting
+from registry.bootstrap import running
 from registry.cli.common import EXIT_USAGE, fail, load_settings, run, with_models
 from registry.logs import configure_logging
 from registry.schema import ensure_schema
@@ -31,29 +31,21 @@ log = logging.getLogger("registry.workers")
 
 async def run_worker(settings: Settings, *, migrate: bool = True) -> None:
     """`registry worker`: project until SIGTERM or SIGINT, then release the leases and exit."""
-    container = build(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        async with run_projector(
-            container.engine,
-            container.user_table,
-            container.oauth_table,
-            migrate=migrate,
-            settings=settings,
-        ) as worker:
-            waiter = asyncio.create_task(stop.wait())
-            projector = worker.task
-            assert projector is not None
-            await asyncio.wait({waiter, projector}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            if projector.done() and not projector.cancelled() and projector.exception():
-                raise projector.exception()  # type: ignore[misc]
-            log.info("shutting down", extra={"worker": worker.worker_id})
-    finally:
-        await container.aclose()
+    async with running(settings) as container, projecting(container, migrate=migrate) as worker:
+        waiter = asyncio.create_task(stop.wait())
+        projector = worker.task
+        assert projector is not None
+        await asyncio.wait({waiter, projector}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if projector.done() and not projector.cancelled():
+            crash = projector.exception()
+            if crash is not None:
+                raise crash
+        log.info("shutting down", extra={"worker": worker.worker_id})
 
 
 async def run_replay(
@@ -65,10 +57,7 @@ async def run_replay(
     jobs: int = 1,
 ) -> str:
     """`registry replay`: rebuild the user projection with a progress bar (events/s, ETA)."""
-
-    container = build(settings)
-    try:
-        await container.encrypt()
+    async with running(settings) as container:
         # the read model is built anew from the models: an existing table may lack columns
         await ensure_schema(
             container.engine,
@@ -84,7 +73,7 @@ async def run_replay(
         }
         if jobs > 1 and container.engine.dialect.name != "postgresql":
             log.warning("--jobs needs PostgreSQL: replaying in one process")
-        projection = UserProjection(container.user_table, container.oauth_table)
+        projection = container.projection()
         if abandon:
             found = await Replay(container.engine, projection, **job_args).abandon()
             return "replay abandoned" if found else "no replay in progress"
@@ -99,7 +88,7 @@ async def run_replay(
         with bar:
             task = bar.add_task("replay", total=None, rate=0.0)
 
-            def show(p: Any) -> None:
+            def show(p: ReplayProgress) -> None:
                 bar.update(task, description=p.phase, completed=p.done, total=p.total, rate=p.rate)
 
             result = await Replay(container.engine, projection, on_progress=show, **job_args).run()
@@ -108,8 +97,6 @@ async def run_replay(
             f"replayed {result.events} events in {result.seconds:.1f}s "
             f"({result.rate:,.0f} events/s); {result.users} users; {mode}"
         )
-    finally:
-        await container.aclose()
 
 
 @click.command()

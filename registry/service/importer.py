@@ -21,8 +21,11 @@ from typing import Any, Protocol
 from pydantic import SecretStr, ValidationError
 
 from events import normalise_url
+from registry.bootstrap import running
 from registry.domain.commands import Command, LinkOAuthAccount, RegisterUser
 from registry.errors import InvalidCommandError, RegistryError
+from registry.schema import migrate
+from registry.service.handlers import Outcome
 from registry.service.import_source import (
     USER_BASE_COLUMNS,
     ImportSourceError,
@@ -41,7 +44,7 @@ ACTOR = "registry import-users"
 
 
 class Handles(Protocol):
-    async def handle(self, command: Command, *, imported: bool = False) -> Any: ...
+    async def handle(self, command: Command, *, imported: bool = False) -> Outcome: ...
 
 
 @dataclass
@@ -222,26 +225,18 @@ async def run_import(
     """`registry import-users`: import into the registry at `settings.database_url`, creating
     the registry's tables there when missing (Alembic). With REGISTRY_USER_MODEL set, custom
     columns are checked against that model (a source column it lacks is refused row by row)."""
-    from registry.bootstrap import build
-    from registry.schema import migrate
-
     target = normalise_url(settings.database_url)
     if target == normalise_url(source_url):
         raise ImportSourceError(
             "the source is the registry's own database: import from the old app's database "
             "into a new one (REGISTRY_DATABASE_URL)"
         )
-    container = build(settings)
-    try:
-        await container.encrypt()  # a wrong or missing master key: nothing written
+    async with running(settings) as container:  # a wrong or missing master key: nothing written
         await migrate(container.engine)
-        handlers = container.handlers()
         return await import_users(
             source_url,
-            handlers,
+            container.handlers(),
             user_table=user_table,
             oauth_table=oauth_table,
             progress=progress,
         )
-    finally:
-        await container.aclose()

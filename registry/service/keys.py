@@ -31,11 +31,11 @@ import contextlib
 import logging
 import os
 import stat
-import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import cast
 
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, Table, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -49,6 +49,7 @@ from events.crypto import (
     crypto_of,
     verify,
 )
+from events.scope import Slot, scope_of
 from events.tables import data_keys, master_key_record
 from registry.settings import Settings
 
@@ -159,18 +160,19 @@ def load_keyring(
     return Keyring(read_key_file(path), previous)
 
 
-def personal_columns(*models: Any) -> frozenset[str]:
+def personal_columns(*models: type[object] | Table | None) -> frozenset[str]:
     """Columns of the models marked personal: `mapped_column(..., info={"personal": True})`."""
     found: set[str] = set()
     for model in models:
         if model is None:
             continue
-        table = getattr(model, "__table__", model)
+        table = cast(Table, getattr(model, "__table__", model))
         for column in table.columns:
             if column.info.get("personal"):
                 found.add(column.key)
-        with contextlib.suppress(Exception):  # mapped attribute names, when they differ
-            for attr in inspect(model).column_attrs:
+        mapper = None if isinstance(model, Table) else inspect(model, raiseerr=False)
+        if mapper is not None:  # mapped attribute names, when they differ from the columns'
+            for attr in mapper.column_attrs:
                 if any(c.info.get("personal") for c in attr.columns):
                     found.add(attr.key)
     return frozenset(found)
@@ -193,40 +195,47 @@ async def _verify(engine: AsyncEngine, keyring: Keyring) -> None:
             await claim_master_key(conn, keyring)
 
 
-#: engines whose attached Crypto was checked against the stored data keys, and the lock that
-#: makes concurrent first uses (many adapter writes at once) check once
-_VERIFIED: weakref.WeakKeyDictionary[Any, Crypto] = weakref.WeakKeyDictionary()
-_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+@dataclass
+class KeyCheck:
+    """One engine's record of `enable`: the Crypto checked against its stored keys, and the
+    lock that makes concurrent first uses (many adapter writes at once) check once."""
+
+    verified: Crypto | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+KEY_CHECK = Slot("master key check", KeyCheck)
 
 
 def enabled(engine: AsyncEngine) -> bool:
     """True when `enable` already ran for this engine (its Crypto is attached and checked)."""
     crypto = crypto_of(engine)
-    return crypto is not None and _VERIFIED.get(engine.sync_engine) is crypto
+    return crypto is not None and scope_of(engine).get(KEY_CHECK).verified is crypto
 
 
-async def enable(engine: AsyncEngine, settings: Settings, *models: Any) -> Crypto:
+async def enable(
+    engine: AsyncEngine, settings: Settings, *models: type[object] | Table | None
+) -> Crypto:
     """Seal personal data on `engine` from now on: the keyring from settings, the personal
     columns of `models` plus `REGISTRY_PERSONAL_FIELDS`, checked against the stored data keys
     (`events.crypto.verify`), then attached. Call it once the schema exists and before anything
-    is written. A Crypto the app attached itself is kept (and checked).
+    is written. A Crypto the app attached itself is kept (and checked). Entry points reach it
+    through the composition root (`registry.bootstrap.Container.encrypt`).
 
     Idempotent per engine. Raises `MasterKeyError` (wrong or missing key: nothing written)."""
     columns = personal_columns(*models) | frozenset(settings.personal_fields)
-    lock = _LOCKS.get(engine.sync_engine)
-    if lock is None:
-        lock = _LOCKS[engine.sync_engine] = asyncio.Lock()
-    async with lock:
+    check = scope_of(engine).get(KEY_CHECK)
+    async with check.lock:
         crypto = crypto_of(engine)
         if crypto is None:
             keyring = load_keyring(settings, url=engine.url)
             await _verify(engine, keyring)
             crypto = Crypto(keyring, columns)
             attach(engine, crypto)
-        elif _VERIFIED.get(engine.sync_engine) is not crypto:
+        elif check.verified is not crypto:
             await _verify(engine, crypto.keyring)
         crypto.mark_personal(columns)
-        _VERIFIED[engine.sync_engine] = crypto
+        check.verified = crypto
         return crypto
 
 

@@ -1,36 +1,24 @@
-"""Operations behind the CLI commands that read or change the whole registry."""
+"""Operations behind the CLI commands that read or change the whole registry, each on an engine
+opened for it by the composition root (`registry.bootstrap.database`)."""
 
 from __future__ import annotations
 
 import getpass
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from events import EventStore, create_engine
+from events import EventStore
+from projections import failures
+from projections.status import projection_skips, projection_status
+from registry.bootstrap import database
 from registry.schema import require_registry
 from registry.settings import Settings
-
-
-@asynccontextmanager
-async def _engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    """An engine on the configured database for one operation, disposed afterwards."""
-    engine = create_engine(settings.database_url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 async def gather_status(settings: Settings) -> dict[str, Any]:
     """Event count and head position, plus projection checkpoints (and failures, skips) when
     they exist."""
-    from projections.status import projection_skips, projection_status
-
-    async with _engine(settings) as engine:
+    async with database(settings) as engine:
         await require_registry(engine)  # a new directory: say what to run, create nothing
         store = EventStore(engine)
         head = await store.head()
@@ -55,18 +43,14 @@ async def retry_failed(
 ) -> list[dict[str, Any]]:
     """Clear the failed partitions (of `projection`, `partition`): their projector tries the
     event again within a lease renewal. Returns the failures cleared."""
-    from projections import failures
-
-    async with _engine(settings) as engine, engine.begin() as conn:
+    async with database(settings) as engine, engine.begin() as conn:
         return [f.as_dict() for f in await failures.clear(conn, projection, partition)]
 
 
 async def pending_event(settings: Settings, projection: str, partition: int) -> dict[str, Any]:
     """The event `projection`'s `partition` applies next (what a skip would skip), with the
     failure recorded for it if any. Raises ProjectionError when there is none."""
-    from projections import failures
-
-    async with _engine(settings) as engine, engine.connect() as conn:
+    async with database(settings) as engine, engine.connect() as conn:
         _, ref = await failures.pending(conn, projection, partition)
         found = await failures.failed(conn, projection, [partition])
     return {
@@ -85,8 +69,6 @@ async def skip_event(
 ) -> dict[str, Any]:
     """Skip exactly the event at `position` (the next one `partition` applies) and record it.
     Raises ProjectionError when that is not the partition's next event."""
-    from projections import failures
-
-    async with _engine(settings) as engine, engine.begin() as conn:
+    async with database(settings) as engine, engine.begin() as conn:
         record = await failures.skip(conn, projection, partition, position, by=by, note=note)
     return record.as_dict()
