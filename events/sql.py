@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from events.crypto import Crypto, crypto_of
 from events.envelope import Metadata, RecordedEvent, shard_of
 from events.errors import ConcurrencyError
 from events.notify import Wakeup
+from events.scope import scope_of
 from events.sql_reads import SqlReads
 
 #: {stream_version: (position, tx_id)} of the rows an INSERT wrote
@@ -45,16 +45,10 @@ class Pending:
     key_row: dict[str, Any] | None = None
 
 
-_WAKEUPS: weakref.WeakKeyDictionary[Any, Wakeup] = weakref.WeakKeyDictionary()
-
-
 def engine_wakeup(engine: AsyncEngine) -> Wakeup:
     """One signal per engine: every `EventStore` on it (a writer's and an in-process
     projector's) shares it, so a commit by one wakes the others at once."""
-    wakeup = _WAKEUPS.get(engine.sync_engine)
-    if wakeup is None:
-        wakeup = _WAKEUPS[engine.sync_engine] = Wakeup()
-    return wakeup
+    return scope_of(engine).wakeup
 
 
 class EventStore(SqlReads):

@@ -12,17 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events import Event, EventStore, Metadata, RecordedEvent
 from events.crypto import Keyring, shred
 from events.port import EventLog
+from events.scope import scope_of
 from registry.domain.commands import Command
 from registry.domain.decisions import UserState
 from registry.service import idempotency
@@ -135,17 +135,9 @@ class UnitOfWork(Protocol):
         ...
 
 
-_WRITE_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
-
-
 def sqlite_write_lock(engine: AsyncEngine) -> asyncio.Lock | None:
     """One lock per SQLite engine, shared by every CommandHandlers on it; None elsewhere."""
-    if engine.dialect.name != "sqlite":
-        return None
-    lock = _WRITE_LOCKS.get(engine.sync_engine)
-    if lock is None:
-        lock = _WRITE_LOCKS[engine.sync_engine] = asyncio.Lock()
-    return lock
+    return scope_of(engine).write_lock
 
 
 class SqlTransaction:
