@@ -11,7 +11,10 @@ from fastapi.responses import Response
 from sqlalchemy import select
 
 from events import EVENT_TYPES, Cursor, RecordedEvent
+from events.envelope import SHARDS
+from events.errors import EventStoreError
 from events.tables import events
+from projections.failures import EventRef, describe, next_event
 from registry.api.users import history_data
 from registry.console.common import Console, Refused
 from registry.console.headers import PREFIX
@@ -23,6 +26,8 @@ FIRST = 50
 #: events read per poll at most (the cursor moves on past them either way)
 BATCH = 500
 CURSOR_HEADER = "X-Console-Cursor"
+#: events read one at a time per poll after a batch that could not be read
+UNREADABLE_BATCH = 50
 
 
 def parse_cursor(raw: str) -> Cursor:
@@ -38,6 +43,7 @@ def format_cursor(cursor: Cursor) -> str:
 
 def row(recorded: RecordedEvent) -> dict[str, Any]:
     return {
+        "cursor": recorded.cursor,
         "position": recorded.position,
         "event_type": recorded.event_type,
         "stream_id": str(recorded.stream_id),
@@ -45,6 +51,21 @@ def row(recorded: RecordedEvent) -> dict[str, Any]:
         "recorded_at": recorded.recorded_at,
         "data": json.dumps(history_data(recorded), default=str, ensure_ascii=False),
         "metadata": json.dumps(recorded.metadata.as_json(), default=str, ensure_ascii=False),
+        "unreadable": None,
+    }
+
+
+def unreadable(ref: EventRef, reason: str) -> dict[str, Any]:
+    return {
+        "cursor": ref.cursor,
+        "position": ref.position,
+        "event_type": ref.event_type,
+        "stream_id": str(ref.stream_id),
+        "stream_version": ref.stream_version,
+        "recorded_at": None,
+        "data": None,
+        "metadata": None,
+        "unreadable": reason,
     }
 
 
@@ -71,11 +92,38 @@ def tail_router(console: Console) -> APIRouter:
         if event_type is not None and event_type not in EVENT_TYPES:
             raise Refused(400, "Bad request", "No such event type.")
         cursor = parse_cursor(after) if after else await start(event_type)
-        batch = await store.read_after(cursor, limit=BATCH)
+        try:
+            batch: list[dict[str, Any]] = [
+                row(r) for r in await store.read_after(cursor, limit=BATCH)
+            ]
+        except EventStoreError:
+            batch = await one_by_one(cursor)
         if batch:
-            cursor = batch[-1].cursor
-        shown = [r for r in batch if event_type is None or r.event_type == event_type]
-        return [row(r) for r in reversed(shown[-BATCH:])], cursor
+            cursor = batch[-1]["cursor"]
+        shown = [r for r in batch if event_type is None or r["event_type"] == event_type]
+        return list(reversed(shown)), cursor
+
+    async def one_by_one(cursor: Cursor) -> list[dict[str, Any]]:
+        """The next events, read singly: one that cannot be read (a data key this deployment
+        cannot open, a corrupt payload) is shown with the reason instead of its data, and the
+        tail goes on past it."""
+        found: list[dict[str, Any]] = []
+        for _ in range(UNREADABLE_BATCH):
+            try:
+                next_one = await store.read_after(cursor, limit=1)
+            except EventStoreError as exc:
+                async with engine.connect() as conn:
+                    ref = await next_event(conn, cursor, list(range(SHARDS)))
+                if ref is None:
+                    break
+                found.append(unreadable(ref, describe(exc)))
+                cursor = ref.cursor
+                continue
+            if not next_one:
+                break
+            found.append(row(next_one[0]))
+            cursor = next_one[0].cursor
+        return found
 
     @router.get(PAGE)
     async def page(

@@ -12,6 +12,8 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
+from events.errors import EventStoreError
+from projections.failures import describe
 from projections.queries import UserFilter
 from registry.api.responses import UserOut
 from registry.api.timetravel import user_as_of
@@ -75,7 +77,10 @@ def users_router(console: Console) -> APIRouter:
             uid = UUID(user_id)
         except ValueError:
             raise Refused(404, "No such user", "That is not a user id.") from None
-        stream = await container.store.read_stream(uid, limit=HISTORY_MAX_PAGE + 1)
+        try:
+            stream = await container.store.read_stream(uid, limit=HISTORY_MAX_PAGE + 1)
+        except EventStoreError as exc:
+            raise Refused(409, "Cannot read this user's events", describe(exc)) from None
         if not stream:
             raise Refused(404, "No such user", f"No user has the id {uid}.")
         more, stream = len(stream) > HISTORY_MAX_PAGE, stream[:HISTORY_MAX_PAGE]

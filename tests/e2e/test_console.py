@@ -10,6 +10,7 @@ the retry recovers it. Every page seen is kept as a screenshot under the test's 
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +24,16 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.support.console import POISON_MESSAGE, Served, browser, cure, database, poison, serve
+from tests.support.console import (
+    POISON_MESSAGE,
+    Served,
+    append_unreadable,
+    browser,
+    cure,
+    database,
+    poison,
+    serve,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -273,3 +283,30 @@ def test_a_failed_partition_shows_its_reason_and_recovers_after_retry(
 
     page.wait(projected)
     assert page.text("#card .email") == email
+
+
+def test_an_event_that_cannot_be_read_is_shown_with_its_reason(page: Page, served: Served) -> None:
+    """Last of the module: the event stays unreadable (its partition stays failed)."""
+    page.sign_in(served.token)
+    page.open("/console/events")
+    page.wait(lambda d: d.find_elements(By.ID, "tail-rows"))
+    position = asyncio.run(append_unreadable(served.database_url))
+    tag = uuid.uuid4().hex[:8]
+    later = served.send(
+        "register", f'{{"email": "later-{tag}@example.org", "password": "pw-{tag}-x"}}'
+    )
+    page.wait(
+        lambda d: d.find_elements(
+            By.CSS_SELECTOR, f'#tail-rows a.stream[href$="{later["user_id"]}"]'
+        )
+    )  # the tail went on past it
+    bad = page.driver.find_element(
+        By.CSS_SELECTOR, f'#tail-rows tr.event[data-position="{position}"]'
+    )
+    assert "cannot be read: MasterKeyError" in bad.text and "UserRegistered" in bad.text
+    page.shot("events-unreadable")
+    stream = bad.find_element(By.CSS_SELECTOR, "a.stream").get_attribute("href")
+    page.driver.get(str(stream))
+    page.wait(lambda d: d.find_elements(By.ID, "message"))
+    assert "Cannot read this user's events" in page.text("#message h1")
+    assert "MasterKeyError" in page.text("#message")

@@ -227,3 +227,26 @@ def browser() -> Any:
     ):
         options.add_argument(arg)
     return webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+
+
+async def append_unreadable(database_url: str) -> int:
+    """Append a registration sealed by a master key this deployment never had (an event
+    restored from elsewhere): nobody here can read it. Its position."""
+    from events import EventStore, UserRegistered, create_engine
+    from events.crypto import Crypto, Keyring, MasterKey, attach
+
+    engine = create_engine(database_url)
+    try:
+        attach(engine, Crypto(Keyring(MasterKey.generate())))
+        [recorded] = await EventStore(engine).append(
+            uuid.uuid4(),
+            [
+                UserRegistered(
+                    email=f"stranger-{uuid.uuid4().hex[:8]}@example.org", hashed_password="h"
+                )
+            ],
+            expected_version=0,
+        )
+        return recorded.position
+    finally:
+        await engine.dispose()
