@@ -13,6 +13,7 @@ from registry.api.auth import BearerAuth
 from registry.api.monitoring import ops_router
 from registry.api.users import users_router
 from registry.bootstrap import Container
+from registry.console import install as install_console
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
@@ -46,4 +47,5 @@ def create_app(container: Container, *, lifespan: Lifespan | None = None) -> Fas
     read_model = ReadModel(container.user_table, container.oauth_table)
     app.include_router(users_router(container, read_model), dependencies=[auth])
     app.include_router(ops_router(container, auth))
+    install_console(app, container, read_model)
     return app
