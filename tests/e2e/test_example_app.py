@@ -25,9 +25,9 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
-from test_serve import Server, clean_env, free_port
 
 from tests.conftest import TEST_MASTER_KEY
+from tests.support.processes import Server, clean_env, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -17,10 +17,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-INTEGRATION = Path(__file__).parents[1] / "integration"
-sys.path.insert(0, str(INTEGRATION))
-
-from test_projection_support import (  # noqa: E402
+from events import EventStore, create_engine
+from projections import UserProjection
+from projections.replay import replay
+from projections.status import projection_status
+from projections.tables import projection_leases
+from tests.support.projection import (
     AppOAuth,
     AppUser,
     History,
@@ -29,11 +31,8 @@ from test_projection_support import (  # noqa: E402
     snapshot,
 )
 
-from events import EventStore, create_engine  # noqa: E402
-from projections import UserProjection  # noqa: E402
-from projections.replay import replay  # noqa: E402
-from projections.status import projection_status  # noqa: E402
-from projections.tables import projection_leases  # noqa: E402
+#: the checkout, so that the workers import the test models as `tests.support.projection`
+ROOT = Path(__file__).parents[2]
 
 pytestmark = pytest.mark.e2e
 USERS, ACCOUNTS = AppUser.__table__, AppOAuth.__table__
@@ -48,7 +47,7 @@ class Workers:
             "REGISTRY_PROJECTION_BATCH_SIZE": "20",
             "REGISTRY_LEASE_TTL": "1",
             "REGISTRY_LOG_LEVEL": "INFO",
-            "PYTHONPATH": os.pathsep.join([str(INTEGRATION), os.environ.get("PYTHONPATH", "")]),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         }
         self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -63,9 +62,9 @@ class Workers:
                 "worker",
                 "--no-migrate",
                 "--user-model",
-                "test_projection_support:AppUser",
+                "tests.support.projection:AppUser",
                 "--oauth-model",
-                "test_projection_support:AppOAuth",
+                "tests.support.projection:AppOAuth",
             ],
             env=self.env,
             stdout=log,

@@ -1,7 +1,7 @@
 """An existing FastAPI Users app's database, written by fastapi-users-db-sqlalchemy itself.
 
 Run by test_import_users.py with the interpreter of a separate environment that has
-fastapi-users-db-sqlalchemy installed (it pins SQLAlchemy < 2.1; see test_upstream_support.py),
+fastapi-users-db-sqlalchemy installed (it pins SQLAlchemy < 2.1; see tests/support/upstream.py),
 never imported by the test process:
 
     python old_fastapi_users_app.py write DATABASE_URL

@@ -12,30 +12,14 @@ from typing import Any
 
 import pytest
 from fastapi_users.exceptions import UserAlreadyExists
-from sqlalchemy import String, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from events.tables import events
-from projections import BaseOAuthAccountTableUUID, BaseUserTableUUID
 from registry import EventSourcedUserDatabase, run_projector
 from registry.errors import InvalidCommandError
 from registry.settings import Settings
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class OAuthAccount(BaseOAuthAccountTableUUID, Base):
-    pass
-
-
-class User(BaseUserTableUUID, Base):
-    first_name: Mapped[str | None] = mapped_column(String(255), default=None)
-    # the fastapi-users documentation's mapping: no order_by
-    oauth_accounts: Mapped[list[OAuthAccount]] = relationship("OAuthAccount", lazy="joined")
-
+from tests.support.adapter import OAUTH, OAuthAccount, User
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -57,15 +41,6 @@ async def count_events(engine: AsyncEngine, event_type: str) -> int:
     async with engine.connect() as conn:
         stmt = select(func.count()).select_from(events).where(events.c.event_type == event_type)
         return int(await conn.scalar(stmt) or 0)
-
-
-OAUTH = {
-    "oauth_name": "service1",
-    "access_token": "TOKEN",
-    "expires_at": 1579000751,
-    "account_id": "user_oauth1",
-    "account_email": "king.arthur@camelot.bt",
-}
 
 
 async def test_queries(db: EventSourcedUserDatabase[Any, Any]) -> None:

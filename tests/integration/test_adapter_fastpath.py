@@ -20,7 +20,7 @@ from registry.domain.commands import RegisterUser, UpdateUser
 from registry.schema import ensure_schema
 from registry.service.handlers import CommandHandlers
 from registry.settings import Settings
-from tests.integration.test_adapter import OAuthAccount, User
+from tests.support.adapter import OAuthAccount, User
 
 
 async def _row(engine: AsyncEngine, user_id: uuid.UUID) -> Any:

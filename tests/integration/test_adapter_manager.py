@@ -29,7 +29,7 @@ from registry.schema import ensure_schema
 from registry.service.handlers import CommandHandlers
 from registry.settings import Settings
 from registry.tables import metadata as registry_metadata
-from tests.integration.test_adapter import OAUTH, OAuthAccount, User
+from tests.support.adapter import OAUTH, OAuthAccount, User
 
 Sessions = async_sessionmaker[AsyncSession]
 

@@ -8,7 +8,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_api_support import (
+
+from events import UserDeactivated, UserDeleted, UserEmailChanged, UserVerified
+from registry.api import create_app
+from registry.api.monitoring import stalled
+from tests.support.api import (
     OTHER_TOKEN,
     Api,
     assert_no_secrets,
@@ -17,10 +21,6 @@ from test_api_support import (
     make_container,
     open_api,
 )
-
-from events import UserDeactivated, UserDeleted, UserEmailChanged, UserVerified
-from registry.api import create_app
-from registry.api.monitoring import stalled
 
 PROTECTED = [
     "/users",

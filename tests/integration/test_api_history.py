@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from freezegun import freeze_time
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_api_support import ACCESS, HASH, Api, assert_no_secrets, open_api
 
 from events import (
     OAuthAccountLinked,
@@ -23,6 +22,7 @@ from events import (
     UserRegistered,
     UserVerified,
 )
+from tests.support.api import ACCESS, HASH, Api, assert_no_secrets, open_api
 
 T0 = datetime(2031, 3, 1, 9, 0, tzinfo=UTC)
 STEP = timedelta(hours=1)

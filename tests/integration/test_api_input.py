@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_api_support import Api, assert_no_secrets, open_api
 
 from events import Event, UserRegistered, UserUnverified, UserVerified
 from registry.api.users import HISTORY_MAX_PAGE, HISTORY_PAGE, encode_history_cursor
+from tests.support.api import Api, assert_no_secrets, open_api
 
 HASH = "$argon2id$v=19$m=65536,t=3,p=4$SECRETHASHsecrethash"
 

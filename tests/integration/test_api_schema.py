@@ -26,9 +26,9 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
-from test_api_support import assert_no_secrets, auth, open_api
 
 from events import UserDeleted, create_engine, normalise_url
+from tests.support.api import assert_no_secrets, auth, open_api
 
 
 def _engine(url: str) -> AsyncEngine:

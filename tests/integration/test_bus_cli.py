@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,11 +14,15 @@ from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import (
+
+from registry.bus import Channels
+from tests.support.bus import (
     BROKER_URLS,
     FAKE_HASH,
+    REGISTRY,
     BusClient,
     cleanup,
+    cli,
     consumer,
     create_tables,
     event_count,
@@ -29,32 +32,8 @@ from test_bus_helpers import (
     wait_until,
 )
 
-from registry.bus import Channels
-
 pytestmark = pytest.mark.broker
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-REGISTRY = str(Path(sys.executable).with_name("registry"))
-
-
-async def cli(
-    *args: str, env: dict[str, str], timeout: float = 30, stdin: str | None = None
-) -> tuple[int, Any, str]:
-    proc = await asyncio.create_subprocess_exec(
-        REGISTRY,
-        *args,
-        env={**os.environ, **env},
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    feed = stdin.encode() if stdin is not None else None
-    out, err = await asyncio.wait_for(proc.communicate(feed), timeout)
-    text = out.decode()
-    try:
-        data = json.loads(text) if text.strip() else None
-    except ValueError:
-        data = text
-    return proc.returncode or 0, data, err.decode()
 
 
 @pytest.fixture

@@ -15,7 +15,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import (
+
+from events.tables import events as events_table
+from registry.bootstrap import Container
+from registry.bus import Channels, command_handlers, create_broker, process
+from tests.support.bus import (
     BROKER_URLS,
     FAKE_HASH,
     MAX_PAYLOAD,
@@ -26,10 +30,6 @@ from test_bus_helpers import (
     register_payload,
     wait_until,
 )
-
-from events.tables import events as events_table
-from registry.bootstrap import Container
-from registry.bus import Channels, command_handlers, create_broker, process
 
 pytestmark = [
     pytest.mark.broker,

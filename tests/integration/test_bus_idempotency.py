@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import (
+
+from registry.bus import Channels
+from tests.support.bus import (
     BROKERS,
     BusClient,
     cleanup,
@@ -21,8 +23,6 @@ from test_bus_helpers import (
     register_payload,
     unique_prefix,
 )
-
-from registry.bus import Channels
 
 pytestmark = [pytest.mark.broker]
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -11,9 +11,9 @@ import uuid
 import pytest
 from faststream.kafka import KafkaBroker, KafkaMessage, TestKafkaBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import create_tables, event_count, make_container, register_payload
 
 from registry.bus import Channels, CommandConsumer, Reply, command_handlers
+from tests.support.bus import create_tables, event_count, make_container, register_payload
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 

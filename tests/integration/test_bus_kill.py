@@ -16,7 +16,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import (
+
+from events.tables import events as events_table
+from registry.bus import Channels
+from tests.support.bus import (
     BROKER_URLS,
     BusClient,
     cleanup,
@@ -26,9 +29,6 @@ from test_bus_helpers import (
     unique_prefix,
     wait_until,
 )
-
-from events.tables import events as events_table
-from registry.bus import Channels
 
 pytestmark = [
     pytest.mark.broker,

@@ -14,7 +14,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import (
+
+from events import UserRegistered
+from registry.bootstrap import Container
+from registry.bus import Channels, command_handlers, create_broker, running_bus
+from tests.support.broker import held
+from tests.support.bus import (
     BROKER_URLS,
     BusClient,
     cleanup,
@@ -26,11 +31,6 @@ from test_bus_helpers import (
     unique_prefix,
     wait_until,
 )
-from test_bus_inspect import held
-
-from events import UserRegistered
-from registry.bootstrap import Container
-from registry.bus import Channels, command_handlers, create_broker, running_bus
 
 pytestmark = [
     pytest.mark.broker,

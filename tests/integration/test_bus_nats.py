@@ -13,7 +13,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import (
+
+from registry.bootstrap import Container
+from registry.bus import Channels, ReplyTimeoutError, command_handlers, create_broker, running_bus
+from registry.bus.nats_commands import NatsRequester
+from tests.support.bus import (
     BROKER_URLS,
     TIMEOUT,
     BusClient,
@@ -23,10 +27,6 @@ from test_bus_helpers import (
     register_payload,
     wait_until,
 )
-
-from registry.bootstrap import Container
-from registry.bus import Channels, ReplyTimeoutError, command_handlers, create_broker, running_bus
-from registry.bus.nats_commands import NatsRequester
 
 pytestmark = [
     pytest.mark.broker,

@@ -16,7 +16,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import (
+
+from events.tables import events as events_table
+from registry.bootstrap import Container
+from registry.bus import Channels, command_handlers, create_broker, running_bus
+from tests.support.broker import close_connection, held, publish_with_reply
+from tests.support.bus import (
     BROKER_URLS,
     BusClient,
     bus_setup,
@@ -24,11 +29,6 @@ from test_bus_helpers import (
     register_payload,
     wait_until,
 )
-from test_bus_inspect import close_connection, held, publish_with_reply
-
-from events.tables import events as events_table
-from registry.bootstrap import Container
-from registry.bus import Channels, command_handlers, create_broker, running_bus
 
 pytestmark = [
     pytest.mark.broker,

@@ -14,15 +14,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import (
-    BROKER_URLS,
-    cleanup,
-    consumer,
-    create_tables,
-    event_count,
-    make_container,
-    wait_until,
-)
 
 from events import Cursor, RecordedEvent
 from projections.worker import ProjectionWorker
@@ -30,6 +21,16 @@ from registry.bootstrap import Container
 from registry.bus import Channels, EventPublisher, EventRelay, command_handlers, create_broker
 from registry.bus.relay import public_payload
 from registry.domain.commands import LinkOAuthAccount, RegisterUser, UpdateOAuthAccount, UpdateUser
+from tests.support.bus import (
+    BROKER_URLS,
+    NatsEvents,
+    cleanup,
+    consumer,
+    create_tables,
+    event_count,
+    make_container,
+    wait_until,
+)
 
 pytestmark = pytest.mark.broker
 SECRETS = ("correct horse", "gho_access", "ghr_refresh", "ya29_new", "new password!")
@@ -84,47 +85,6 @@ async def relay_checkpoint_at(container: Container, last: RecordedEvent) -> bool
         if status.name == "relay":
             return (status.tx_id, status.position) >= (last.tx_id, last.position)
     return False
-
-
-class NatsEvents:
-    """Reads the relay's JetStream stream from the beginning."""
-
-    def __init__(self, channels: Channels) -> None:
-        self.channels = channels
-        self.messages: list[Any] = []
-
-    async def count(self) -> int:
-        import nats
-
-        nc = await nats.connect(BROKER_URLS["nats"])
-        try:
-            info = await nc.jetstream().stream_info(self.channels.nats_event_stream)
-            return int(info.state.messages)
-        finally:
-            await nc.close()
-
-    async def read_all(self) -> list[Any]:
-        import nats
-
-        nc = await nats.connect(BROKER_URLS["nats"])
-        try:
-            js = nc.jetstream()
-            n = await self.count_with(js)
-            sub = await js.pull_subscribe(
-                self.channels.event_wildcard, stream=self.channels.nats_event_stream
-            )
-            out: list[Any] = []
-            while len(out) < n:
-                out.extend(await sub.fetch(n - len(out), timeout=5))
-            for m in out:
-                await m.ack()
-            return out
-        finally:
-            await nc.close()
-
-    async def count_with(self, js: Any) -> int:
-        info = await js.stream_info(self.channels.nats_event_stream)
-        return int(info.state.messages)
 
 
 @pytest.fixture

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import (
+
+from registry.bus import Channels, Reply
+from tests.support.bus import (
     BROKERS,
     FAKE_HASH,
     MAX_PAYLOAD,
@@ -25,8 +27,6 @@ from test_bus_helpers import (
     register_payload,
     unique_prefix,
 )
-
-from registry.bus import Channels, Reply
 
 pytestmark = [pytest.mark.broker]
 

@@ -11,7 +11,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import (
+
+from registry.bootstrap import Container
+from registry.bus import Channels
+from registry.bus.retention import command_queue_arguments, dead_letter_queue_arguments
+from tests.support.broker import held, secret_in
+from tests.support.bus import (
     BROKER_URLS,
     BusClient,
     bus_setup,
@@ -20,11 +25,6 @@ from test_bus_helpers import (
     register_payload,
     wait_until,
 )
-from test_bus_inspect import held, secret_in
-
-from registry.bootstrap import Container
-from registry.bus import Channels
-from registry.bus.retention import command_queue_arguments, dead_letter_queue_arguments
 
 pytestmark = [
     pytest.mark.broker,

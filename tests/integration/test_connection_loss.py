@@ -23,7 +23,6 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from test_api_support import Api, auth, make_container, open_api
 
 from events import EventStore, create_engine
 from events.tables import events
@@ -33,6 +32,7 @@ from registry.api import create_app
 from registry.domain.commands import RegisterUser, UpdateUser
 from registry.service.handlers import CommandHandlers
 from registry.tables import metadata as registry_metadata
+from tests.support.api import Api, auth, make_container, open_api
 
 TERMINATIONS = 10
 CLIENTS = 6
@@ -191,11 +191,11 @@ async def test_the_projector_pauses_for_a_lost_connection_and_counts_no_attempt(
     terminated backends must count as none, and the projector catches up by itself."""
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
-    from test_api_support import create_tables
 
     from events import UserRegistered
     from projections.status import projection_status
     from projections.worker import ProjectionWorker
+    from tests.support.api import create_tables
 
     engine = create_engine(pg_url)
     # the test's own writer never meets a dead connection (a new one each time)

@@ -17,7 +17,6 @@ import pytest
 from fastapi_users.exceptions import UserAlreadyExists
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from test_api_support import Api, open_api
 
 from events import UserEmailChanged, UserRegistered
 from projections import OAuthAccount, User, UserProjection
@@ -28,6 +27,7 @@ from registry.errors import InvalidCommandError
 from registry.service.handlers import CommandHandlers
 from registry.tables import email_reservations
 from registry.tables import metadata as registry_metadata
+from tests.support.api import Api, open_api
 
 HASH = "fake$hash"
 NFC = unicodedata.normalize("NFC", "José@example.com")

@@ -17,13 +17,13 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 from sqlalchemy import String, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from test_erasure import assert_nowhere, dump_every_table
 
 from events.crypto import Crypto, Keyring, MasterKey, attach
 from events.tables import events
 from projections import BaseOAuthAccountTableUUID, BaseUserTableUUID
 from registry import EventSourcedUserDatabase, run_projector
 from registry.settings import Settings
+from tests.support.erasure import assert_nowhere, dump_every_table
 
 
 class Base(DeclarativeBase):

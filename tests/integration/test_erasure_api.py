@@ -11,14 +11,14 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_api_support import auth, make_container
-from test_bus_helpers import create_tables
-from test_erasure import FastHasher, Victim, full_life
 
 from events.crypto import Crypto, Keyring, MasterKey, attach
 from registry.api import create_app
 from registry.domain.commands import EraseUser
 from registry.service.handlers import CommandHandlers
+from tests.support.api import auth, make_container
+from tests.support.bus import create_tables
+from tests.support.erasure import FastHasher, Victim, full_life
 
 
 @pytest.fixture

@@ -16,24 +16,24 @@ from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_cli import cli
-from test_bus_helpers import (
+
+from events.crypto import Crypto, Keyring, MasterKey, attach
+from registry.bootstrap import Container
+from registry.bus import Channels
+from registry.domain.commands import RegisterUser
+from tests.support.bus import (
     BROKER_URLS,
     BusClient,
+    NatsEvents,
     cleanup,
+    cli,
     consumer,
     create_tables,
     event_count,
     make_container,
     wait_until,
 )
-from test_bus_relay import NatsEvents
-from test_erasure import assert_nowhere, dump_every_table
-
-from events.crypto import Crypto, Keyring, MasterKey, attach
-from registry.bootstrap import Container
-from registry.bus import Channels
-from registry.domain.commands import RegisterUser
+from tests.support.erasure import assert_nowhere, dump_every_table
 
 pytestmark = pytest.mark.broker
 

@@ -8,11 +8,10 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import EventStore, UserRegistered
-from events.tables import events
 from events.tables import metadata as events_metadata
 from registry.domain.commands import (
     DeleteUser,
@@ -31,6 +30,7 @@ from registry.errors import (
 from registry.service.handlers import CommandHandlers
 from registry.tables import email_reservations, oauth_reservations
 from registry.tables import metadata as registry_metadata
+from tests.support.store import count_events
 
 
 class FastHasher:
@@ -51,14 +51,6 @@ async def handlers(engine: AsyncEngine) -> AsyncIterator[CommandHandlers]:
         profile_fields=frozenset({"first_name"}),
         password_helper=FastHasher(),
     )
-
-
-async def count_events(engine: AsyncEngine, event_type: str | None = None) -> int:
-    stmt = select(func.count()).select_from(events)
-    if event_type:
-        stmt = stmt.where(events.c.event_type == event_type)
-    async with engine.connect() as conn:
-        return int(await conn.scalar(stmt) or 0)
 
 
 async def register(h: CommandHandlers, email: str = "ann@example.com", **kw: object) -> uuid.UUID:

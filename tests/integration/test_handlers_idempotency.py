@@ -22,7 +22,7 @@ from registry.errors import IdempotencyKeyReusedError
 from registry.service.handlers import CommandHandlers
 from registry.tables import email_reservations, processed_commands
 from registry.tables import metadata as registry_metadata
-from tests.integration.test_handlers import count_events
+from tests.support.store import count_events
 
 
 class SaltedHasher:

@@ -21,7 +21,7 @@ from registry.domain.commands import RegisterUser, UpdateUser
 from registry.service.handlers import CommandHandlers
 from registry.service.retry import retryable_sqlstate, sqlstate
 from registry.tables import metadata as registry_metadata
-from tests.integration.test_handlers import count_events
+from tests.support.store import count_events
 
 
 class Base(DeclarativeBase):

@@ -23,14 +23,14 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
-from test_upstream_support import cache_root
-from test_upstream_support import peer_python as make_peer_python
 
 from events import create_engine
 from events.tables import events
 from examples.fastapi_users_app import User, create_app
 from registry.cli import main
 from registry.settings import get_settings
+from tests.support.upstream import cache_root
+from tests.support.upstream import peer_python as make_peer_python
 
 #: making the separate environment (pip) on a loaded machine
 pytestmark = pytest.mark.timeout(900)

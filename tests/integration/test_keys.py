@@ -17,16 +17,6 @@ from pydantic import SecretStr
 from sqlalchemy import String, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from test_keys_support import (
-    cli,
-    log_contents,
-    populate,
-    raw_contents,
-    read_streams,
-    settings_for,
-    table_counts,
-    table_names,
-)
 
 from events import EventStore, create_engine
 from events.crypto import Crypto, Keyring, MasterKey, MasterKeyError, attach, crypto_of
@@ -46,6 +36,16 @@ from registry.service.keys import (
     write_key_file,
 )
 from registry.settings import Settings, get_settings
+from tests.support.keys import (
+    cli,
+    log_contents,
+    populate,
+    raw_contents,
+    read_streams,
+    settings_for,
+    table_counts,
+    table_names,
+)
 
 
 @pytest.fixture

@@ -12,7 +12,15 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_keys_support import (
+
+from events import EventStore, create_engine, shard_of
+from events.crypto import Crypto, Keyring, MasterKey, crypto_of
+from events.keyops import encrypt_events
+from events.tables import data_keys, events
+from registry.domain.commands import UpdateUser
+from registry.service.handlers import CommandHandlers
+from registry.service.keys import enable
+from tests.support.keys import (
     cli,
     erase,
     log_contents,
@@ -22,14 +30,6 @@ from test_keys_support import (
     read_streams,
     settings_for,
 )
-
-from events import EventStore, create_engine, shard_of
-from events.crypto import Crypto, Keyring, MasterKey, crypto_of
-from events.keyops import encrypt_events
-from events.tables import data_keys, events
-from registry.domain.commands import UpdateUser
-from registry.service.handlers import CommandHandlers
-from registry.service.keys import enable
 
 KEY = MasterKey.generate()
 V1_EMAIL, V1_HASH = "ada.v1@example.com", "$argon2id$v1-legacy-hash"

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_keys_support import (
+
+from events import EventStore, create_engine
+from events.crypto import Keyring, MasterKey, MasterKeyError, verify
+from events.keyops import keys_to_rotate, rotate
+from events.tables import data_keys
+from registry.domain.commands import RegisterUser, UpdateUser
+from registry.service.handlers import CommandHandlers
+from registry.service.keys import enable
+from tests.support.keys import (
     cli,
     erase,
     log_contents,
@@ -23,14 +31,6 @@ from test_keys_support import (
     read_streams,
     settings_for,
 )
-
-from events import EventStore, create_engine
-from events.crypto import Keyring, MasterKey, MasterKeyError, verify
-from events.keyops import keys_to_rotate, rotate
-from events.tables import data_keys
-from registry.domain.commands import RegisterUser, UpdateUser
-from registry.service.handlers import CommandHandlers
-from registry.service.keys import enable
 
 OLD, NEW = MasterKey.generate(), MasterKey.generate()
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_keys_support import settings_for, table_counts
 
 from events import create_engine
 from events.crypto import MasterKey, MasterKeyError, recorded_master_key
@@ -24,6 +23,7 @@ from registry.adapter.projector import run_projector
 from registry.schema import ensure_schema
 from registry.service.keys import default_key_file, enable, load_keyring
 from registry.settings import Settings
+from tests.support.keys import settings_for, table_counts
 
 ROOT = Path(__file__).resolve().parents[2]
 

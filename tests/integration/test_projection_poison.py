@@ -24,7 +24,6 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from test_api_support import Api, open_api
 
 from events import EventStore, UserEmailChanged, UserRegistered
 from events.crypto import Crypto, Keyring, MasterKey, attach
@@ -33,6 +32,7 @@ from projections.errors import ProjectionError
 from projections.status import PartitionStatus, projection_status
 from projections.tables import projection_checkpoints
 from projections.worker import ProjectionWorker
+from tests.support.api import Api, open_api
 
 PARTITIONS = 4
 POISONED = 1  # the partition the poison event lives in

@@ -13,15 +13,6 @@ from typing import Any
 import pytest
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_projection import caught_up, running
-from test_projection_support import (
-    AppOAuth,
-    AppUser,
-    History,
-    assert_matches_model,
-    create_tables,
-    snapshot,
-)
 
 from events import EventStore, UserRegistered
 from projections import UserProjection
@@ -30,6 +21,16 @@ from projections.errors import ReplayError
 from projections.replay import Progress, Replay, replay
 from projections.tables import projection_checkpoints
 from projections.worker import ProjectionWorker
+from tests.support.projection import (
+    AppOAuth,
+    AppUser,
+    History,
+    assert_matches_model,
+    caught_up,
+    create_tables,
+    running,
+    snapshot,
+)
 
 USERS, ACCOUNTS = AppUser.__table__, AppOAuth.__table__
 

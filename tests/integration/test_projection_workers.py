@@ -11,21 +11,21 @@ from collections.abc import Sequence
 import pytest
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from test_projection import running
-from test_projection_support import (
-    AppOAuth,
-    AppUser,
-    History,
-    assert_matches_model,
-    create_tables,
-    snapshot,
-)
 
 from events import EventStore, RecordedEvent, UserEmailChanged, UserRegistered, create_engine
 from projections import UserProjection
 from projections.errors import ProjectionTimeout
 from projections.replay import replay
 from projections.worker import ProjectionWorker, wait_for_version
+from tests.support.projection import (
+    AppOAuth,
+    AppUser,
+    History,
+    assert_matches_model,
+    create_tables,
+    running,
+    snapshot,
+)
 
 USERS, ACCOUNTS = AppUser.__table__, AppOAuth.__table__
 

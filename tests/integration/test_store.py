@@ -12,15 +12,6 @@ from zoneinfo import ZoneInfo
 import pytest
 from freezegun import freeze_time
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_store_support import (
-    HASH,
-    count_rows,
-    insert_raw,
-    open_store,
-    read_log,
-    samples,
-    until,
-)
 
 from events import (
     ConcurrencyError,
@@ -37,6 +28,15 @@ from events import (
     UserProfileUpdated,
     UserRegistered,
     UserVerified,
+)
+from tests.support.store import (
+    HASH,
+    count_rows,
+    insert_raw,
+    open_store,
+    read_log,
+    samples,
+    until,
 )
 
 T0 = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_store_support import HASH, open_store, read_log
 
 from events import (
     ConcurrencyError,
@@ -23,6 +22,7 @@ from events import (
     UserRegistered,
     create_engine,
 )
+from tests.support.store import HASH, open_store, read_log
 
 APPENDERS = 20
 

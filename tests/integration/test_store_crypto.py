@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_store_support import HASH, count_rows, insert_raw, open_store, samples
 
 from events import (
     Cursor,
@@ -36,6 +35,7 @@ from events.crypto import (
     verify,
 )
 from events.tables import data_keys, events
+from tests.support.store import HASH, count_rows, insert_raw, open_store, samples
 
 EMAIL = "Grace.Hopper@Example.com"
 SECRET_TOKEN = "ya29.token"

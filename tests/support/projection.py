@@ -3,8 +3,12 @@ history written straight to the log (with the rows it must produce), and table s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
+import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +35,7 @@ from events import (
 )
 from events.tables import metadata as events_metadata
 from projections import BaseOAuthAccountTableUUID, BaseUserTableUUID
+from projections.status import projection_status
 from projections.tables import (
     projection_checkpoints,
     projection_failures,
@@ -39,6 +44,7 @@ from projections.tables import (
     projection_tombstones,
     projection_workers,
 )
+from projections.worker import ProjectionWorker
 
 
 class AppBase(DeclarativeBase):
@@ -225,3 +231,29 @@ def assert_matches_model(snap: dict[str, Any], model: Model) -> None:
     for sid, want in model.users.items():
         assert users[sid] == want, sid
     assert snap["oauth"] == model.oauth
+
+
+async def caught_up(engine: AsyncEngine, store: EventStore, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = [s for s in await projection_status(engine, store) if s.name == "users"]
+        if statuses and all(s.lag_events == 0 for s in statuses):
+            return
+        assert time.monotonic() < deadline, f"projection still behind: {statuses}"
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running(worker: ProjectionWorker) -> AsyncIterator[ProjectionWorker]:
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def tombstones(engine: AsyncEngine) -> set[tuple[str, uuid.UUID, int]]:
+    async with engine.connect() as conn:
+        return {tuple(r) for r in await conn.execute(select(projection_tombstones))}  # type: ignore[misc]

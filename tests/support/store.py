@@ -143,3 +143,11 @@ async def read_log(store: EventStore, count: int, *, timeout: float = 15.0) -> l
 
     await until(more, timeout=timeout, what=f"{count} events from read_after")
     return found
+
+
+async def count_events(engine: AsyncEngine, event_type: str | None = None) -> int:
+    stmt = select(func.count()).select_from(events)
+    if event_type:
+        stmt = stmt.where(events.c.event_type == event_type)
+    async with engine.connect() as conn:
+        return int(await conn.scalar(stmt) or 0)

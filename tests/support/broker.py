@@ -7,9 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from test_bus_helpers import BROKER_URLS, BusClient
-
 from registry.bus import Channels
+from tests.support.bus import BROKER_URLS, BusClient
 
 
 @dataclass
