@@ -20,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from events import EventStore
 from events.tables import metadata as events_metadata
 from projections import UserProjection
-from projections.status import projection_status
 from projections.tables import projection_checkpoints, projection_tombstones
 from registry import EventSourcedUserDatabase, run_projector
 from registry.adapter.runtime import custom_columns, use_handlers
@@ -29,7 +28,7 @@ from registry.schema import ensure_schema
 from registry.service.handlers import CommandHandlers
 from registry.settings import Settings
 from registry.tables import metadata as registry_metadata
-from tests.support.adapter import OAUTH, OAuthAccount, User
+from tests.support.adapter import OAUTH, OAuthAccount, User, projector_caught_up
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -194,16 +193,6 @@ async def _snapshot(engine: AsyncEngine) -> list[Any]:
     return [tuple(r) for r in users] + [tuple(r) for r in accounts]
 
 
-async def _caught_up(engine: AsyncEngine, store: EventStore, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        statuses = await projection_status(engine, store)
-        if statuses and all(s.lag_events == 0 for s in statuses):
-            return
-        await store.wait_for_events(0.05)
-    raise AssertionError("projector did not catch up")
-
-
 async def test_inline_and_worker_projection_agree(engine: AsyncEngine, database_url: str) -> None:
     await ensure_schema(engine, User, OAuthAccount)
     async with engine.begin() as conn:  # idempotent: the migrations made them already
@@ -231,7 +220,7 @@ async def test_inline_and_worker_projection_agree(engine: AsyncEngine, database_
 
     settings = Settings(database_url=database_url)
     async with run_projector(engine, User, OAuthAccount, settings=settings, migrate=False):
-        await _caught_up(engine, store)  # the worker re-applies everything: a no-op
+        await projector_caught_up(engine, store)  # the worker re-applies everything: a no-op
     assert await _snapshot(engine) == inline_rows
 
     async with engine.begin() as conn:  # forget the projection; the worker alone rebuilds it
@@ -240,5 +229,5 @@ async def test_inline_and_worker_projection_agree(engine: AsyncEngine, database_
         await conn.execute(delete(projection_tombstones))
         await conn.execute(delete(projection_checkpoints))
     async with run_projector(engine, User, OAuthAccount, settings=settings, migrate=False):
-        await _caught_up(engine, store)
+        await projector_caught_up(engine, store)
     assert await _snapshot(engine) == inline_rows

@@ -29,8 +29,8 @@ from tests.support.bus import (
     make_container,
     register_payload,
     unique_prefix,
-    wait_until,
 )
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -166,7 +166,7 @@ async def test_consume_serves_until_sigterm(
                 await nc.close()
             return True
 
-        await wait_until(subscribed, timeout=30, what="`registry consume` to subscribe")
+        await eventually(subscribed, timeout=30, message="`registry consume` to subscribe")
         async with BusClient("nats", channels) as client:
             reply = await client.send("register", register_payload())
         assert reply is not None and reply.accepted, reply

@@ -28,8 +28,8 @@ from tests.support.bus import (
     consumer,
     event_count,
     register_payload,
-    wait_until,
 )
+from tests.support.waiting import eventually
 
 pytestmark = [
     pytest.mark.broker,
@@ -98,7 +98,7 @@ async def test_poison_without_reply_address_is_dead_lettered_or_dropped_once(
         async def all_logged() -> bool:
             return len(poison_lines()) >= len(poison)
 
-        await wait_until(all_logged, what="one log line per poison message")
+        await eventually(all_logged, timeout=15, message="one log line per poison message")
         if kind == "rabbit":
 
             async def dead_lettered() -> bool:
@@ -106,7 +106,7 @@ async def test_poison_without_reply_address_is_dead_lettered_or_dropped_once(
                 return len(dead) >= len(poison)
 
             dead: list[bytes] = []
-            await wait_until(dead_lettered, what="poison in the dead-letter queue")
+            await eventually(dead_lettered, timeout=15, message="poison in the dead-letter queue")
             assert sorted(dead) == sorted(body for _, body in poison)
         if kind == "nats":
             # terminated: nothing waits for an ack, nothing is redelivered after ack_wait
@@ -114,7 +114,7 @@ async def test_poison_without_reply_address_is_dead_lettered_or_dropped_once(
                 info = await _nats_consumer_info(channels)
                 return info.num_ack_pending == 0 and info.num_pending == 0
 
-            await wait_until(settled, what="poison terminated")
+            await eventually(settled, timeout=15, message="poison terminated")
             info = await _nats_consumer_info(channels)
             assert info.num_redelivered == 0
         # still serving, and the poison appended nothing
@@ -266,13 +266,13 @@ async def test_stop_and_restart_while_commands_keep_coming(
             async def some_applied() -> bool:
                 return published >= 15 and await event_count(engine) >= 5
 
-            await wait_until(some_applied, what="the first commands applied")
+            await eventually(some_applied, timeout=15, message="the first commands applied")
         stopped_at = await event_count(engine)
 
         async def more_published() -> bool:
             return published >= 40
 
-        await wait_until(more_published, what="commands published while stopped")
+        await eventually(more_published, timeout=15, message="commands published while stopped")
         assert await event_count(engine) == stopped_at  # nobody consumes while stopped
         async with consumer(container, kind, ack_wait=1.0):
             await sender
@@ -280,7 +280,7 @@ async def test_stop_and_restart_while_commands_keep_coming(
             async def all_applied() -> bool:
                 return await event_count(engine) >= total and await _drained(kind, channels)
 
-            await wait_until(all_applied, timeout=30, what="every command applied")
+            await eventually(all_applied, timeout=30, message="every command applied")
     assert await event_count(engine) == total
     async with engine.connect() as conn:
         streams = await conn.scalar(select(func.count(func.distinct(events_table.c.stream_id))))

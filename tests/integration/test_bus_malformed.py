@@ -29,8 +29,8 @@ from tests.support.bus import (
     make_container,
     register_payload,
     unique_prefix,
-    wait_until,
 )
+from tests.support.waiting import eventually
 
 pytestmark = [
     pytest.mark.broker,
@@ -119,7 +119,7 @@ async def test_every_malformed_input_is_answered_once_and_acknowledged(
                 state = await held(kind, channels)
                 return state.waiting == 0 and not state.bodies
 
-            await wait_until(settled, what="every message acknowledged")
+            await eventually(settled, timeout=15, message="every message acknowledged")
     state = await held(kind, channels)
     assert (state.waiting, state.bodies, state.redelivered) == (0, [], 0)
     assert await event_count(engine) == 2

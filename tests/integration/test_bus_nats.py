@@ -25,8 +25,8 @@ from tests.support.bus import (
     consumer,
     event_count,
     register_payload,
-    wait_until,
 )
+from tests.support.waiting import eventually
 
 pytestmark = [
     pytest.mark.broker,
@@ -168,6 +168,6 @@ async def test_stopping_lets_running_commands_reply_and_ack(
             info = await js.consumer_info(channels.nats_command_stream, channels.durable)
             return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
-        await wait_until(acknowledged, what="the command acknowledged")
+        await eventually(acknowledged, timeout=15, message="the command acknowledged")
     finally:
         await nc.close()

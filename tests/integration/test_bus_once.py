@@ -27,8 +27,8 @@ from tests.support.bus import (
     bus_setup,
     consumer,
     register_payload,
-    wait_until,
 )
+from tests.support.waiting import eventually
 
 pytestmark = [
     pytest.mark.broker,
@@ -78,9 +78,11 @@ async def test_unusable_reply_address_one_effect_and_acknowledged(
         async def both_applied() -> bool:
             return await password_changes(engine) >= 2
 
-        await wait_until(both_applied, what="both password changes")
+        await eventually(both_applied, timeout=15, message="both password changes")
         if kind != "rabbit":  # RabbitMQ: read the queue once the consumer is gone
-            await wait_until(lambda: _settled(kind, channels), what="both acknowledged")
+            await eventually(
+                lambda: _settled(kind, channels), timeout=15, message="both acknowledged"
+            )
         # a later command is served: nothing is stuck behind them
         again = await client.send("update", {"user_id": str(user.user_id), "is_verified": True})
         assert again.accepted, again
@@ -149,7 +151,7 @@ async def test_redelivery_after_the_commit_has_one_effect_without_command_id(
                 async def acknowledged() -> bool:
                     return (await held(kind, channels)).waiting == 0
 
-                await wait_until(acknowledged, what="the redelivery acknowledged")
+                await eventually(acknowledged, timeout=15, message="the redelivery acknowledged")
     assert await password_changes(engine) == 1
 
 

@@ -29,8 +29,8 @@ from tests.support.bus import (
     create_tables,
     event_count,
     make_container,
-    wait_until,
 )
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 SECRETS = ("correct horse", "gho_access", "ghr_refresh", "ya29_new", "new password!")
@@ -74,7 +74,7 @@ async def stored(container: Container) -> list[RecordedEvent]:
         found[:] = await container.store.read_after(Cursor.start(), limit=10_000)
         return len(found) == await event_count(container.engine)
 
-    await wait_until(complete, what="a stable view of the log")
+    await eventually(complete, timeout=15, message="a stable view of the log")
     return found
 
 
@@ -132,11 +132,13 @@ async def test_relay_publishes_every_event_in_order_redacted_and_resumes(
         async def relayed() -> bool:
             return await reader.count() >= len(events)
 
-        await wait_until(relayed, what="the relay to publish the history")
+        await eventually(relayed, timeout=15, message="the relay to publish the history")
         # published is not yet checkpointed: a relay stopped in between publishes the batch
         # again (at least once); wait for the checkpoint so that the count below is exact
-        await wait_until(
-            lambda: relay_checkpoint_at(container, events[-1]), what="the relay checkpoint"
+        await eventually(
+            lambda: relay_checkpoint_at(container, events[-1]),
+            timeout=15,
+            message="the relay checkpoint",
         )
     first = await reader.read_all()
     check_published(first, events, channels)
@@ -152,7 +154,7 @@ async def test_relay_publishes_every_event_in_order_redacted_and_resumes(
         async def caught_up() -> bool:
             return await reader.count() >= len(events)
 
-        await wait_until(caught_up, what="the restarted relay to catch up")
+        await eventually(caught_up, timeout=15, message="the restarted relay to catch up")
         assert runtime.relay.published == len(events) - before
         # a replay of the user projection reads the whole log again, but not for the relay
         from projections import OAuthAccount, User, UserProjection
@@ -161,7 +163,9 @@ async def test_relay_publishes_every_event_in_order_redacted_and_resumes(
         await replay(container.engine, UserProjection(User, OAuthAccount), in_place=True)
         await write_history(container)
         events = await stored(container)
-        await wait_until(caught_up, what="the relay to publish new events after the replay")
+        await eventually(
+            caught_up, timeout=15, message="the relay to publish new events after the replay"
+        )
         assert runtime.relay.published == len(events) - before
     check_published(await reader.read_all(), events, channels)
 
@@ -204,7 +208,7 @@ async def test_a_failed_batch_is_republished_and_jetstream_drops_the_duplicates(
             async def all_out() -> bool:
                 return publisher.calls > len(events) and await reader.count() >= len(events)
 
-            await wait_until(all_out, what="the retried batch")
+            await eventually(all_out, timeout=15, message="the retried batch")
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -239,7 +243,7 @@ async def test_rabbitmq_relay_sets_message_id_and_keeps_order(
                     got.append(m)
                 return len(got) >= len(events)
 
-            await wait_until(received, what="events on RabbitMQ")
+            await eventually(received, timeout=15, message="events on RabbitMQ")
         assert [m.message_id for m in got] == [str(e.event_id) for e in events]
         assert [m.routing_key for m in got] == [channels.event(e.event_type) for e in events]
         for m in got:
@@ -265,7 +269,7 @@ async def test_redis_relay_appends_to_one_stream_per_event_type(
             async def relayed() -> bool:
                 return runtime.relay is not None and runtime.relay.published >= len(events)
 
-            await wait_until(relayed, what="events on Redis")
+            await eventually(relayed, timeout=15, message="events on Redis")
         got: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for event_type in {e.event_type for e in events}:
             for _, fields in await client.xrange(channels.event(event_type)):

@@ -23,8 +23,8 @@ from tests.support.bus import (
     consumer,
     event_count,
     register_payload,
-    wait_until,
 )
+from tests.support.waiting import eventually
 
 pytestmark = [
     pytest.mark.broker,
@@ -67,13 +67,13 @@ async def test_no_secret_stays_on_the_broker_once_handled(
         async def handled() -> bool:
             return await event_count(engine) >= 4
 
-        await wait_until(handled, what="the published command handled")
+        await eventually(handled, timeout=15, message="the published command handled")
         if kind != "rabbit":  # RabbitMQ: read the queue once the consumer is gone
 
             async def emptied() -> bool:
                 return not (await held(kind, channels)).bodies
 
-            await wait_until(emptied, what="the stored commands removed")
+            await eventually(emptied, timeout=15, message="the stored commands removed")
     state = await held(kind, channels)
     assert secret_in(state.bodies, PASSWORD, TOKEN) == []
     assert (state.bodies, state.waiting) == ([], 0)
@@ -207,7 +207,7 @@ async def test_rabbit_queues_of_an_older_version_are_kept_then_migrated(
         async def served() -> bool:
             return await event_count(engine) == 1
 
-        await wait_until(served, what="the waiting command handled")
+        await eventually(served, timeout=15, message="the waiting command handled")
     assert any("kept as it is" in r.getMessage() for r in caplog.records)
     assert not await _has_new_arguments(channels)
     # empty at the next start: declared again with the bounds
@@ -235,7 +235,7 @@ async def test_redis_commands_older_than_the_maximum_age_are_trimmed(
             async def trimmed() -> bool:
                 return not secret_in((await held("redis", channels)).bodies, PASSWORD)
 
-            await wait_until(trimmed, what="the expired command trimmed")
+            await eventually(trimmed, timeout=15, message="the expired command trimmed")
     finally:
         await client.aclose()
     assert await event_count(engine) == 1

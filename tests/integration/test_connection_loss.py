@@ -33,6 +33,7 @@ from registry.domain.commands import RegisterUser, UpdateUser
 from registry.service.handlers import CommandHandlers
 from registry.tables import metadata as registry_metadata
 from tests.support.api import Api, auth, make_container, open_api
+from tests.support.waiting import eventually
 
 TERMINATIONS = 10
 CLIENTS = 6
@@ -222,14 +223,13 @@ async def test_the_projector_pauses_for_a_lost_connection_and_counts_no_attempt(
             writer.committed()
             await asyncio.sleep(0.05)
             await terminate_backends(dsn)
-        deadline = time.monotonic() + 30
-        while True:
+
+        async def caught_up() -> bool:
             found = [s for s in await projection_status(engine, worker.store) if s.name == "users"]
             assert not [s for s in found if s.state != "ok"], found
-            if found and all(s.lag_events == 0 for s in found):
-                break
-            assert time.monotonic() < deadline, found
-            await asyncio.sleep(0.05)
+            return bool(found) and all(s.lag_events == 0 for s in found)
+
+        await eventually(caught_up, timeout=30, message="the worker to catch up")
     finally:
         await worker.shut_down(task, grace=5)
         await writer.engine.dispose()

@@ -31,9 +31,9 @@ from tests.support.bus import (
     create_tables,
     event_count,
     make_container,
-    wait_until,
 )
 from tests.support.erasure import assert_nowhere, dump_every_table
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 
@@ -118,7 +118,7 @@ async def test_erase_over_the_bus_and_nothing_personal_is_ever_relayed(
         async def relayed() -> bool:
             return await reader.count() >= total
 
-        await wait_until(relayed, what="the relay to publish every event")
+        await eventually(relayed, timeout=15, message="the relay to publish every event")
 
     messages = await reader.read_all()
     assert len(messages) == total

@@ -9,9 +9,9 @@ whatever environment these tests run."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import subprocess
-import time
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator
@@ -31,6 +31,7 @@ from registry.cli import main
 from registry.settings import get_settings
 from tests.support.upstream import cache_root
 from tests.support.upstream import peer_python as make_peer_python
+from tests.support.waiting import eventually
 
 #: making the separate environment (pip) on a loaded machine
 pytestmark = pytest.mark.timeout(900)
@@ -132,6 +133,14 @@ async def old_sqlite(
     yield url, await write_old_database(peer_python, url)
 
 
+async def log_in(client: httpx.AsyncClient, row: OldUserRow) -> httpx.Response | None:
+    """The login's response once it succeeds."""
+    response = await client.post(
+        "/auth/jwt/login", data={"username": row.email.lower(), "password": row.password}
+    )
+    return response if response.status_code == 200 else None
+
+
 async def check_app_logs_them_in(target: str, old: list[OldUserRow]) -> None:
     app = create_app(target, secret="import-test-secret-of-at-least-32-bytes")
     async with app.router.lifespan_context(app):
@@ -139,15 +148,11 @@ async def check_app_logs_them_in(target: str, old: list[OldUserRow]) -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
             for row in old:
                 # the in-process projector catches up with the imported log
-                deadline = time.monotonic() + 15
-                while True:
-                    response = await client.post(
-                        "/auth/jwt/login",
-                        data={"username": row.email.lower(), "password": row.password},
-                    )
-                    if response.status_code == 200 or time.monotonic() > deadline:
-                        break
-                    await asyncio.sleep(0.05)
+                response = await eventually(
+                    functools.partial(log_in, client, row),
+                    timeout=15,
+                    message=f"{row.email} to log in",
+                )
                 assert response.status_code == 200, (row.email, response.text)
                 auth = {"Authorization": f"Bearer {response.json()['access_token']}"}
                 me = (await client.get("/users/me", headers=auth)).json()

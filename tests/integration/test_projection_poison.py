@@ -14,9 +14,8 @@ import logging
 import os
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -33,6 +32,7 @@ from projections.status import PartitionStatus, projection_status
 from projections.tables import projection_checkpoints
 from projections.worker import ProjectionWorker
 from tests.support.api import Api, open_api
+from tests.support.waiting import eventually
 
 PARTITIONS = 4
 POISONED = 1  # the partition the poison event lives in
@@ -126,16 +126,6 @@ async def running(worker: ProjectionWorker) -> AsyncIterator[ProjectionWorker]:
         await worker.shut_down(task, grace=5)
 
 
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 20) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.03)
-
-
 async def statuses(engine: AsyncEngine, store: EventStore) -> dict[int, PartitionStatus]:
     return {s.partition: s for s in await projection_status(engine, store) if s.name == "users"}
 
@@ -175,7 +165,12 @@ async def test_a_poison_event_fails_its_partition_only_and_retry_recovers_it(
     caplog.set_level(logging.INFO, logger="registry.projections")
     worker = new_worker(engine, store)
     async with running(worker):
-        status = await eventually(lambda: failed_partition(engine, store))
+        status = await eventually(
+            lambda: failed_partition(engine, store),
+            timeout=20,
+            interval=0.03,
+            message="the poisoned partition to fail",
+        )
         failure = status.failure
         assert failure is not None
         assert failure["position"] == log.position
@@ -187,11 +182,21 @@ async def test_a_poison_event_fails_its_partition_only_and_retry_recovers_it(
 
         # every other partition projected everything, also what came after the poison
         others = set(log.before) | {s for p, ids in log.after.items() if p != POISONED for s in ids}
-        await eventually(lambda: _contains(engine, others))
+        await eventually(
+            lambda: _contains(engine, others),
+            timeout=20,
+            interval=0.03,
+            message="the other users projected",
+        )
         assert not set(log.after[POISONED]) & await projected(engine)
         late = user_in(0)  # and keeps projecting while the partition is failed
         await register(store, late)
-        await eventually(lambda: _contains(engine, {late}))
+        await eventually(
+            lambda: _contains(engine, {late}),
+            timeout=20,
+            interval=0.03,
+            message="the late user projected",
+        )
 
         # told once per change of state, not once per attempt
         records = [r for r in caplog.records if getattr(r, "partition", None) == POISONED]
@@ -233,15 +238,35 @@ async def test_a_poison_event_fails_its_partition_only_and_retry_recovers_it(
         )
         assert out.returncode == 0, out.stderr
         assert f"failure at position {log.position} cleared" in out.stdout
-        await eventually(lambda: _logged(caplog, "partition failed"))
-        await eventually(lambda: failed_partition(engine, store))
+        await eventually(
+            lambda: _logged(caplog, "partition failed"),
+            timeout=20,
+            interval=0.03,
+            message="the failure logged",
+        )
+        await eventually(
+            lambda: failed_partition(engine, store),
+            timeout=20,
+            interval=0.03,
+            message="the poisoned partition to fail",
+        )
 
         # the fix (the key it was sealed with, as a previous key), then retry: it recovers
         use_keys(engine, KEY, STRANGER)
         out = await registry(database_url, "projections", "retry")  # every failed partition
         assert out.returncode == 0, out.stderr
-        await eventually(lambda: _contains(engine, {log.poison, *log.after[POISONED]}))
-        found = await eventually(lambda: _all_caught_up(engine, store))
+        await eventually(
+            lambda: _contains(engine, {log.poison, *log.after[POISONED]}),
+            timeout=20,
+            interval=0.03,
+            message="the poisoned partition's users projected",
+        )
+        found = await eventually(
+            lambda: _all_caught_up(engine, store),
+            timeout=20,
+            interval=0.03,
+            message="every partition caught up",
+        )
         assert {s.state for s in found.values()} == {"ok"}
     assert (await api.client.get("/readyz")).status_code == 200
     metrics = (await api.client.get("/metrics")).text
@@ -259,7 +284,12 @@ async def test_skip_moves_past_exactly_one_event_and_is_recorded(
     log = await poisoned_log(engine, store)
     worker = new_worker(engine, store, max_attempts=1)
     async with running(worker):
-        await eventually(lambda: failed_partition(engine, store))
+        await eventually(
+            lambda: failed_partition(engine, store),
+            timeout=20,
+            interval=0.03,
+            message="the poisoned partition to fail",
+        )
 
         # only the event the partition stopped on can be skipped, and only on confirmation
         skip = ["projections", "skip", "users", "--partition", str(POISONED), "--reason"]
@@ -283,8 +313,18 @@ async def test_skip_moves_past_exactly_one_event_and_is_recorded(
         assert f"skipped position {log.position} of users partition {POISONED}" in done.stdout
 
         # exactly that event: everything after it in the partition is projected, it is not
-        await eventually(lambda: _contains(engine, set(log.after[POISONED])))
-        await eventually(lambda: _all_caught_up(engine, store))
+        await eventually(
+            lambda: _contains(engine, set(log.after[POISONED])),
+            timeout=20,
+            interval=0.03,
+            message="the users after the poison projected",
+        )
+        await eventually(
+            lambda: _all_caught_up(engine, store),
+            timeout=20,
+            interval=0.03,
+            message="every partition caught up",
+        )
         assert log.poison not in await projected(engine)
 
     report = json.loads((await registry(database_url, "status", "--json")).stdout)
@@ -322,7 +362,12 @@ async def test_a_failure_mid_batch_is_narrowed_to_its_event(engine: AsyncEngine,
     log = await poisoned_log(engine, store)
     worker = new_worker(engine, store, batch_size=500, max_attempts=2)
     async with running(worker):
-        status = await eventually(lambda: failed_partition(engine, store))
+        status = await eventually(
+            lambda: failed_partition(engine, store),
+            timeout=20,
+            interval=0.03,
+            message="the poisoned partition to fail",
+        )
     assert status.failure is not None and status.failure["position"] == log.position
     assert set(early) <= await projected(engine)
     async with engine.connect() as conn:

@@ -26,6 +26,7 @@ from tests.support.projection import (
     running,
     snapshot,
 )
+from tests.support.waiting import eventually
 
 USERS, ACCOUNTS = AppUser.__table__, AppOAuth.__table__
 
@@ -62,15 +63,13 @@ async def applied_counts(engine: AsyncEngine) -> tuple[int, int, dict[str, int]]
 async def exactly_once(
     engine: AsyncEngine, store: EventStore, timeout: float = 30
 ) -> dict[str, int]:
-    deadline = time.monotonic() + timeout
-    while True:
+    async def all_applied() -> dict[str, int] | None:
         total, distinct, per = await applied_counts(engine)
         head = await store.head()
         assert total == distinct, f"{total - distinct} events applied twice"
-        if total == head.count:
-            return per
-        assert time.monotonic() < deadline, f"applied {total} of {head.count}"
-        await asyncio.sleep(0.05)
+        return per if total == head.count else None
+
+    return await eventually(all_applied, timeout=timeout, message="every event applied once")
 
 
 @pytest.mark.parametrize("workers", [2, 4])
@@ -97,10 +96,10 @@ async def test_workers_share_a_growing_log_exactly_once(pg_url: str, workers: in
         ]
         tasks = {w.worker_id: asyncio.create_task(w.run()) for w in pool}
         try:
-            deadline = time.monotonic() + 10
-            while not all(w.held for w in pool):  # fair shares settle within a few TTLs
-                assert time.monotonic() < deadline, [w.held for w in pool]
-                await asyncio.sleep(0.05)
+            # fair shares settle within a few TTLs
+            await eventually(
+                lambda: all(w.held for w in pool), timeout=10, message="every worker to hold leases"
+            )
             history = History(store, seed=11 + workers)
             await history.run(800)
             per = await exactly_once(main, store)

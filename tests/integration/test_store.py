@@ -36,8 +36,8 @@ from tests.support.store import (
     open_store,
     read_log,
     samples,
-    until,
 )
+from tests.support.waiting import eventually
 
 T0 = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 META = Metadata(command_id="cmd-1", correlation_id="corr-1", causation_id="cause-1", actor="ops")
@@ -244,7 +244,9 @@ async def test_an_unknown_stored_type_fails_the_read_naming_it(
             return True
         return False
 
-    await until(refused, timeout=15, what="read_after to reach the unknown event")
+    await eventually(
+        refused, timeout=15, interval=0.01, message="read_after to reach the unknown event"
+    )
     for error in errors:
         assert error.event_type == named
         assert repr(named) in str(error)

@@ -1,11 +1,16 @@
-"""An application's own user models as the FastAPI Users documentation maps them, and an OAuth account to link."""
+"""An application's own user models as the FastAPI Users documentation maps them, an OAuth
+account to link, and a wait for the projector."""
 
 from __future__ import annotations
 
 from sqlalchemy import String
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from events import EventStore
 from projections import BaseOAuthAccountTableUUID, BaseUserTableUUID
+from projections.status import projection_status
+from tests.support.waiting import eventually
 
 
 class Base(DeclarativeBase):
@@ -29,3 +34,13 @@ OAUTH = {
     "account_id": "user_oauth1",
     "account_email": "king.arthur@camelot.bt",
 }
+
+
+async def projector_caught_up(engine: AsyncEngine, store: EventStore, timeout: float = 20) -> None:
+    """Wait until every projection has applied the whole log."""
+
+    async def done() -> bool:
+        statuses = await projection_status(engine, store)
+        return bool(statuses) and all(s.lag_events == 0 for s in statuses)
+
+    await eventually(done, timeout=timeout, message="the projector to catch up")

@@ -1,4 +1,5 @@
-"""Real processes for the end-to-end tests: an environment with nothing of the registry configured, a free port, and a started server whose output is read as it comes."""
+"""Real processes for the end-to-end tests: an environment with nothing of the registry
+configured, a free port, and a started server whose output is read as it comes."""
 
 from __future__ import annotations
 

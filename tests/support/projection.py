@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from events import (
 )
 from events.tables import metadata as events_metadata
 from projections import BaseOAuthAccountTableUUID, BaseUserTableUUID
-from projections.status import projection_status
+from projections.status import PartitionStatus, projection_status
 from projections.tables import (
     projection_checkpoints,
     projection_failures,
@@ -45,6 +44,7 @@ from projections.tables import (
     projection_workers,
 )
 from projections.worker import ProjectionWorker
+from tests.support.waiting import eventually
 
 
 class AppBase(DeclarativeBase):
@@ -234,13 +234,13 @@ def assert_matches_model(snap: dict[str, Any], model: Model) -> None:
 
 
 async def caught_up(engine: AsyncEngine, store: EventStore, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    """Wait until every partition of the users projection has applied the whole log."""
+
+    async def behind() -> list[PartitionStatus] | None:
         statuses = [s for s in await projection_status(engine, store) if s.name == "users"]
-        if statuses and all(s.lag_events == 0 for s in statuses):
-            return
-        assert time.monotonic() < deadline, f"projection still behind: {statuses}"
-        await asyncio.sleep(0.05)
+        return statuses if statuses and all(s.lag_events == 0 for s in statuses) else None
+
+    await eventually(behind, timeout=timeout, message="the users projection to catch up")
 
 
 @contextlib.asynccontextmanager
