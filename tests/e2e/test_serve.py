@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from pydantic import SecretStr
 
 from events import EventStore, create_engine
 from registry.domain.commands import LinkOAuthAccount, RegisterUser, UpdateUser
@@ -73,7 +74,9 @@ async def write_users(db: Path, key_file: Path) -> list[tuple[str, int]]:
         out = []
         for i in range(3):
             outcome = await handlers.handle(
-                RegisterUser(email=f"User{i}@Example.com", password=f"pw-{i}-secret-value")
+                RegisterUser(
+                    email=f"User{i}@Example.com", password=SecretStr(f"pw-{i}-secret-value")
+                )
             )
             out.append((str(outcome.user_id), outcome.version))
         user_id = out[0][0]
@@ -82,7 +85,7 @@ async def write_users(db: Path, key_file: Path) -> list[tuple[str, int]]:
             LinkOAuthAccount(
                 user_id=user_id,  # type: ignore[arg-type]
                 oauth_name="github",
-                access_token="gho_SECRET_access",  # type: ignore[arg-type]
+                access_token=SecretStr("gho_SECRET_access"),
                 account_id="42",
                 account_email="user0@example.com",
             )

@@ -60,7 +60,9 @@ async def write(url: str) -> list[dict[str, Any]]:
         async with engine.begin() as conn:
             await conn.run_sync(OldBase.metadata.create_all)
         async with async_sessionmaker(engine, expire_on_commit=False)() as session:
-            db = SQLAlchemyUserDatabase(session, OldUser, OldOAuthAccount)
+            db: SQLAlchemyUserDatabase[OldUser, uuid.UUID] = SQLAlchemyUserDatabase(
+                session, OldUser, OldOAuthAccount
+            )
             for i, (email, first_name, verified, superuser, oauth) in enumerate(SPECS):
                 password = f"old password {i}"
                 user = await db.create(

@@ -19,7 +19,7 @@ from events.tables import events
 from registry import EventSourcedUserDatabase, run_projector
 from registry.errors import InvalidCommandError
 from registry.settings import Settings
-from tests.support.adapter import OAUTH, OAuthAccount, User
+from tests.support.adapter import OAUTH, OAuthAccount, User, UserDatabase
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -88,7 +88,7 @@ async def test_insert_existing_email_any_case(
 async def test_concurrent_creates_of_one_address(sessions: Sessions, engine: AsyncEngine) -> None:
     async def create(i: int) -> Any:
         async with sessions() as session:
-            db = EventSourcedUserDatabase(session, User, OAuthAccount)
+            db = UserDatabase(session, User, OAuthAccount)
             email = "race@camelot.bt" if i % 2 else "RACE@Camelot.BT"
             return await db.create({"email": email, "hashed_password": "h"})
 
@@ -158,7 +158,7 @@ async def test_oauth(db: EventSourcedUserDatabase[Any, Any], engine: AsyncEngine
 
 async def test_oauth_methods_without_table_raise_before_io(sessions: Sessions) -> None:
     async with sessions() as session:
-        db = EventSourcedUserDatabase(session, User)
+        db = UserDatabase(session, User)
         user = User(id=uuid.uuid4(), email="a@x.io", hashed_password="h")
         with pytest.raises(NotImplementedError):
             await db.get_by_oauth_account("x", "y")
@@ -193,7 +193,7 @@ async def test_twenty_concurrent_updates_of_one_user(
     async def patch(i: int) -> Any:
         # like a request: the session reads the user first (and holds a connection)
         async with sessions() as session:
-            mine = EventSourcedUserDatabase(session, User, OAuthAccount)
+            mine = UserDatabase(session, User, OAuthAccount)
             current = await mine.get(user.id)
             change = {"first_name": f"n{i}"} if i % 2 else {"email": f"p{i}@camelot.bt"}
             return await mine.update(current, change)

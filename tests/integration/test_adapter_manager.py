@@ -28,7 +28,8 @@ from registry.schema import ensure_schema
 from registry.service.handlers import CommandHandlers
 from registry.settings import Settings
 from registry.tables import metadata as registry_metadata
-from tests.support.adapter import OAUTH, OAuthAccount, User, projector_caught_up
+from tests.support.adapter import OAUTH, OAuthAccount, User, UserDatabase, projector_caught_up
+from tests.support.models import table_of
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -76,9 +77,9 @@ async def test_user_manager_end_to_end(sessions: Sessions) -> None:
         with pytest.raises(exceptions.UserAlreadyExists):
             await manager.create(UserCreate(email="king.arthur@CAMELOT.bt", password="x"))
         # login with the typed address in another case
-        assert (
-            await manager.authenticate(creds("KING.arthur@camelot.bt", "guinevere"))
-        ).id == user.id
+        authenticated = await manager.authenticate(creds("KING.arthur@camelot.bt", "guinevere"))
+        assert authenticated is not None
+        assert authenticated.id == user.id
         assert await manager.authenticate(creds("king.arthur@camelot.bt", "wrong")) is None
 
         await manager.request_verify(user)
@@ -113,7 +114,7 @@ async def test_user_manager_end_to_end(sessions: Sessions) -> None:
 async def test_user_manager_upgrades_a_bcrypt_hash(sessions: Sessions) -> None:
     bcrypt = PasswordHelper(PasswordHash((BcryptHasher(),)))
     async with sessions() as session:
-        db = EventSourcedUserDatabase(session, User, OAuthAccount)
+        db = UserDatabase(session, User, OAuthAccount)
         await db.create({"email": "old@camelot.bt", "hashed_password": bcrypt.hash("pw")})
         manager = Manager(db)
         user = await manager.authenticate(creds("old@camelot.bt", "pw"))
@@ -139,8 +140,8 @@ async def test_reads_are_fresh_in_a_session_that_already_holds_the_user(
     sessions: Sessions,
 ) -> None:
     async with sessions() as s1, sessions() as s2:
-        db1 = EventSourcedUserDatabase(s1, User, OAuthAccount)
-        db2 = EventSourcedUserDatabase(s2, User, OAuthAccount)
+        db1 = UserDatabase(s1, User, OAuthAccount)
+        db2 = UserDatabase(s2, User, OAuthAccount)
         user = await db1.create({"email": "a@x.io", "hashed_password": "h"})
         stale = await db2.get(user.id)  # s2 now holds the row in its identity map
         assert stale is not None
@@ -156,7 +157,7 @@ async def test_with_no_projector_the_writer_projects_its_own_writes(engine: Asyn
     handlers = CommandHandlers(engine, EventStore(engine), profile_fields=custom_columns(User))
     use_handlers(engine, handlers, User, OAuthAccount, timeout=0.3)
     async with async_sessionmaker(engine)() as session:
-        db = EventSourcedUserDatabase(session, User, OAuthAccount)
+        db = UserDatabase(session, User, OAuthAccount)
         started = time.monotonic()
         user = await db.create({"email": "a@x.io", "hashed_password": "h", "first_name": "A"})
         user = await db.update(user, {"first_name": "B", "is_verified": True})
@@ -177,7 +178,7 @@ async def test_timeout_says_the_projector_is_behind(engine: AsyncEngine) -> None
     handlers = CommandHandlers(engine, EventStore(engine), profile_fields=custom_columns(User))
     use_handlers(engine, handlers, User, OAuthAccount, timeout=0.3)
     async with async_sessionmaker(engine)() as session:
-        db = EventSourcedUserDatabase(session, User, OAuthAccount)
+        db = UserDatabase(session, User, OAuthAccount)
         started = time.monotonic()
         with pytest.raises(ProjectionTimeoutError, match="the projector is behind"):
             await db.create({"email": "a@x.io", "hashed_password": "h"})
@@ -205,7 +206,7 @@ async def test_inline_and_worker_projection_agree(engine: AsyncEngine, database_
     )
     use_handlers(engine, handlers, User, OAuthAccount, timeout=0.5)
     async with async_sessionmaker(engine, expire_on_commit=False)() as session:
-        db = EventSourcedUserDatabase(session, User, OAuthAccount)
+        db = UserDatabase(session, User, OAuthAccount)
         # no projector runs: inline writes are visible on return
         a = await db.create({"email": "a@x.io", "hashed_password": "h", "first_name": "A"})
         a = await db.add_oauth_account(a, OAUTH)
@@ -224,7 +225,7 @@ async def test_inline_and_worker_projection_agree(engine: AsyncEngine, database_
     assert await _snapshot(engine) == inline_rows
 
     async with engine.begin() as conn:  # forget the projection; the worker alone rebuilds it
-        for table in (OAuthAccount.__table__, User.__table__):
+        for table in (table_of(OAuthAccount), table_of(User)):
             await conn.execute(delete(table))
         await conn.execute(delete(projection_tombstones))
         await conn.execute(delete(projection_checkpoints))

@@ -171,7 +171,7 @@ async def test_filters_match_email_in_any_case_and_flags(api: Api) -> None:
     carol = await api.register("carol@example.com")
     await api.append(carol, [UserDeactivated()])
 
-    async def ids(**params: object) -> set[str]:
+    async def ids(**params: str | int | bool) -> set[str]:
         response = await api.client.get("/users", params=params)
         assert response.status_code == 200, response.text
         assert_no_secrets(response.text)
@@ -193,7 +193,7 @@ async def test_keyset_pages_cover_every_user_once(api: Api) -> None:
     cursor = None
     pages = 0
     while True:
-        params: dict[str, object] = {"limit": 3}
+        params: dict[str, str | int] = {"limit": 3}
         if cursor:
             params["cursor"] = cursor
         body = (await api.client.get("/users", params=params)).json()
@@ -219,7 +219,7 @@ async def test_keyset_pages_cover_every_user_once(api: Api) -> None:
     ],
 )
 async def test_bad_listing_parameters(
-    api: Api, params: dict[str, object], status: int, code: str
+    api: Api, params: dict[str, str | int], status: int, code: str
 ) -> None:
     response = await api.client.get("/users", params=params)
     assert (response.status_code, response.json()["code"]) == (status, code), response.text

@@ -12,6 +12,7 @@ from freezegun import freeze_time
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import (
+    Event,
     OAuthAccountLinked,
     OAuthAccountUpdated,
     UserDeactivated,
@@ -42,7 +43,7 @@ async def write_life(api: Api) -> uuid.UUID:
     """T0 registered, T0+1h email changed, +2h verified and linked, +3h password and token
     changed, +4h deactivated and profile changed, +5h deleted."""
     user_id = uuid.uuid4()
-    steps = [
+    steps: list[list[Event]] = [
         [UserRegistered(email="first@example.com", hashed_password=HASH)],
         [UserEmailChanged(email="second@example.com")],
         [

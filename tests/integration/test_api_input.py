@@ -119,7 +119,7 @@ async def test_history_comes_in_keyset_pages(api: Api) -> None:
     sizes: list[int] = []
     cursor = None
     while True:
-        params = {"cursor": cursor} if cursor else {}
+        params: dict[str, str] = {"cursor": cursor} if cursor else {}
         response = await api.client.get(f"/users/{user_id}/history", params=params)
         assert response.status_code == 200, response.text
         assert_no_secrets(response.text)

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import func, select
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from events.tables import events as events_table
 from registry.bootstrap import Container
 from registry.bus import Channels, command_handlers, create_broker, process
+from tests.support.broker import StreamEntry
 from tests.support.bus import (
     BROKER_URLS,
     FAKE_HASH,
@@ -112,7 +113,7 @@ async def test_poison_without_reply_address_is_dead_lettered_or_dropped_once(
             # terminated: nothing waits for an ack, nothing is redelivered after ack_wait
             async def settled() -> bool:
                 info = await _nats_consumer_info(channels)
-                return info.num_ack_pending == 0 and info.num_pending == 0
+                return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
             await eventually(settled, timeout=15, message="poison terminated")
             info = await _nats_consumer_info(channels)
@@ -157,13 +158,11 @@ async def _rabbit_take_one(channels: Channels) -> AsyncIterator[Any]:
     try:
         channel = await conn.channel()
         queue = await channel.get_queue(channels.queue, ensure=True)
-        msg = None
-        for _ in range(200):
-            msg = await queue.get(no_ack=False, fail=False)
-            if msg is not None:
-                break
-            await asyncio.sleep(0.05)
-        assert msg is not None, "the command never reached the queue"
+        msg = await eventually(
+            lambda: queue.get(no_ack=False, fail=False),
+            timeout=10,
+            message="the command to reach the queue",
+        )
         yield msg
     finally:
         await conn.close()  # unacked: RabbitMQ requeues it
@@ -177,15 +176,16 @@ async def _redis_take_one(channels: Channels) -> AsyncIterator[Any]:
 
     client = Redis.from_url(BROKER_URLS["redis"])
     try:
-        entries: list[Any] = []
-        for _ in range(200):
-            entries = await client.xreadgroup(
-                channels.durable, "dead-consumer", {channels.command("register"): ">"}, count=1
+
+        async def read_one() -> list[tuple[bytes, list[StreamEntry]]]:
+            return cast(
+                "list[tuple[bytes, list[StreamEntry]]]",
+                await client.xreadgroup(
+                    channels.durable, "dead-consumer", {channels.command("register"): ">"}, count=1
+                ),
             )
-            if entries:
-                break
-            await asyncio.sleep(0.05)
-        assert entries, "the command never reached the stream"
+
+        entries = await eventually(read_one, timeout=10, message="the command to reach the stream")
         (_, [(_, fields)]) = entries[0]
         body, _headers = BinaryMessageFormatV1.parse(fields[b"__data__"])
 

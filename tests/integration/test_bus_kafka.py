@@ -28,7 +28,9 @@ async def test_outcomes_go_to_the_replies_topic_keyed_by_command_id(engine: Asyn
 
     @broker.subscriber(channels.replies)
     async def on_reply(body: dict[str, object], message: KafkaMessage) -> None:
-        got.append((message.raw_message.key, Reply.model_validate(body)))
+        record = message.raw_message
+        assert not isinstance(record, tuple), "one record, not a batch"
+        got.append((record.key, Reply.model_validate(body)))
 
     async with TestKafkaBroker(broker) as br:
         ok = register_payload(command_id="k-1")

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import Cursor, RecordedEvent
@@ -21,6 +22,8 @@ from registry.bootstrap import Container
 from registry.bus import Channels, EventPublisher, EventRelay, command_handlers, create_broker
 from registry.bus.relay import public_payload
 from registry.domain.commands import LinkOAuthAccount, RegisterUser, UpdateOAuthAccount, UpdateUser
+from registry.service.handlers import CommandHandlers
+from tests.support.broker import stream_entries
 from tests.support.bus import (
     BROKER_URLS,
     NatsEvents,
@@ -38,9 +41,12 @@ SECRETS = ("correct horse", "gho_access", "ghr_refresh", "ya29_new", "new passwo
 
 async def write_history(container: Container) -> uuid.UUID:
     """A user whose events carry every kind of secret."""
-    handle = command_handlers(container).handle
+    handlers: CommandHandlers = command_handlers(container)
+    handle = handlers.handle
     reg = await handle(
-        RegisterUser(email=f"r{uuid.uuid4().hex[:6]}@example.com", password="correct horse")
+        RegisterUser(
+            email=f"r{uuid.uuid4().hex[:6]}@example.com", password=SecretStr("correct horse")
+        )
     )
     oauth_id = uuid.uuid4()
     await handle(
@@ -48,8 +54,8 @@ async def write_history(container: Container) -> uuid.UUID:
             user_id=reg.user_id,
             oauth_account_id=oauth_id,
             oauth_name="github",
-            access_token="gho_access",  # type: ignore[arg-type]
-            refresh_token="ghr_refresh",  # type: ignore[arg-type]
+            access_token=SecretStr("gho_access"),
+            refresh_token=SecretStr("ghr_refresh"),
             account_id=uuid.uuid4().hex,
             account_email="r@example.com",
         )
@@ -58,10 +64,12 @@ async def write_history(container: Container) -> uuid.UUID:
         UpdateOAuthAccount(
             user_id=reg.user_id,
             oauth_account_id=oauth_id,
-            access_token="ya29_new",  # type: ignore[arg-type]
+            access_token=SecretStr("ya29_new"),
         )
     )
-    await handle(UpdateUser(user_id=reg.user_id, password="new password!", is_verified=True))  # type: ignore[arg-type]
+    await handle(
+        UpdateUser(user_id=reg.user_id, password=SecretStr("new password!"), is_verified=True)
+    )
     return reg.user_id
 
 
@@ -272,9 +280,9 @@ async def test_redis_relay_appends_to_one_stream_per_event_type(
             await eventually(relayed, timeout=15, message="events on Redis")
         got: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for event_type in {e.event_type for e in events}:
-            for _, fields in await client.xrange(channels.event(event_type)):
-                body, headers = BinaryMessageFormatV1.parse(fields[b"__data__"])
-                got.append((json.loads(body), headers))
+            for _, fields in await stream_entries(client, channels.event(event_type)):
+                data, headers = BinaryMessageFormatV1.parse(fields[b"__data__"])
+                got.append((json.loads(data), headers))
         got.sort(key=lambda item: item[0]["position"])
         assert [b["event_id"] for b, _ in got] == [str(e.event_id) for e in events]
         assert [h["message_id"] for _, h in got] == [str(e.event_id) for e in events]

@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import pytest
+from pamqp.common import FieldTable
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.bootstrap import Container
@@ -156,7 +157,7 @@ async def _declare_old_rabbit_queues(channels: Channels, message: bytes | None) 
     conn = await aio_pika.connect(BROKER_URLS["rabbit"])
     try:
         channel = await conn.channel()
-        args = {"x-dead-letter-exchange": channels.dead_letter_exchange}
+        args: FieldTable = {"x-dead-letter-exchange": channels.dead_letter_exchange}
         queue = await channel.declare_queue(channels.queue, durable=True, arguments=args)
         await channel.declare_queue(channels.dead_letter_queue, durable=True)
         exchange = await channel.declare_exchange(

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -27,11 +28,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from events import EventStore, create_engine
 from events.tables import events
 from projections import OAuthAccount, User, UserProjection
-from registry import EventSourcedUserDatabase
 from registry.api import create_app
 from registry.domain.commands import RegisterUser, UpdateUser
 from registry.service.handlers import CommandHandlers
 from registry.tables import metadata as registry_metadata
+from tests.support.adapter import UserDatabase
 from tests.support.api import Api, auth, make_container, open_api
 from tests.support.waiting import eventually
 
@@ -84,11 +85,14 @@ async def test_terminated_backends_reach_no_client(
     users = []
     for i in range(CLIENTS):
         out = await handlers.handle(
-            RegisterUser(email=f"client{i}@example.com", password="pw", command_id=f"reg-{i}")
+            RegisterUser(
+                email=f"client{i}@example.com", password=SecretStr("pw"), command_id=f"reg-{i}"
+            )
         )
         users.append(out.user_id)
     async with AsyncSession(engine) as session:  # the adapter's one-time set-up, done first
-        assert await EventSourcedUserDatabase(session, User).get(users[0]) is not None
+        db = UserDatabase(session, User)
+        assert await db.get(users[0]) is not None
     errors: Counter[str] = Counter()
     done: Counter[str] = Counter()
     teardown_errors: Counter[str] = Counter()
@@ -117,7 +121,7 @@ async def test_terminated_backends_reach_no_client(
                     errors[f"GET {path.split('?')[0]} {response.status_code}"] += 1
             session = AsyncSession(engine, expire_on_commit=False)
             try:
-                found = await EventSourcedUserDatabase(session, User).get(user_id)
+                found = await UserDatabase(session, User).get(user_id)
                 assert found is not None
                 done["adapter read"] += 1
             except Exception as exc:
@@ -176,11 +180,11 @@ async def test_a_database_that_stays_down_gives_a_clear_error_fast() -> None:
     handlers = CommandHandlers(engine, EventStore(engine), password_helper=FastHasher())
     with pytest.raises(OSError):
         await handlers.handle(
-            RegisterUser(email="down@example.com", password="pw", command_id="down-1")
+            RegisterUser(email="down@example.com", password=SecretStr("pw"), command_id="down-1")
         )
     async with AsyncSession(engine) as session:
         with pytest.raises(OSError):
-            await EventSourcedUserDatabase(session, User).get(uuid.uuid4())
+            await UserDatabase(session, User).get(uuid.uuid4())
     await engine.dispose()
     assert time.monotonic() - started < 10
 

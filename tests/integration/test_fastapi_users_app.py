@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from events import EventStore
 from events.tables import events
 from examples.fastapi_users_app import User, create_app
-from registry import EventSourcedUserDatabase
+from tests.support.adapter import UserDatabase
 
 PASSWORD = "correct horse battery"
 SECRET = "a test secret of at least thirty-two bytes"
@@ -74,7 +74,7 @@ class Harness:
     async def promote(self, user_id: str) -> None:
         """Make a superuser the way a script would: through the adapter."""
         async with self.app.state.session_maker() as session:
-            db = EventSourcedUserDatabase(session, User)
+            db = UserDatabase(session, User)
             user = await db.get(uuid.UUID(user_id))
             assert user is not None
             await db.update(user, {"is_superuser": True})

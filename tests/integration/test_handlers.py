@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -63,7 +64,7 @@ async def test_register_hashes_with_argon2_by_default(engine: AsyncEngine) -> No
         await conn.run_sync(events_metadata.create_all)
         await conn.run_sync(registry_metadata.create_all)
     h = CommandHandlers(engine, EventStore(engine))
-    out = await h.handle(RegisterUser(email="a@x.io", password="s3cret-pw"))
+    out = await h.handle(RegisterUser(email="a@x.io", password=SecretStr("s3cret-pw")))
     (rec,) = out.events
     assert isinstance(rec.event, UserRegistered)
     assert rec.event.hashed_password.startswith("$argon2")
@@ -72,7 +73,9 @@ async def test_register_hashes_with_argon2_by_default(engine: AsyncEngine) -> No
 
 async def test_update_emits_fine_grained_events(handlers: CommandHandlers) -> None:
     uid = await register(handlers)
-    out = await handlers.handle(UpdateUser(user_id=uid, email="bo@example.com", password="new"))
+    out = await handlers.handle(
+        UpdateUser(user_id=uid, email="bo@example.com", password=SecretStr("new"))
+    )
     assert [e.event_type for e in out.events] == ["UserEmailChanged", "UserPasswordChanged"]
     assert out.version == 3
     noop = await handlers.handle(UpdateUser(user_id=uid, email="bo@example.com"))
@@ -83,7 +86,9 @@ async def test_unknown_profile_key_is_refused_and_nothing_appended(
     handlers: CommandHandlers, engine: AsyncEngine
 ) -> None:
     with pytest.raises(InvalidCommandError, match="nickname"):
-        await handlers.handle(RegisterUser(email="a@x.io", password="p", profile={"nickname": 1}))
+        await handlers.handle(
+            RegisterUser(email="a@x.io", password=SecretStr("p"), profile={"nickname": 1})
+        )
     uid = await register(handlers)
     with pytest.raises(InvalidCommandError):
         await handlers.handle(UpdateUser(user_id=uid, profile={"nickname": "x"}))
@@ -192,7 +197,7 @@ async def test_oauth_accounts_unique_and_released_on_delete(
         return LinkOAuthAccount(
             user_id=uid,
             oauth_name="google",
-            access_token="tok",
+            access_token=SecretStr("tok"),
             account_id="g1",
             account_email="a@x.io",
         )
@@ -212,19 +217,21 @@ async def test_secrets_never_logged(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     uid = await register(handlers, password="plain-SECRET-1")
-    await handlers.handle(UpdateUser(user_id=uid, password="plain-SECRET-2"))
+    await handlers.handle(UpdateUser(user_id=uid, password=SecretStr("plain-SECRET-2")))
     await handlers.handle(
         LinkOAuthAccount(
             user_id=uid,
             oauth_name="gh",
-            access_token="tok-SECRET",
-            refresh_token="ref-SECRET",
+            access_token=SecretStr("tok-SECRET"),
+            refresh_token=SecretStr("ref-SECRET"),
             account_id="1",
             account_email="a@x.io",
         )
     )
     with pytest.raises(InvalidCommandError):
-        await handlers.handle(UpdateUser(user_id=uid, password="plain-SECRET-3", profile={"x": 1}))
+        await handlers.handle(
+            UpdateUser(user_id=uid, password=SecretStr("plain-SECRET-3"), profile={"x": 1})
+        )
     # aiosqlite's own DEBUG logger prints SQL parameters: a driver's debug trace, not ours
     ours = [r for r in caplog.records if not r.name.startswith("aiosqlite")]
     assert any(r.name == "registry.service.handlers" for r in ours)

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -112,16 +113,16 @@ async def test_a_redelivered_password_is_the_same_command(
 ) -> None:
     """The password is hashed with a random salt: the fingerprint is taken before that, and
     holds neither the password nor a plain hash of it."""
-    reg = RegisterUser(email="a@x.io", password="pw-SECRET", command_id="r")
+    reg = RegisterUser(email="a@x.io", password=SecretStr("pw-SECRET"), command_id="r")
     first = await handlers.handle(reg)
     again = await handlers.handle(
-        RegisterUser(email="a@x.io", password="pw-SECRET", command_id="r")
+        RegisterUser(email="a@x.io", password=SecretStr("pw-SECRET"), command_id="r")
     )
     assert again.duplicate and again.user_id == first.user_id
-    upd = UpdateUser(user_id=first.user_id, password="new-SECRET", command_id="p")
+    upd = UpdateUser(user_id=first.user_id, password=SecretStr("new-SECRET"), command_id="p")
     await handlers.handle(upd)
     assert (await handlers.handle(upd)).duplicate
-    other = UpdateUser(user_id=first.user_id, password="other-SECRET", command_id="p")
+    other = UpdateUser(user_id=first.user_id, password=SecretStr("other-SECRET"), command_id="p")
     if handlers.store.crypto is not None:
         with pytest.raises(IdempotencyKeyReusedError):
             await handlers.handle(other)

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -111,7 +112,7 @@ async def import_cli(source: str, target: str) -> dict[str, object]:
     return summary
 
 
-async def log_rows(target: str) -> list[tuple[str, uuid.UUID, dict[str, object]]]:
+async def log_rows(target: str) -> list[tuple[str, uuid.UUID, dict[str, Any]]]:
     engine = create_engine(target)
     try:
         async with engine.connect() as conn:

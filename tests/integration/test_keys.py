@@ -22,7 +22,6 @@ from events import EventStore, create_engine
 from events.crypto import Crypto, Keyring, MasterKey, MasterKeyError, attach, crypto_of
 from events.tables import events
 from projections import BaseUserTableUUID, OAuthAccount, User
-from registry import EventSourcedUserDatabase
 from registry.adapter.projector import run_projector
 from registry.bootstrap import build
 from registry.domain.commands import RegisterUser
@@ -36,6 +35,7 @@ from registry.service.keys import (
     write_key_file,
 )
 from registry.settings import Settings, get_settings
+from tests.support.adapter import UserDatabase
 from tests.support.keys import (
     cli,
     log_contents,
@@ -98,7 +98,7 @@ async def test_a_wrong_master_key_is_refused_at_every_start_and_nothing_is_writt
     adapter_engine = create_engine(database_url)
     try:
         async with AsyncSession(adapter_engine) as session:
-            db = EventSourcedUserDatabase(session, User, OAuthAccount)
+            db = UserDatabase(session, User, OAuthAccount)
             with pytest.raises(MasterKeyError, match="REGISTRY_MASTER_KEY"):
                 await db.create({"email": "new@example.com", "hashed_password": "h"})
             assert await db.get(pop.ids[0]) is not None  # reads of the read model still work
@@ -205,7 +205,9 @@ def test_key_files_are_created_owner_only_never_replaced_and_checked(tmp_path: P
     with pytest.raises(MasterKeyError, match="REGISTRY_MASTER_KEY is not a master key"):
         load_keyring(Settings(master_key=SecretStr("short")))
     with pytest.raises(MasterKeyError, match="REGISTRY_PREVIOUS_MASTER_KEYS"):
-        load_keyring(Settings(master_key=SecretStr(first.encoded()), previous_master_keys="x"))
+        load_keyring(
+            Settings(master_key=SecretStr(first.encoded()), previous_master_keys=[SecretStr("x")])
+        )
 
 
 def test_keygen_into_a_file_keeps_an_existing_one_only_when_asked(tmp_path: Path) -> None:
@@ -289,7 +291,7 @@ async def test_the_adapter_seals_with_the_configured_key(
 
     async def create(i: int) -> uuid.UUID:
         async with AsyncSession(engine) as session:
-            db = EventSourcedUserDatabase(session, User, OAuthAccount)
+            db = UserDatabase(session, User, OAuthAccount)
             user = await db.create({"email": f"u{i}@example.com", "hashed_password": f"hash-{i}"})
             return uuid.UUID(str(user.id))
 

@@ -40,7 +40,7 @@ WRITER = textwrap.dedent(
     async def main(url, email):
         engine = create_engine(url)
         async with async_sessionmaker(engine, expire_on_commit=False)() as session:
-            db = EventSourcedUserDatabase(session, User)
+            db = UserDatabase(session, User)
             await db.create({"email": email, "hashed_password": "h"})
             emails = []
             for user in await db.session.scalars(__import__("sqlalchemy").select(User)):

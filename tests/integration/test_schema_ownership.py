@@ -16,9 +16,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from events import create_engine
 from projections import BaseUserTableUUID
 from projections import User as DefaultUser
-from registry import EventSourcedUserDatabase, run_projector
+from registry import run_projector
 from registry.schema import SchemaError, ensure_schema, migrate
 from registry.settings import Settings
+from tests.support.adapter import UserDatabase
 
 
 class AppBase(DeclarativeBase):
@@ -54,7 +55,7 @@ async def columns(engine: AsyncEngine, table: str) -> set[str]:
 
 async def write_and_read(engine: AsyncEngine, email: str) -> None:
     async with async_sessionmaker(engine, expire_on_commit=False)() as session:
-        db = EventSourcedUserDatabase(session, AppUser)
+        db = UserDatabase(session, AppUser)
         user = await db.create({"email": email, "hashed_password": "h", "first_name": "Ann"})
         user = await db.update(user, {"first_name": "Bea"})
         again = await db.get(user.id)

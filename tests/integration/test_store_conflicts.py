@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -121,7 +122,11 @@ async def test_taken_reservations_and_seen_command_ids_fail_no_statement(
 
     def link(user: uuid.UUID, account: str) -> LinkOAuthAccount:
         return LinkOAuthAccount(
-            user_id=user, oauth_name="gh", access_token="t", account_id=account, account_email="e"
+            user_id=user,
+            oauth_name="gh",
+            access_token=SecretStr("t"),
+            account_id=account,
+            account_email="e",
         )
 
     linked = await handlers.handle(link(a.user_id, "1"))

@@ -3,6 +3,9 @@ account to link, and a wait for the projector."""
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 from sqlalchemy import String
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -10,6 +13,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from events import EventStore
 from projections import BaseOAuthAccountTableUUID, BaseUserTableUUID
 from projections.status import projection_status
+from registry import EventSourcedUserDatabase
 from tests.support.waiting import eventually
 
 
@@ -44,3 +48,10 @@ async def projector_caught_up(engine: AsyncEngine, store: EventStore, timeout: f
         return bool(statuses) and all(s.lag_events == 0 for s in statuses)
 
     await eventually(done, timeout=timeout, message="the projector to catch up")
+
+
+#: the adapter as the tests hold it. The id type is named because the constructor takes only
+#: the user model, so mypy cannot infer it; the user type is left open because mypy refuses
+#: the declarative test models as a type argument bound by fastapi-users' `UserProtocol`
+#: (while it accepts their instances as values of that protocol)
+UserDatabase = EventSourcedUserDatabase[Any, uuid.UUID]

@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Integer, String, Table, select
+from sqlalchemy import Integer, String, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import FromClause
 
 from events import (
     Event,
@@ -75,7 +77,12 @@ TIMESTAMPS = {"created_at", "updated_at"}
 async def create_tables(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.run_sync(events_metadata.create_all)
-        await conn.run_sync(lambda c: [t.create(c, checkfirst=True) for t in BOOKKEEPING])
+
+        def create_bookkeeping(sync_conn: Connection) -> None:
+            for table in BOOKKEEPING:
+                table.create(sync_conn, checkfirst=True)
+
+        await conn.run_sync(create_bookkeeping)
         await conn.run_sync(AppBase.metadata.create_all)
 
 
@@ -177,7 +184,7 @@ class History:
             row["is_superuser"] = not row["is_superuser"]
             return UserSuperuserGranted() if row["is_superuser"] else UserSuperuserRevoked()
         if kind in (5, 6):
-            changes = {"loyalty": rng.randrange(1000)}
+            changes: dict[str, object] = {"loyalty": rng.randrange(1000)}
             if rng.random() < 0.5:
                 changes["first_name"] = f"F{rng.randrange(1000)}"
             row.update(changes)
@@ -202,7 +209,10 @@ class History:
             )
         if kind in (9, 10):
             oid = rng.choice(mine)
-            changes = {"access_token": f"tok2-{rng.random()}", "expires_at": rng.randrange(10**9)}
+            changes = {
+                "access_token": f"tok2-{rng.random()}",
+                "expires_at": rng.randrange(10**9),
+            }
             if rng.random() < 0.3:
                 changes["refresh_token"] = f"ref-{rng.random()}"
             m.oauth[oid].update(changes)
@@ -213,7 +223,9 @@ class History:
         return UserDeleted()
 
 
-async def snapshot(engine: AsyncEngine, user: Table, oauth: Table | None) -> dict[str, Any]:
+async def snapshot(
+    engine: AsyncEngine, user: FromClause, oauth: FromClause | None
+) -> dict[str, Any]:
     """Every row of the user (and OAuth) table, by id, as plain dicts."""
     async with engine.connect() as conn:
         users = {r["id"]: dict(r) for r in (await conn.execute(select(user))).mappings()}
@@ -256,4 +268,4 @@ async def running(worker: ProjectionWorker) -> AsyncIterator[ProjectionWorker]:
 
 async def tombstones(engine: AsyncEngine) -> set[tuple[str, uuid.UUID, int]]:
     async with engine.connect() as conn:
-        return {tuple(r) for r in await conn.execute(select(projection_tombstones))}  # type: ignore[misc]
+        return {tuple(r) for r in await conn.execute(select(projection_tombstones))}

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import SecretStr
 
 from events import (
     Event,
@@ -120,7 +121,8 @@ def test_register_emits_one_event_and_refuses_a_taken_id() -> None:
 
 def test_update_email_and_password_are_two_events() -> None:
     events = decide(registered(), UpdateUser(user_id=UID, email="b@x.io", hashed_password="h2"))
-    assert [type(e) for e in events] == [UserEmailChanged, UserPasswordChanged]
+    expected: list[type] = [UserEmailChanged, UserPasswordChanged]
+    assert [type(e) for e in events] == expected
 
 
 def test_update_that_changes_nothing_emits_nothing() -> None:
@@ -168,7 +170,7 @@ def test_oauth_link_update_and_refusals() -> None:
         user_id=UID,
         oauth_account_id=aid,
         oauth_name="google",
-        access_token="tok",
+        access_token=SecretStr("tok"),
         account_id="g1",
         account_email="a@x.io",
     )
@@ -177,7 +179,9 @@ def test_oauth_link_update_and_refusals() -> None:
     state = fold(UID, recorded(UserRegistered(email="a@x.io", hashed_password="h"), linked))
     with pytest.raises(OAuthAccountAlreadyLinkedError):
         decide(state, link.model_copy(update={"oauth_account_id": uuid.uuid4()}))
-    upd = UpdateOAuthAccount(user_id=UID, oauth_account_id=aid, access_token="tok", expires_at=5)
+    upd = UpdateOAuthAccount(
+        user_id=UID, oauth_account_id=aid, access_token=SecretStr("tok"), expires_at=5
+    )
     assert decide(state, upd) == [
         OAuthAccountUpdated(oauth_account_id=aid, changes={"expires_at": 5})
     ]

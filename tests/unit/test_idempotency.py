@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import uuid
 
+from pydantic import SecretStr
+
 from events.crypto import Keyring, MasterKey
 from registry.domain.commands import (
     EraseUser,
@@ -106,7 +108,7 @@ def test_oauth_tokens_are_secrets_too() -> None:
         return LinkOAuthAccount(
             user_id=USER,
             oauth_name="gh",
-            access_token=token,
+            access_token=SecretStr(token),
             account_id="1",
             account_email="a@x.io",
         )
