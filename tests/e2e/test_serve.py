@@ -17,8 +17,9 @@ import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -36,7 +37,7 @@ NATS_URL = os.environ.get("REGISTRY_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
 
 @pytest.fixture
-def start(tmp_path: Path) -> Iterator[object]:
+def start(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
     def run(*args: str, **env: str) -> Server:
@@ -80,10 +81,10 @@ async def write_users(db: Path, key_file: Path) -> list[tuple[str, int]]:
             )
             out.append((str(outcome.user_id), outcome.version))
         user_id = out[0][0]
-        await handlers.handle(UpdateUser(user_id=user_id, is_verified=True))  # type: ignore[arg-type]
+        await handlers.handle(UpdateUser(user_id=uuid.UUID(user_id), is_verified=True))
         linked = await handlers.handle(
             LinkOAuthAccount(
-                user_id=user_id,  # type: ignore[arg-type]
+                user_id=uuid.UUID(user_id),
                 oauth_name="github",
                 access_token=SecretStr("gho_SECRET_access"),
                 account_id="42",
@@ -106,9 +107,9 @@ async def lag_after_exit(db: Path) -> list[int]:
         await engine.dispose()
 
 
-def test_serve_from_an_empty_directory(start: object, tmp_path: Path) -> None:
+def test_serve_from_an_empty_directory(start: Callable[..., Server], tmp_path: Path) -> None:
     port = free_port()
-    server = start(REGISTRY_PORT=str(port))  # type: ignore[operator]
+    server = start(REGISTRY_PORT=str(port))
     token = server.wait_for_line(r"API token \(generated, kept in (.+)\): (\S+)").group(2)
     base = server.wait_for_line(r"listening on (http://\S+)").group(1)
     assert base == f"http://127.0.0.1:{port}"
@@ -161,7 +162,7 @@ def test_serve_from_an_empty_directory(start: object, tmp_path: Path) -> None:
     )
 
 
-def send(prefix: str, command: str, payload: dict[str, object]) -> tuple[int, dict]:  # type: ignore[type-arg]
+def send(prefix: str, command: str, payload: dict[str, object]) -> tuple[int, dict[str, Any]]:
     result = subprocess.run(
         [str(REGISTRY), "send", command, json.dumps(payload)],
         env=clean_env(REGISTRY_BROKER_URL=NATS_URL, REGISTRY_BUS_PREFIX=prefix),
@@ -189,10 +190,10 @@ async def drop_streams(prefix: str) -> None:
 
 
 def test_serve_with_nats_consumes_commands_and_counts_outcomes(
-    start: object, tmp_path: Path
+    start: Callable[..., Server], tmp_path: Path
 ) -> None:
     prefix = f"e2e{uuid.uuid4().hex[:8]}"  # private subjects and streams on the shared server
-    server = start(  # type: ignore[operator]
+    server = start(
         REGISTRY_PORT=str(free_port()),
         REGISTRY_BROKER_URL=NATS_URL,
         REGISTRY_BUS_PREFIX=prefix,
@@ -225,11 +226,11 @@ def test_serve_with_nats_consumes_commands_and_counts_outcomes(
 
 
 def test_serve_reuses_its_token_and_honours_configured_tokens(
-    start: object, tmp_path: Path
+    start: Callable[..., Server], tmp_path: Path
 ) -> None:
     (tmp_path / ".registry-token").write_text("kept-token-123\n")
     (tmp_path / ".registry-token").chmod(0o644)
-    server = start("--port", str(free_port()))  # type: ignore[operator]
+    server = start("--port", str(free_port()))
     found = server.wait_for_line(r"API token: kept in (\S+)$")
     assert found.group(1) == str((tmp_path / ".registry-token").resolve())
     assert stat.S_IMODE((tmp_path / ".registry-token").stat().st_mode) == 0o600
@@ -243,7 +244,7 @@ def test_serve_reuses_its_token_and_honours_configured_tokens(
     assert "kept-token-123" not in output, output
 
     port = free_port()
-    server = start(REGISTRY_PORT=str(port), REGISTRY_API_TOKENS="configured-1,configured-2")  # type: ignore[operator]
+    server = start(REGISTRY_PORT=str(port), REGISTRY_API_TOKENS="configured-1,configured-2")
     server.wait_for_line("API token: from REGISTRY_API_TOKENS")
     base = server.wait_for_line(r"listening on (http://\S+)").group(1)
     with httpx.Client(base_url=base, timeout=20) as client:

@@ -99,7 +99,7 @@ async def lag(engine: AsyncEngine, store: EventStore) -> tuple[int, int]:
 async def holders(engine: AsyncEngine) -> dict[int, str | None]:
     async with engine.connect() as conn:
         rows = await conn.execute(select(projection_leases.c.partition, projection_leases.c.holder))
-        return dict(rows.all())  # type: ignore[arg-type]
+        return {partition: holder for partition, holder in rows}
 
 
 async def test_worker_killed_mid_batch_restarts_to_a_clean_replay(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from freezegun import freeze_time
@@ -69,7 +70,7 @@ async def write_life(api: Api) -> uuid.UUID:
     return user_id
 
 
-async def as_of(api: Api, user_id: uuid.UUID, when: datetime | str) -> tuple[int, dict]:  # type: ignore[type-arg]
+async def as_of(api: Api, user_id: uuid.UUID, when: datetime | str) -> tuple[int, dict[str, Any]]:
     value = when if isinstance(when, str) else when.isoformat()
     response = await api.client.get(f"/users/{user_id}", params={"as_of": value})
     assert_no_secrets(response.text)

@@ -119,13 +119,13 @@ async def test_erasure_leaves_nothing_readable_and_the_rest_replays_the_same(
     for other in others:  # their data is still sealed and opens
         stream = await handlers.store.read_stream(other.user_id)
         assert not any(r.erased for r in stream)
-        assert stream[0].event.email == other.needles[0]  # type: ignore[attr-defined]
+        assert stream[0].event.email == other.needles[0]  # type: ignore[attr-defined]  # the log gives the Event union
 
     # the history stays, every personal value erased
     stream = await handlers.store.read_stream(victim.user_id)
     assert len(stream) == 6 and all(r.erased for r in stream)
-    assert stream[0].event.email == ERASED  # type: ignore[attr-defined]
-    assert stream[0].event.profile == {PERSONAL_COLUMN: ERASED, "plan": "gold"}  # type: ignore[attr-defined]
+    assert stream[0].event.email == ERASED  # type: ignore[attr-defined]  # the log gives the Event union
+    assert stream[0].event.profile == {PERSONAL_COLUMN: ERASED, "plan": "gold"}  # type: ignore[attr-defined]  # the log gives the Event union
 
     # a replay of the whole log: same rows for everyone else, the victim still absent
     await replay(engine, UserProjection(User, OAuthAccount), batch_size=7)

@@ -81,7 +81,7 @@ async def advisory_locks(engine: AsyncEngine) -> int:
 
 
 async def user_serves(app: object) -> None:
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # Starlette's ASGI types
     async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
         response = await client.post(
             "/auth/register", json={"email": "after@example.com", "password": PASSWORD}

@@ -204,7 +204,7 @@ async def test_import_then_old_passwords_log_in_and_rerun_imports_nothing(
 
     again = await import_cli(source, database_url)
     assert again["users"] == {"total": 3, "imported": 0, "already": 3, "failed": 0}
-    assert again["oauth_accounts"]["already"] == n_oauth  # type: ignore[index]
+    assert again["oauth_accounts"]["already"] == n_oauth  # type: ignore[index]  # the import summary's nested counts
     assert await log_rows(database_url) == log
 
     await check_app_logs_them_in(database_url, old)

@@ -65,7 +65,7 @@ async def test_migrate_twice_is_a_no_op_and_downgrade_works(engine: AsyncEngine)
 
     from registry.schema import alembic_config
 
-    def down(sync_conn):  # type: ignore[no-untyped-def]
+    def down(sync_conn: Connection) -> None:
         cfg = alembic_config()
         cfg.attributes["connection"] = sync_conn
         command.downgrade(cfg, "base")
@@ -77,7 +77,7 @@ async def test_migrate_twice_is_a_no_op_and_downgrade_works(engine: AsyncEngine)
     assert names <= {"alembic_version"}
 
 
-def test_registry_migrate_command(database_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_registry_migrate_command(database_url: str, tmp_path: Path) -> None:
     env = {**os.environ, "REGISTRY_DATABASE_URL": database_url}
     out = subprocess.run(
         [sys.executable, "-m", "registry.cli", "migrate"],

@@ -109,7 +109,7 @@ async def test_workers_share_a_growing_log_exactly_once(pg_url: str, workers: in
             victim = max(pool, key=lambda w: len(w.held))
             held = set(victim.held)
             assert held
-            victim._leave = _no_leave  # type: ignore[method-assign]
+            victim._leave = _no_leave  # type: ignore[method-assign]  # the worker dies without releasing its leases
             tasks.pop(victim.worker_id).cancel()
             started = time.monotonic()
             model = await history.run(400)

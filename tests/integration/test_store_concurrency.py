@@ -43,7 +43,7 @@ def check_stream(read: list[RecordedEvent], per_append: int, first: int = 1) -> 
     tags = []
     for i in range(0, len(read), per_append):
         chunk = [r.event for r in read[i : i + per_append]]
-        tag = chunk[0].changes["by"]  # type: ignore[attr-defined]
+        tag = chunk[0].changes["by"]  # type: ignore[attr-defined]  # the log gives the Event union
         assert chunk == tagged(tag, per_append), "an append's events stay together"
         tags.append(tag)
     assert len(set(tags)) == len(tags), "no append is duplicated"
@@ -241,7 +241,7 @@ async def test_parallel_writers_and_a_tailing_reader(store: EventStore, backend:
     per_stream: dict[uuid.UUID, list[int]] = defaultdict(list)
     for r in seen:
         per_stream[r.stream_id].append(r.stream_version)
-        assert r.event.changes["v"] == r.stream_version  # type: ignore[attr-defined]
+        assert r.event.changes["v"] == r.stream_version  # type: ignore[attr-defined]  # the log gives the Event union
     assert len(per_stream) == WRITERS * STREAMS
     assert all(v == list(range(1, PER_STREAM + 1)) for v in per_stream.values())
     cursors = [(r.tx_id, r.position) for r in seen]

@@ -95,7 +95,7 @@ async def test_a_refused_append_leaves_no_unstored_data_key_in_use(
     with pytest.raises(ConcurrencyError):
         await store.append(sid, registered("b@x.io"), expected_version=0)
     await store.append(sid, registered("c@x.io"), expected_version=1)
-    assert [e.event.email for e in await store.read_stream(sid)] == ["a@x.io", "c@x.io"]  # type: ignore[attr-defined]
+    assert [e.event.email for e in await store.read_stream(sid)] == ["a@x.io", "c@x.io"]  # type: ignore[attr-defined]  # the log gives the Event union
     # the same through the handlers: a registration on a taken id, then a change
     taken = await handlers.handle(RegisterUser(email="d@x.io", hashed_password="h"))
     with pytest.raises(UserAlreadyExistsError):
@@ -103,7 +103,7 @@ async def test_a_refused_append_leaves_no_unstored_data_key_in_use(
             RegisterUser(user_id=taken.user_id, email="e@x.io", hashed_password="h")
         )
     await handlers.handle(UpdateUser(user_id=taken.user_id, email="f@x.io"))
-    emails = [e.event.email for e in await store.read_stream(taken.user_id)]  # type: ignore[attr-defined]
+    emails = [e.event.email for e in await store.read_stream(taken.user_id)]  # type: ignore[attr-defined]  # the log gives the Event union
     assert emails == ["d@x.io", "f@x.io"]
 
 
@@ -137,7 +137,7 @@ async def test_taken_reservations_and_seen_command_ids_fail_no_statement(
         await handlers.handle(
             UpdateOAuthAccount(
                 user_id=b.user_id,
-                oauth_account_id=mine.events[0].event.oauth_account_id,  # type: ignore[attr-defined]
+                oauth_account_id=mine.events[0].event.oauth_account_id,  # type: ignore[attr-defined]  # the log gives the Event union
                 account_id="1",
             )
         )

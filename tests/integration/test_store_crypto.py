@@ -121,7 +121,7 @@ async def test_group_committed_registrations_each_get_their_own_key(
         *(register(store, sid, f"user{i}@example.com") for i, sid in enumerate(ids))
     )
     log = await store.read_after(Cursor.start(), limit=100)
-    assert {r.stream_id: r.event.email for r in log} == {  # type: ignore[attr-defined]
+    assert {r.stream_id: r.event.email for r in log} == {  # type: ignore[attr-defined]  # the log gives the Event union
         sid: f"user{i}@example.com" for i, sid in enumerate(ids)
     }
     async with engine.connect() as conn:
@@ -175,12 +175,12 @@ async def test_an_erased_stream_reads_as_erased_and_takes_no_more_events(
 
     back = await store.read_stream(sid)
     assert [r.erased for r in back] == [True, True, True]
-    assert back[0].event.email == ERASED  # type: ignore[attr-defined]
-    assert back[0].event.profile == {"first_name": ERASED, "age": 85}  # type: ignore[attr-defined]
-    assert back[1].event.hashed_password == ERASED  # type: ignore[attr-defined]
+    assert back[0].event.email == ERASED  # type: ignore[attr-defined]  # the log gives the Event union
+    assert back[0].event.profile == {"first_name": ERASED, "age": 85}  # type: ignore[attr-defined]  # the log gives the Event union
+    assert back[1].event.hashed_password == ERASED  # type: ignore[attr-defined]  # the log gives the Event union
     log = await store.read_after(Cursor.start())
     assert {r.stream_id for r in log if r.erased} == {sid}
-    assert [r.event.email for r in log if r.stream_id == other] == [  # type: ignore[attr-defined]
+    assert [r.event.email for r in log if r.stream_id == other] == [  # type: ignore[attr-defined]  # the log gives the Event union
         "other@example.com"
     ]
     async with engine.connect() as conn:
@@ -189,7 +189,7 @@ async def test_an_erased_stream_reads_as_erased_and_takes_no_more_events(
 
     before = await count_rows(engine)
     # a store in another process still holding the key in memory: refused by the key row
-    fresh = EventStore(engine, crypto=Crypto(store.crypto.keyring))  # type: ignore[union-attr]
+    fresh = EventStore(engine, crypto=Crypto(store.crypto.keyring))  # type: ignore[union-attr]  # the store was made with a Crypto
     with pytest.raises(StreamErasedError, match="was erased"):
         await fresh.append(sid, [UserEmailChanged(email="new@example.com")], expected_version=4)
     assert await count_rows(engine) == before
@@ -212,8 +212,8 @@ async def test_erasing_a_stream_written_in_clear_overwrites_its_personal_values(
     await store.append(sid, [UserEmailChanged(email="later@example.com")], expected_version=1)
     await store.append(sid, [UserVerified()], expected_version=2)
     back = await store.read_stream(sid)
-    assert back[0].event.email == EMAIL  # type: ignore[attr-defined]
-    assert back[1].event.email == "later@example.com"  # type: ignore[attr-defined]
+    assert back[0].event.email == EMAIL  # type: ignore[attr-defined]  # the log gives the Event union
+    assert back[1].event.email == "later@example.com"  # type: ignore[attr-defined]  # the log gives the Event union
     assert EMAIL in await raw_dump(engine)  # the legacy row is still clear
 
     await erase(engine, store, sid, 3)
@@ -230,7 +230,7 @@ async def test_concurrent_first_sealed_appends_to_a_legacy_stream_leave_one_key(
     await insert_raw(engine, sid, 1, "UserVerified", 1, {}, datetime.now(UTC))
 
     async def change(i: int) -> Any:
-        own = EventStore(engine, crypto=Crypto(store.crypto.keyring))  # type: ignore[union-attr]
+        own = EventStore(engine, crypto=Crypto(store.crypto.keyring))  # type: ignore[union-attr]  # the store was made with a Crypto
         try:
             return await own.append(
                 sid, [UserEmailChanged(email=f"n{i}@example.com")], expected_version=1

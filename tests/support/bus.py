@@ -64,7 +64,7 @@ def make_container(
         settings=settings,
         engine=engine,
         store=EventStore(engine),
-        user_table=None,  # type: ignore[arg-type]
+        user_table=None,  # type: ignore[arg-type]  # the bus tests project no read model
         oauth_table=None,
     )
 

@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,8 +46,8 @@ class Server:
             threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
 
     @staticmethod
-    def _pump(stream: object, sink: list[str]) -> None:
-        for line in stream:  # type: ignore[attr-defined]
+    def _pump(stream: IO[str], sink: list[str]) -> None:
+        for line in stream:
             sink.append(line)
 
     def wait_for_line(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:

@@ -101,7 +101,7 @@ def test_events_are_frozen_and_strict_about_fields() -> None:
     with pytest.raises(ValidationError):
         event.email = "b@example.com"
     with pytest.raises(ValidationError, match="extra"):
-        UserVerified(colour="red")  # type: ignore[call-arg]
+        UserVerified(colour="red")  # type: ignore[call-arg]  # the unknown field under test
     with pytest.raises(ValidationError):
         UserRegistered(email="x", hashed_password=SECRET)
     with pytest.raises(ValidationError):
@@ -195,7 +195,7 @@ def test_redaction_hides_every_secret_and_nothing_else() -> None:
 def test_metadata_is_closed_and_bounded() -> None:
     assert Metadata(actor="ops", command_id="c").as_json() == {"actor": "ops", "command_id": "c"}
     with pytest.raises(ValidationError):
-        Metadata(colour="red")  # type: ignore[call-arg]
+        Metadata(colour="red")  # type: ignore[call-arg]  # the unknown field under test
     with pytest.raises(ValidationError):
         Metadata(command_id="x" * 201)
 
