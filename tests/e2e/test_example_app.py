@@ -158,7 +158,8 @@ def test_the_documented_example_serves_and_restarts(
         me = client.get("/users/me", headers=auth).json()
         assert (me["id"], me["email"]) == (user_id, "alice.new@example.com")
         taken = register(client, "Alice.New@Example.com")
-        assert taken.status_code == 400 and taken.json()["detail"] == "REGISTER_USER_ALREADY_EXISTS"
+        assert taken.status_code == 400
+        assert taken.json()["detail"] == "REGISTER_USER_ALREADY_EXISTS"
         assert register(client, "alice@example.com").status_code == 201  # freed by the change
 
         patched = client.patch("/users/me", json={"email": "alice.third@example.com"}, headers=auth)

@@ -41,7 +41,8 @@ async def test_fast_path_projects_own_events_and_never_over_a_gap(
     # the read model is at the command's version: projected in the append transaction
     a = uuid.uuid4()
     out = await fast.handle(RegisterUser(user_id=a, email="a@x.io", hashed_password="h"))
-    assert out.projected and (await _row(engine, a)).version == 1
+    assert out.projected
+    assert (await _row(engine, a)).version == 1
     out = await fast.handle(UpdateUser(user_id=a, is_verified=True, profile={"first_name": "A"}))
     assert out.projected
     row = await _row(engine, a)
@@ -53,7 +54,8 @@ async def test_fast_path_projects_own_events_and_never_over_a_gap(
     await plain.handle(RegisterUser(user_id=b, email="b@x.io", hashed_password="h"))
     await plain.handle(UpdateUser(user_id=b, profile={"first_name": "B"}))
     out = await fast.handle(UpdateUser(user_id=b, is_verified=True))
-    assert not out.projected and out.version == 3
+    assert not out.projected
+    assert out.version == 3
     assert await _row(engine, b) is None
 
     async with run_projector(
@@ -69,7 +71,8 @@ async def test_fast_path_projects_own_events_and_never_over_a_gap(
     # the fast path's guarded UPDATE matches nothing and leaves both changes to the projector
     await plain.handle(UpdateUser(user_id=b, profile={"first_name": "Bee"}))  # version 4
     out = await fast.handle(UpdateUser(user_id=b, is_superuser=True))  # decided on 4
-    assert not out.projected and out.version == 5
+    assert not out.projected
+    assert out.version == 5
     row = await _row(engine, b)
     assert (row.version, row.first_name, row.is_superuser) == (3, "B", False)
     async with run_projector(

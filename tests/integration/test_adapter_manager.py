@@ -73,7 +73,8 @@ async def test_user_manager_end_to_end(sessions: Sessions) -> None:
         user = await manager.create(
             UserCreate(email="King.Arthur@camelot.bt", password="guinevere", first_name="Arthur")
         )
-        assert user.first_name == "Arthur" and user.hashed_password.startswith("$argon2")
+        assert user.first_name == "Arthur"
+        assert user.hashed_password.startswith("$argon2")
         with pytest.raises(exceptions.UserAlreadyExists):
             await manager.create(UserCreate(email="king.arthur@CAMELOT.bt", password="x"))
         # login with the typed address in another case
@@ -118,7 +119,8 @@ async def test_user_manager_upgrades_a_bcrypt_hash(sessions: Sessions) -> None:
         await db.create({"email": "old@camelot.bt", "hashed_password": bcrypt.hash("pw")})
         manager = Manager(db)
         user = await manager.authenticate(creds("old@camelot.bt", "pw"))
-        assert user is not None and user.hashed_password.startswith("$argon2")
+        assert user is not None
+        assert user.hashed_password.startswith("$argon2")
 
 
 async def test_user_manager_oauth_calls(sessions: Sessions) -> None:
@@ -130,7 +132,8 @@ async def test_user_manager_oauth_calls(sessions: Sessions) -> None:
         again = await manager.oauth_callback(
             "service1", "TOKEN2", "user_oauth1", "lancelot@camelot.bt"
         )
-        assert again.id == user.id and again.oauth_accounts[0].access_token == "TOKEN2"
+        assert again.id == user.id
+        assert again.oauth_accounts[0].access_token == "TOKEN2"
         linked = await manager.oauth_associate_callback(again, "service2", "T", "u2", "l@x.io")
         assert [a.oauth_name for a in linked.oauth_accounts] == ["service1", "service2"]
         assert (await manager.get_by_oauth_account("service2", "u2")).id == user.id
@@ -147,7 +150,8 @@ async def test_reads_are_fresh_in_a_session_that_already_holds_the_user(
         assert stale is not None
         await db1.update(user, {"first_name": "New"})
         fresh = await db2.get(user.id)
-        assert fresh is not None and fresh.first_name == "New"
+        assert fresh is not None
+        assert fresh.first_name == "New"
 
 
 async def test_with_no_projector_the_writer_projects_its_own_writes(engine: AsyncEngine) -> None:

@@ -98,7 +98,8 @@ async def test_get_user_shows_public_fields_and_accounts_without_secrets(api: Ap
     [account] = body["oauth_accounts"]
     assert account["oauth_name"] == "github"
     assert account["expires_at"] == 1_900_000_000
-    assert "access_token" not in account and "refresh_token" not in account
+    assert "access_token" not in account
+    assert "refresh_token" not in account
     assert_no_secrets(response.text)
 
 
@@ -129,7 +130,8 @@ async def test_min_version_without_a_projector_times_out_clearly(api: Api) -> No
     assert "version 2" in response.json()["message"]
     # a version already shown answers at once
     ok = await api.client.get(f"/users/{user_id}", params={"min_version": 1})
-    assert ok.status_code == 200 and ok.json()["version"] == 1
+    assert ok.status_code == 200
+    assert ok.json()["version"] == 1
 
 
 async def test_min_version_beyond_the_log_is_refused_at_once(api: Api) -> None:
@@ -230,7 +232,8 @@ async def test_projections_and_metrics(api: Api) -> None:
     await api.register("m1@example.com", oauth=True)
     await api.register("m2@example.com")
     body = (await api.client.get("/projections")).json()
-    assert body["events"] == 3 and body["head_position"] >= 3
+    assert body["events"] == 3
+    assert body["head_position"] >= 3
     assert isinstance(body["partitions"], list)
     from registry.api.metrics import record_command
 

@@ -134,7 +134,8 @@ async def test_history_lists_every_event_redacted_with_metadata(api: Api) -> Non
     assert response.status_code == 200, response.text
     assert_no_secrets(response.text)
     body = response.json()
-    assert body["user_id"] == str(user_id) and body["version"] == 9
+    assert body["user_id"] == str(user_id)
+    assert body["version"] == 9
     types = [e["event_type"] for e in body["events"]]
     assert types == [
         "UserRegistered",
@@ -155,10 +156,12 @@ async def test_history_lists_every_event_redacted_with_metadata(api: Api) -> Non
     assert first["metadata"] == {"command_id": "c0", "actor": "tests"}
     assert datetime.fromisoformat(first["recorded_at"]) == T0
     linked = body["events"][3]["data"]
-    assert linked["access_token"] == "[redacted]" and linked["refresh_token"] is None
+    assert linked["access_token"] == "[redacted]"
+    assert linked["refresh_token"] is None
     assert body["events"][5]["data"]["changes"] == {"access_token": "[redacted]"}
     times = [datetime.fromisoformat(e["recorded_at"]) for e in body["events"]]
-    assert times == sorted(times) and times[-1] == T0 + 5 * STEP
+    assert times == sorted(times)
+    assert times[-1] == T0 + 5 * STEP
 
 
 async def test_history_of_unknown_user_is_404(api: Api) -> None:

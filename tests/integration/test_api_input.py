@@ -124,7 +124,8 @@ async def test_history_comes_in_keyset_pages(api: Api) -> None:
         assert response.status_code == 200, response.text
         assert_no_secrets(response.text)
         body = response.json()
-        assert body["version"] == total and body["user_id"] == str(user_id)
+        assert body["version"] == total
+        assert body["user_id"] == str(user_id)
         assert body["erased"] is False
         sizes.append(len(body["events"]))
         seen += [e["stream_version"] for e in body["events"]]
@@ -142,7 +143,8 @@ async def test_history_comes_in_keyset_pages(api: Api) -> None:
     assert following.json()["events"][0]["stream_version"] == 8
 
     whole = await api.client.get(f"/users/{user_id}/history", params={"limit": HISTORY_MAX_PAGE})
-    assert len(whole.json()["events"]) == total and whole.json()["next_cursor"] is None
+    assert len(whole.json()["events"]) == total
+    assert whole.json()["next_cursor"] is None
 
 
 async def test_history_page_limits_and_cursors_are_checked(api: Api) -> None:

@@ -213,7 +213,8 @@ async def test_redelivery_after_a_consumer_died_before_acking(
             first = await process(
                 body, "register", command_handlers(container).handle, max_bytes=MAX_PAYLOAD
             )
-            assert first.accepted and not first.duplicate, first
+            assert first.accepted, first
+            assert not first.duplicate, first
             assert await event_count(engine) == 1
         # the dead consumer's effect is committed but its message was never acknowledged
         async with consumer(container, kind, ack_wait=1.0):
@@ -322,5 +323,6 @@ async def test_an_unexpected_failure_replies_internal_error_without_secrets(
         assert ok.accepted
     assert await event_count(engine) == 1
     text = caplog.text + " ".join(str(r.__dict__) for r in caplog.records)
-    assert FAKE_HASH not in text and "fire" not in text
+    assert FAKE_HASH not in text
+    assert "fire" not in text
     assert any(getattr(r, "error", None) == "RuntimeError" for r in caplog.records)

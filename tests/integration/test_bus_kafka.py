@@ -47,7 +47,8 @@ async def test_outcomes_go_to_the_replies_topic_keyed_by_command_id(engine: Asyn
     replies = [r for _, r in got]
     assert keys[:2] == [b"k-1", b"k-1"]
     assert [r.status for r in replies] == ["accepted", "accepted", "rejected", "rejected"]
-    assert replies[1].duplicate and replies[1].user_id == replies[0].user_id
+    assert replies[1].duplicate
+    assert replies[1].user_id == replies[0].user_id
     assert [r.code for r in replies[2:]] == ["INVALID_COMMAND", "USER_NOT_FOUND"]
     assert keys[3] == b"k-2"
     assert await event_count(engine) == 1

@@ -96,9 +96,12 @@ async def test_nats_commands_stream_is_a_bounded_work_queue(
         await nc.close()
     assert config.retention == RetentionPolicy.WORK_QUEUE
     assert config.discard == DiscardPolicy.NEW  # full: new commands refused, none dropped
-    assert config.max_bytes and config.max_bytes > 0
-    assert config.max_msg_size and config.max_msg_size > 0
-    assert config.max_age and config.max_age > 0
+    assert config.max_bytes
+    assert config.max_bytes > 0
+    assert config.max_msg_size
+    assert config.max_msg_size > 0
+    assert config.max_age
+    assert config.max_age > 0
 
 
 async def test_a_limits_retention_stream_is_migrated_at_start_up(

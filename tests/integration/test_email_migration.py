@@ -96,7 +96,8 @@ async def test_0006_rewrites_old_addresses_into_the_canonical_form(
     with caplog.at_level(logging.WARNING, logger="registry.migrations"):
         await migrate(engine)
     warned = [r.getMessage() for r in caplog.records if r.name == "registry.migrations"]
-    assert len(warned) == 1 and str(LEGACY["nfc"][0]) in warned[0], warned
+    assert len(warned) == 1, warned
+    assert str(LEGACY["nfc"][0]) in warned[0], warned
 
     async with engine.connect() as conn:
         stored = {row[0]: row[1] for row in await conn.execute(select(User.id, User.email))}
@@ -124,7 +125,8 @@ async def test_0006_rewrites_old_addresses_into_the_canonical_form(
             ("odd", "not-an-email"),
         ]:
             user = await db.get_by_email(typed)
-            assert user is not None and user.id == LEGACY[name][0], (name, typed)
+            assert user is not None, (name, typed)
+            assert user.id == LEGACY[name][0], (name, typed)
 
     await migrate(engine)  # again: nothing left to change
     async with engine.connect() as conn:

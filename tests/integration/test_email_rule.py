@@ -157,7 +157,8 @@ async def test_hostile_addresses_are_refused_or_registered_and_found(
     for typed in REFUSED:
         reply = await world.send("register", {"email": typed, "hashed_password": HASH})
         assert (reply.status, reply.code) == ("rejected", "INVALID_COMMAND"), (typed, reply)
-        assert reply.message and "email" in reply.message
+        assert reply.message
+        assert "email" in reply.message
         async with world.sessions() as session:
             db = UserDatabase(session, User, OAuthAccount)
             with pytest.raises(InvalidCommandError, match="email"):

@@ -97,7 +97,8 @@ async def test_erasure_leaves_nothing_readable_and_the_rest_replays_the_same(
 
     out = await handlers.handle(EraseUser(user_id=victim.user_id, command_id="erase-victim"))
     assert [type(r.event) for r in out.events] == [UserErased]
-    assert out.version == 6 and not out.duplicate
+    assert out.version == 6
+    assert not out.duplicate
 
     assert_nowhere(await dump_every_table(engine), victim.needles)
     # the key row stays as a marker, without key material
@@ -105,7 +106,9 @@ async def test_erasure_leaves_nothing_readable_and_the_rest_replays_the_same(
         key = (
             await conn.execute(select(data_keys).where(data_keys.c.stream_id == victim.user_id))
         ).one()
-    assert key.wrapped_key is None and key.master_key_id is None and key.erased_at is not None
+    assert key.wrapped_key is None
+    assert key.master_key_id is None
+    assert key.erased_at is not None
     assert (
         await count(engine, email_reservations, email_reservations.c.user_id == victim.user_id) == 0
     )
@@ -123,7 +126,8 @@ async def test_erasure_leaves_nothing_readable_and_the_rest_replays_the_same(
 
     # the history stays, every personal value erased
     stream = await handlers.store.read_stream(victim.user_id)
-    assert len(stream) == 6 and all(r.erased for r in stream)
+    assert len(stream) == 6
+    assert all(r.erased for r in stream)
     assert stream[0].event.email == ERASED  # type: ignore[attr-defined]  # the log gives the Event union
     assert stream[0].event.profile == {PERSONAL_COLUMN: ERASED, "plan": "gold"}  # type: ignore[attr-defined]  # the log gives the Event union
 
@@ -170,12 +174,14 @@ async def test_erasing_twice_is_accepted_and_appends_nothing(
     first = await handlers.handle(EraseUser(user_id=victim.user_id))
     total = await count(engine, events)
     second = await handlers.handle(EraseUser(user_id=victim.user_id))
-    assert second.events == () and second.version == first.version == 6
+    assert second.events == ()
+    assert second.version == first.version == 6
     assert await count(engine, events) == total
     # a repeated command id answers the first outcome, also after erasure
     dup = await handlers.handle(EraseUser(user_id=victim.user_id, command_id="e1"))
     again = await handlers.handle(EraseUser(user_id=victim.user_id, command_id="e1"))
-    assert again.duplicate and (dup.version, again.version) == (6, 6)
+    assert again.duplicate
+    assert (dup.version, again.version) == (6, 6)
     assert await count(engine, events) == total
     assert await count(engine, processed_commands, processed_commands.c.command_id == "e1") == 1
 
@@ -201,7 +207,8 @@ async def test_a_deleted_user_can_be_erased(engine: AsyncEngine, handlers: Comma
     victim = await full_life(handlers, "deleted")
     await handlers.handle(DeleteUser(user_id=victim.user_id))
     out = await handlers.handle(EraseUser(user_id=victim.user_id))
-    assert [r.event_type for r in out.events] == ["UserErased"] and out.version == 7
+    assert [r.event_type for r in out.events] == ["UserErased"]
+    assert out.version == 7
     assert_nowhere(await dump_every_table(engine), victim.needles)
 
 

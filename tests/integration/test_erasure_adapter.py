@@ -112,7 +112,8 @@ async def test_erase_removes_the_user_at_once_and_every_trace_of_their_data(
         assert await db.get_by_email("ada.second.one@example.com") is None
         assert await db.get_by_oauth_account("google", "google-one") is None
         kept = await db.get(other.id)
-        assert kept is not None and kept.first_name == "Adatwo"
+        assert kept is not None
+        assert kept.first_name == "Adatwo"
         await db.erase(user)  # again: accepted, nothing appended
         assert await count_events(engine, "UserErased") == 1
         with pytest.raises(UserNotExists):

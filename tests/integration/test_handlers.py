@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import SecretStr
@@ -42,11 +41,11 @@ class FastHasher:
 
 
 @pytest.fixture
-async def handlers(engine: AsyncEngine) -> AsyncIterator[CommandHandlers]:
+async def handlers(engine: AsyncEngine) -> CommandHandlers:
     async with engine.begin() as conn:
         await conn.run_sync(events_metadata.create_all)
         await conn.run_sync(registry_metadata.create_all)
-    yield CommandHandlers(
+    return CommandHandlers(
         engine,
         EventStore(engine),
         profile_fields=frozenset({"first_name"}),
@@ -79,7 +78,8 @@ async def test_update_emits_fine_grained_events(handlers: CommandHandlers) -> No
     assert [e.event_type for e in out.events] == ["UserEmailChanged", "UserPasswordChanged"]
     assert out.version == 3
     noop = await handlers.handle(UpdateUser(user_id=uid, email="bo@example.com"))
-    assert noop.events == () and noop.version == 3
+    assert noop.events == ()
+    assert noop.version == 3
 
 
 async def test_unknown_profile_key_is_refused_and_nothing_appended(
@@ -133,7 +133,8 @@ async def test_fifty_concurrent_registrations_of_one_address(
     results = await asyncio.gather(*(register(handlers, e) for e in emails), return_exceptions=True)
     winners = [r for r in results if isinstance(r, uuid.UUID)]
     losers = [r for r in results if isinstance(r, EmailAlreadyRegisteredError)]
-    assert len(winners) == 1 and len(losers) == 49, results
+    assert len(winners) == 1, results
+    assert len(losers) == 49, results
     assert await count_events(engine, "UserRegistered") == 1
 
 
@@ -165,14 +166,16 @@ async def test_command_id_dedup_sequential(handlers: CommandHandlers, engine: As
     cmd = RegisterUser(email="a@x.io", hashed_password="h", command_id="c-1")
     first = await handlers.handle(cmd)
     again = await handlers.handle(cmd)
-    assert not first.duplicate and again.duplicate
+    assert not first.duplicate
+    assert again.duplicate
     assert (again.user_id, again.version) == (first.user_id, first.version)
     assert [e.event_id for e in again.events] == [e.event_id for e in first.events]
     upd = UpdateUser(user_id=first.user_id, is_verified=True, command_id="c-2")
     await handlers.handle(upd)
     await handlers.handle(UpdateUser(user_id=first.user_id, is_verified=False))
     replay = await handlers.handle(upd)  # not re-applied although it would change things now
-    assert replay.duplicate and replay.version == 2
+    assert replay.duplicate
+    assert replay.version == 2
     assert await count_events(engine) == 3
 
 
@@ -236,7 +239,8 @@ async def test_secrets_never_logged(
     ours = [r for r in caplog.records if not r.name.startswith("aiosqlite")]
     assert any(r.name == "registry.service.handlers" for r in ours)
     text = " ".join(r.getMessage() + str(r.exc_text or "") for r in ours)
-    assert "SECRET" not in text and "fake$" not in text
+    assert "SECRET" not in text
+    assert "fake$" not in text
 
 
 async def test_register_on_a_taken_id_is_refused(

@@ -14,7 +14,6 @@ import json
 import subprocess
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,11 +126,9 @@ async def log_rows(target: str) -> list[tuple[str, uuid.UUID, dict[str, Any]]]:
 
 
 @pytest.fixture
-async def old_sqlite(
-    peer_python: Path, tmp_path: Path
-) -> AsyncIterator[tuple[str, list[OldUserRow]]]:
+async def old_sqlite(peer_python: Path, tmp_path: Path) -> tuple[str, list[OldUserRow]]:
     url = f"sqlite+aiosqlite:///{tmp_path / 'old_app.db'}"
-    yield url, await write_old_database(peer_python, url)
+    return url, await write_old_database(peer_python, url)
 
 
 async def log_in(client: httpx.AsyncClient, row: OldUserRow) -> httpx.Response | None:
@@ -229,7 +226,8 @@ async def test_import_from_postgresql_source(
     assert result.exit_code == 0, result.output
     assert "users: 3 imported, 0 already imported, 0 refused (of 3)" in result.stdout
     assert "oauth accounts: 3 imported" in result.stdout
-    assert "user: 3/3" in result.stderr and "oauth_account: 3/3" in result.stderr
+    assert "user: 3/3" in result.stderr
+    assert "oauth_account: 3/3" in result.stderr
     await check_app_logs_them_in(target, old)
 
 
@@ -246,7 +244,8 @@ async def test_rows_the_registry_refuses_are_reported_and_the_rest_imported(
     )
     assert result.exit_code == 1
     summary = json.loads(result.stdout)
-    assert summary["users"]["imported"] == 3 and summary["users"]["failed"] == 1
+    assert summary["users"]["imported"] == 3
+    assert summary["users"]["failed"] == 1
     [failure] = summary["failures"]
     assert (failure["id"], failure["code"]) == (str(LAST_ID), "EMAIL_ALREADY_REGISTERED")
     assert len([r for r in await log_rows(database_url) if r[0] == "UserRegistered"]) == len(old)

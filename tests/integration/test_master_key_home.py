@@ -84,7 +84,8 @@ def test_two_processes_in_different_directories_share_the_key_beside_the_file(
         "registry.db",
         "registry.key",
     ]
-    assert os.listdir(here) == [] and os.listdir(there) == []  # nothing in either cwd
+    assert os.listdir(here) == []
+    assert os.listdir(there) == []
 
 
 def test_the_key_file_is_decided_by_the_engine_not_the_default_url(tmp_path: Path) -> None:
@@ -112,7 +113,8 @@ async def test_a_database_refuses_another_key_before_its_first_user(
     async with engine.connect() as conn:
         assert await recorded_master_key(conn) == good.key_id
     before = await table_counts(engine)
-    assert before["events"] == 0 and before["event_data_keys"] == 0
+    assert before["events"] == 0
+    assert before["event_data_keys"] == 0
 
     other = create_engine(database_url)
     try:

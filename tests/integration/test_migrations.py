@@ -47,8 +47,10 @@ def test_include_object_keeps_an_apps_autogenerate_off_the_registrys_tables() ->
 
     owned = registry_table_names()
     assert {"events", "event_data_keys", "registry_processed_commands"} <= owned
-    assert "projection_checkpoints" in owned and "alembic_version" in owned
-    assert "user" not in owned and "oauth_account" not in owned
+    assert "projection_checkpoints" in owned
+    assert "alembic_version" in owned
+    assert "user" not in owned
+    assert "oauth_account" not in owned
     events = Table("events", MetaData(), Column("position", Integer, index=True))
     assert not include_object(events, "events", "table", True, None)  # never "drop events"
     index = next(iter(events.indexes))
@@ -98,7 +100,8 @@ def test_registry_migrate_command(database_url: str, tmp_path: Path) -> None:
         timeout=60,
     )
     assert bad.returncode != 0
-    assert "registry: error:" in bad.stderr and "Traceback" not in bad.stderr
+    assert "registry: error:" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def test_status_where_there_is_no_registry_says_what_to_run_and_creates_nothing(
@@ -114,8 +117,10 @@ def test_status_where_there_is_no_registry_says_what_to_run_and_creates_nothing(
         timeout=60,
     )
     assert out.returncode == 1
-    assert "there is no registry at" in out.stderr and "registry migrate" in out.stderr
-    assert "Traceback" not in out.stderr and "no such table" not in out.stderr
+    assert "there is no registry at" in out.stderr
+    assert "registry migrate" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert "no such table" not in out.stderr
     assert list(tmp_path.iterdir()) == []  # no empty registry.db left behind
 
 

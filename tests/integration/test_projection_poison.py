@@ -175,7 +175,8 @@ async def test_a_poison_event_fails_its_partition_only_and_retry_recovers_it(
         assert failure is not None
         assert failure["position"] == log.position
         assert failure["stream_id"] == log.poison
-        assert failure["stream_version"] == 1 and failure["event_type"] == "UserRegistered"
+        assert failure["stream_version"] == 1
+        assert failure["event_type"] == "UserRegistered"
         assert failure["reason"].startswith("MasterKeyError: the data key of stream")
         assert failure["attempts"] == ATTEMPTS
         assert status.position < log.position  # the checkpoint stops right before it
@@ -211,13 +212,15 @@ async def test_a_poison_event_fails_its_partition_only_and_retry_recovers_it(
         report = await registry(database_url, "status", "--json")
         assert report.returncode == 0, report.stderr
         [row] = [p for p in json.loads(report.stdout)["projections"] if p["partition"] == POISONED]
-        assert row["state"] == "failed" and row["failure"]["position"] == log.position
+        assert row["state"] == "failed"
+        assert row["failure"]["position"] == log.position
         text = (await registry(database_url, "status")).stdout
         assert f"FAILED at position {log.position} (UserRegistered of stream {log.poison}" in text
         assert "MasterKeyError" in text
         body = (await api.client.get("/projections")).json()
         [part] = [p for p in body["partitions"] if p["partition"] == POISONED]
-        assert part["state"] == "failed" and part["failure"]["stream_id"] == str(log.poison)
+        assert part["state"] == "failed"
+        assert part["failure"]["stream_id"] == str(log.poison)
         assert {p["state"] for p in body["partitions"] if p["partition"] != POISONED} == {"ok"}
         ready = await api.client.get("/readyz")
         assert ready.status_code == 503, ready.text
@@ -296,7 +299,8 @@ async def test_skip_moves_past_exactly_one_event_and_is_recorded(
         wrong = await registry(
             database_url, *skip, "x", "--position", str(log.position + 1), "--yes"
         )
-        assert wrong.returncode == 3 and "applies position" in wrong.stderr
+        assert wrong.returncode == 3
+        assert "applies position" in wrong.stderr
         declined = await registry(
             database_url, *skip, "x", "--position", str(log.position), stdin="n\n"
         )
@@ -329,10 +333,12 @@ async def test_skip_moves_past_exactly_one_event_and_is_recorded(
 
     report = json.loads((await registry(database_url, "status", "--json")).stdout)
     [record] = report["skipped"]
-    assert record["position"] == log.position and record["stream_id"] == str(log.poison)
+    assert record["position"] == log.position
+    assert record["stream_id"] == str(log.poison)
     assert record["note"] == "restored from another deployment"
     assert record["reason"].startswith("MasterKeyError")
-    assert "@" in record["skipped_by"] and record["skipped_at"]
+    assert "@" in record["skipped_by"]
+    assert record["skipped_at"]
     assert all(p["state"] == "ok" for p in report["projections"])
     text = (await registry(database_url, "status")).stdout
     assert f"skipped: projection users partition {POISONED} position {log.position}" in text
@@ -368,7 +374,8 @@ async def test_a_failure_mid_batch_is_narrowed_to_its_event(engine: AsyncEngine,
             interval=0.03,
             message="the poisoned partition to fail",
         )
-    assert status.failure is not None and status.failure["position"] == log.position
+    assert status.failure is not None
+    assert status.failure["position"] == log.position
     assert set(early) <= await projected(engine)
     async with engine.connect() as conn:
         emails = set(await conn.scalars(select(User.__table__.c.email)))
@@ -389,10 +396,12 @@ async def test_a_failure_reason_never_carries_sql_parameters(database_url: str) 
     await engine.dispose()
     assert "SECRET-PARAM-VALUE" in str(caught.value)  # SQLAlchemy's own text has it
     reason = failures.describe(caught.value)
-    assert "SECRET-PARAM-VALUE" not in reason and "INSERT" not in reason
+    assert "SECRET-PARAM-VALUE" not in reason
+    assert "INSERT" not in reason
     # the driver's exception and first line: which constraint, not which values
     assert reason.split(":")[0] in ("IntegrityError", "NotNullViolationError"), reason
-    assert "partitions" in reason and "\n" not in reason
+    assert "partitions" in reason
+    assert "\n" not in reason
 
 
 async def _contains(engine: AsyncEngine, ids: set[uuid.UUID]) -> bool:

@@ -109,7 +109,8 @@ async def test_workers_share_a_growing_log_exactly_once(pg_url: str, workers: in
             victim = max(pool, key=lambda w: len(w.held))
             held = set(victim.held)
             assert held
-            victim._leave = _no_leave  # type: ignore[method-assign]  # the worker dies without releasing its leases
+            # the worker dies without releasing its leases
+            victim._leave = _no_leave  # type: ignore[method-assign]  # noqa: SLF001
             tasks.pop(victim.worker_id).cancel()
             started = time.monotonic()
             model = await history.run(400)
@@ -164,7 +165,8 @@ async def test_a_slow_transactions_event_reaches_the_read_model(pg_url: str) -> 
             await wait_for_version(engine, projection, fast_user, 1, 5)
             await wait_for_version(engine, projection, slow_user, 2, 5)
         rows = (await snapshot(engine, USERS, ACCOUNTS))["users"]
-        assert rows[slow_user]["email"] == "slow@x.io" and rows[slow_user]["version"] == 2
+        assert rows[slow_user]["email"] == "slow@x.io"
+        assert rows[slow_user]["version"] == 2
     finally:
         await engine.dispose()
 

@@ -90,7 +90,8 @@ async def test_registry_migrate_before_or_after_the_apps_create_all(
             assert ada.first_name == "Ada L."
         async with sessions() as session:
             got = await EventSourcedUserDatabase(session, AppUser).get(ada.id)
-            assert got is not None and got.first_name == "Ada L."
+            assert got is not None
+            assert got.first_name == "Ada L."
 
         async with (
             asyncio.timeout(START_BOUND),

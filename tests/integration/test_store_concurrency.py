@@ -7,7 +7,6 @@ import asyncio
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,8 +27,8 @@ APPENDERS = 20
 
 
 @pytest.fixture
-async def store(engine: AsyncEngine) -> AsyncIterator[EventStore]:
-    yield await open_store(engine)
+async def store(engine: AsyncEngine) -> EventStore:
+    return await open_store(engine)
 
 
 def tagged(tag: str, n: int) -> list[Event]:
@@ -91,7 +90,8 @@ async def test_concurrent_appenders_on_one_stream(store: EventStore, retry: bool
         assert len(read) == 1 + 2 * APPENDERS
         assert len(losses) >= APPENDERS - 1, "all but one lost the first round"
     else:
-        assert len(winners) == 1 and len(losses) == APPENDERS - 1
+        assert len(winners) == 1
+        assert len(losses) == APPENDERS - 1
         # every loser was told where the stream really is
         assert {(e.expected_version, e.actual_version) for e in losses} == {(1, 3)}
         assert len(read) == 3
@@ -236,7 +236,8 @@ async def test_parallel_writers_and_a_tailing_reader(store: EventStore, backend:
 
     assert len(written) == total
     ids = [r.event_id for r in seen]
-    assert len(ids) == total and len(set(ids)) == total, "every event read exactly once"
+    assert len(ids) == total, "every event read exactly once"
+    assert len(set(ids)) == total, "every event read exactly once"
     assert set(ids) == {r.event_id for r in written}
     per_stream: dict[uuid.UUID, list[int]] = defaultdict(list)
     for r in seen:
@@ -245,7 +246,8 @@ async def test_parallel_writers_and_a_tailing_reader(store: EventStore, backend:
     assert len(per_stream) == WRITERS * STREAMS
     assert all(v == list(range(1, PER_STREAM + 1)) for v in per_stream.values())
     cursors = [(r.tx_id, r.position) for r in seen]
-    assert cursors == sorted(cursors) and len(set(cursors)) == total
+    assert cursors == sorted(cursors)
+    assert len(set(cursors)) == total
     assert wakeups > 0, "the reader was woken by appends, not only by the slow poll"
 
 

@@ -13,7 +13,7 @@ transaction either (the store's own PostgreSQL appends keep the unique index as 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from pydantic import SecretStr
@@ -48,12 +48,12 @@ def failed(engine: AsyncEngine) -> Iterator[list[str]]:
 
 
 @pytest.fixture
-async def handlers(engine: AsyncEngine) -> AsyncIterator[CommandHandlers]:
+async def handlers(engine: AsyncEngine) -> CommandHandlers:
     async with engine.begin() as conn:
         await conn.run_sync(events_metadata.create_all)
         await conn.run_sync(registry_metadata.create_all)
     crypto = Crypto(Keyring(MasterKey.generate()))
-    yield CommandHandlers(engine, EventStore(engine, crypto=crypto))
+    return CommandHandlers(engine, EventStore(engine, crypto=crypto))
 
 
 def registered(email: str) -> list[UserRegistered]:

@@ -90,7 +90,8 @@ async def test_every_event_type_is_sealed_at_rest_and_reads_back(
     dump = await raw_dump(engine)
     for clear in ("Ada@Example.com", "ada@lovelace.org", HASH, SECRET_TOKEN, "1//refresh"):
         assert clear not in dump, f"{clear!r} is stored in clear"
-    assert "g-42" not in dump and "ada@gmail.com" not in dump  # OAuth account id and email
+    assert "g-42" not in dump
+    assert "ada@gmail.com" not in dump
     # what is not personal stays queryable in clear
     assert '"age": 36' in dump.replace("'age': 36", '"age": 36')
     async with engine.connect() as conn:
@@ -185,7 +186,9 @@ async def test_an_erased_stream_reads_as_erased_and_takes_no_more_events(
     ]
     async with engine.connect() as conn:
         key = (await conn.execute(select(data_keys).where(data_keys.c.stream_id == sid))).one()
-    assert key.wrapped_key is None and key.master_key_id is None and key.erased_at is not None
+    assert key.wrapped_key is None
+    assert key.master_key_id is None
+    assert key.erased_at is not None
 
     before = await count_rows(engine)
     # a store in another process still holding the key in memory: refused by the key row
@@ -235,7 +238,7 @@ async def test_concurrent_first_sealed_appends_to_a_legacy_stream_leave_one_key(
             return await own.append(
                 sid, [UserEmailChanged(email=f"n{i}@example.com")], expected_version=1
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  # the outcomes are compared below
             return exc
 
     results = await asyncio.gather(*(change(i) for i in range(8)))

@@ -19,8 +19,8 @@ from tests.support.store import HASH, open_store
 
 
 @pytest.fixture
-async def store(engine: AsyncEngine) -> AsyncIterator[EventStore]:
-    yield await open_store(engine)
+async def store(engine: AsyncEngine) -> EventStore:
+    return await open_store(engine)
 
 
 def registered() -> list[UserRegistered]:

@@ -41,7 +41,8 @@ class Server:
     stderr: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        assert self.proc.stdout is not None and self.proc.stderr is not None
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
         for stream, sink in ((self.proc.stdout, self.lines), (self.proc.stderr, self.stderr)):
             threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
 

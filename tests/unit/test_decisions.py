@@ -73,7 +73,9 @@ def registered(**kw: object) -> UserState:
 def test_fold_empty_and_registered() -> None:
     assert fold(UID, []) == UserState(user_id=UID)
     state = registered(profile={"first_name": "Ann"})
-    assert state.alive and state.version == 1 and state.email == "a@x.io"
+    assert state.alive
+    assert state.version == 1
+    assert state.email == "a@x.io"
     assert state.profile == {"first_name": "Ann"}
 
 
@@ -112,7 +114,8 @@ def test_fold_applies_every_change_in_order() -> None:
 def test_register_emits_one_event_and_refuses_a_taken_id() -> None:
     cmd = RegisterUser(user_id=UID, email="a@x.io", hashed_password="h", profile={"k": 1})
     (event,) = decide(UserState(user_id=UID), cmd)
-    assert isinstance(event, UserRegistered) and event.profile == {"k": 1}
+    assert isinstance(event, UserRegistered)
+    assert event.profile == {"k": 1}
     with pytest.raises(UserAlreadyExistsError):
         decide(registered(), cmd)
     with pytest.raises(InvalidCommandError):
@@ -175,7 +178,8 @@ def test_oauth_link_update_and_refusals() -> None:
         account_email="a@x.io",
     )
     (linked,) = decide(registered(), link)
-    assert isinstance(linked, OAuthAccountLinked) and linked.access_token == "tok"
+    assert isinstance(linked, OAuthAccountLinked)
+    assert linked.access_token == "tok"
     state = fold(UID, recorded(UserRegistered(email="a@x.io", hashed_password="h"), linked))
     with pytest.raises(OAuthAccountAlreadyLinkedError):
         decide(state, link.model_copy(update={"oauth_account_id": uuid.uuid4()}))
@@ -221,7 +225,9 @@ def test_erase_an_unknown_user_is_refused() -> None:
 def test_an_erased_user_is_not_alive_and_refuses_other_commands() -> None:
     stream = erased_copy(recorded(REG, UserEmailChanged(email="[erased]"), UserErased()))
     state = fold(UID, stream)
-    assert state.erased and not state.alive and state.version == 3
+    assert state.erased
+    assert not state.alive
+    assert state.version == 3
     for cmd in (
         UpdateUser(user_id=UID, is_verified=True),
         DeleteUser(user_id=UID),
@@ -251,5 +257,6 @@ def test_erasing_twice_changes_nothing() -> None:
 
 def test_a_destroyed_key_without_user_erased_is_erased_but_gets_the_event() -> None:
     state = fold(UID, erased_copy(recorded(REG)))
-    assert state.erased and not state.alive
+    assert state.erased
+    assert not state.alive
     assert decide(state, EraseUser(user_id=UID)) == [UserErased()]
