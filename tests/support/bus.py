@@ -185,7 +185,7 @@ async def cleanup(kind: str, channels: Channels) -> None:
 
 
 #: a stand-in password hash: tests look for it in replies, logs and events (hashing a real
-#: password costs ~0.2 s of CPU, which would make the bus tests measure the hasher)
+#: password is deliberately slow, which would make the bus tests measure the hasher)
 FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2VjcmV0LWhhc2g$not-a-real-hash-but-a-secret"
 
 
