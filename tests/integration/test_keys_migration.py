@@ -89,6 +89,7 @@ async def test_encrypt_events_seals_the_old_log_resumably_and_changes_nothing_vi
     victim = pop.ids[-1]
     await erase(engine, victim)  # erased before the migration: its values are gone already
     stored = await log_contents(engine)
+    # in clear
     assert all(s in stored for s in pop.secrets[:-2])
     assert V1_HASH in stored
     assert pop.secrets[-1] not in stored  # the victim's (its last secret)

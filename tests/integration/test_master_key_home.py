@@ -40,7 +40,7 @@ WRITER = textwrap.dedent(
     async def main(url, email):
         engine = create_engine(url)
         async with async_sessionmaker(engine, expire_on_commit=False)() as session:
-            db = UserDatabase(session, User)
+            db = EventSourcedUserDatabase(session, User)
             await db.create({"email": email, "hashed_password": "h"})
             emails = []
             for user in await db.session.scalars(__import__("sqlalchemy").select(User)):
@@ -84,6 +84,7 @@ def test_two_processes_in_different_directories_share_the_key_beside_the_file(
         "registry.db",
         "registry.key",
     ]
+    # nothing in either cwd
     assert os.listdir(here) == []
     assert os.listdir(there) == []
 

@@ -134,6 +134,7 @@ async def test_an_interrupted_replay_resumes_or_is_abandoned(
                 projection_checkpoints.c.tx_id + projection_checkpoints.c.position > 0,
             )
         )
+    # progress was kept
     assert done_shards
     assert done_shards > 1
 

@@ -90,6 +90,7 @@ async def test_every_event_type_is_sealed_at_rest_and_reads_back(
     dump = await raw_dump(engine)
     for clear in ("Ada@Example.com", "ada@lovelace.org", HASH, SECRET_TOKEN, "1//refresh"):
         assert clear not in dump, f"{clear!r} is stored in clear"
+    # OAuth account id and email
     assert "g-42" not in dump
     assert "ada@gmail.com" not in dump
     # what is not personal stays queryable in clear
