@@ -88,7 +88,7 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-def pg_url(pg_database: str) -> Iterator[str]:
+def pg_url(pg_database: str) -> str:
     """PostgreSQL only, empty schema."""
     asyncio.run(_reset_pg(pg_database))
-    yield pg_database
+    return pg_database

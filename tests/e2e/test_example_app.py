@@ -19,15 +19,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
-from test_serve import Server, clean_env, free_port
 
 from tests.conftest import TEST_MASTER_KEY
+from tests.support.processes import Server, clean_env, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -97,7 +97,7 @@ class Example:
 
 
 @pytest.fixture
-def start(database_url: str) -> Iterator[object]:
+def start(database_url: str) -> Iterator[Callable[[Path], Example]]:
     started: list[Example] = []
 
     def run(cwd: Path) -> Example:
@@ -125,9 +125,9 @@ def bearer(response: httpx.Response) -> dict[str, str]:
 
 
 def test_the_documented_example_serves_and_restarts(
-    start: object, database_url: str, tmp_path: Path
+    start: Callable[[Path], Example], database_url: str, tmp_path: Path
 ) -> None:
-    first = start(tmp_path / "first")  # type: ignore[operator]
+    first = start(tmp_path / "first")
     with httpx.Client(base_url=first.base, timeout=30) as client:
         alice = register(client, "alice@example.com")
         assert alice.status_code == 201, alice.text
@@ -152,13 +152,14 @@ def test_the_documented_example_serves_and_restarts(
         bearer(login(client, "alice.new@example.com", NEW_PASSWORD))
     first.stop()
 
-    second = start(tmp_path / "second")  # type: ignore[operator]
+    second = start(tmp_path / "second")
     with httpx.Client(base_url=second.base, timeout=30) as client:
         auth = bearer(login(client, "ALICE.NEW@example.com", NEW_PASSWORD))
         me = client.get("/users/me", headers=auth).json()
         assert (me["id"], me["email"]) == (user_id, "alice.new@example.com")
         taken = register(client, "Alice.New@Example.com")
-        assert taken.status_code == 400 and taken.json()["detail"] == "REGISTER_USER_ALREADY_EXISTS"
+        assert taken.status_code == 400
+        assert taken.json()["detail"] == "REGISTER_USER_ALREADY_EXISTS"
         assert register(client, "alice@example.com").status_code == 201  # freed by the change
 
         patched = client.patch("/users/me", json={"email": "alice.third@example.com"}, headers=auth)

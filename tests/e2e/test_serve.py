@@ -12,85 +12,32 @@ import contextlib
 import json
 import os
 import re
-import signal
-import socket
 import sqlite3
 import stat
 import subprocess
 import sys
-import threading
-import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
+from pydantic import SecretStr
 
 from events import EventStore, create_engine
 from registry.domain.commands import LinkOAuthAccount, RegisterUser, UpdateUser
+from tests.support.processes import ROOT, Server, clean_env, free_port
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = Path(sys.executable).with_name("registry")
-START_TIMEOUT = 60.0
 NATS_URL = os.environ.get("REGISTRY_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    # the checkout under test, whatever an older editable install of it maps
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[str]
-    lines: list[str] = field(default_factory=list)
-    stderr: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        for stream, sink in ((self.proc.stdout, self.lines), (self.proc.stderr, self.stderr)):
-            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(stream: object, sink: list[str]) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            sink.append(line)
-
-    def wait_for_line(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                found = re.search(pattern, line)
-                if found:
-                    return found
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(
-            f"no line matching {pattern!r}; stdout={self.lines} stderr={''.join(self.stderr)}"
-        )
-
-    def stop(self, timeout: float = 30.0) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-
 @pytest.fixture
-def start(tmp_path: Path) -> Iterator[object]:
+def start(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
     def run(*args: str, **env: str) -> Server:
@@ -128,16 +75,18 @@ async def write_users(db: Path, key_file: Path) -> list[tuple[str, int]]:
         out = []
         for i in range(3):
             outcome = await handlers.handle(
-                RegisterUser(email=f"User{i}@Example.com", password=f"pw-{i}-secret-value")
+                RegisterUser(
+                    email=f"User{i}@Example.com", password=SecretStr(f"pw-{i}-secret-value")
+                )
             )
             out.append((str(outcome.user_id), outcome.version))
         user_id = out[0][0]
-        await handlers.handle(UpdateUser(user_id=user_id, is_verified=True))  # type: ignore[arg-type]
+        await handlers.handle(UpdateUser(user_id=uuid.UUID(user_id), is_verified=True))
         linked = await handlers.handle(
             LinkOAuthAccount(
-                user_id=user_id,  # type: ignore[arg-type]
+                user_id=uuid.UUID(user_id),
                 oauth_name="github",
-                access_token="gho_SECRET_access",  # type: ignore[arg-type]
+                access_token=SecretStr("gho_SECRET_access"),
                 account_id="42",
                 account_email="user0@example.com",
             )
@@ -158,9 +107,9 @@ async def lag_after_exit(db: Path) -> list[int]:
         await engine.dispose()
 
 
-def test_serve_from_an_empty_directory(start: object, tmp_path: Path) -> None:
+def test_serve_from_an_empty_directory(start: Callable[..., Server], tmp_path: Path) -> None:
     port = free_port()
-    server = start(REGISTRY_PORT=str(port))  # type: ignore[operator]
+    server = start(REGISTRY_PORT=str(port))
     token = server.wait_for_line(r"API token \(generated, kept in (.+)\): (\S+)").group(2)
     base = server.wait_for_line(r"listening on (http://\S+)").group(1)
     assert base == f"http://127.0.0.1:{port}"
@@ -192,13 +141,16 @@ def test_serve_from_an_empty_directory(start: object, tmp_path: Path) -> None:
             r = client.get(f"/users/{user_id}", params={"min_version": version}, headers=headers)
             assert r.status_code == 200, r.text
             assert r.json()["version"] == version
-            assert "hashed_password" not in r.text and "SECRET" not in r.text
+            assert "hashed_password" not in r.text
+            assert "SECRET" not in r.text
         first = client.get(f"/users/{written[0][0]}", headers=headers).json()
-        assert first["is_verified"] is True and first["oauth_accounts"][0]["account_id"] == "42"
+        assert first["is_verified"] is True
+        assert first["oauth_accounts"][0]["account_id"] == "42"
         page = client.get("/users", params={"email": "user1@example.COM"}, headers=headers)
         assert [u["email"] for u in page.json()["items"]] == ["user1@example.com"]
         history = client.get(f"/users/{written[0][0]}/history", headers=headers)
-        assert history.status_code == 200 and "SECRET" not in history.text
+        assert history.status_code == 200
+        assert "SECRET" not in history.text
         assert "$argon2" not in history.text
         ready = client.get("/readyz")
         assert ready.status_code == 200, ready.text
@@ -208,12 +160,11 @@ def test_serve_from_an_empty_directory(start: object, tmp_path: Path) -> None:
 
     assert server.stop() == 0
     assert "Traceback" not in "".join(server.stderr), "".join(server.stderr)
-    assert asyncio.run(lag_after_exit(db)) and all(
-        lag == 0 for lag in asyncio.run(lag_after_exit(db))
-    )
+    assert asyncio.run(lag_after_exit(db))
+    assert all(lag == 0 for lag in asyncio.run(lag_after_exit(db)))
 
 
-def send(prefix: str, command: str, payload: dict[str, object]) -> tuple[int, dict]:  # type: ignore[type-arg]
+def send(prefix: str, command: str, payload: dict[str, object]) -> tuple[int, dict[str, Any]]:
     result = subprocess.run(
         [str(REGISTRY), "send", command, json.dumps(payload)],
         env=clean_env(REGISTRY_BROKER_URL=NATS_URL, REGISTRY_BUS_PREFIX=prefix),
@@ -241,10 +192,10 @@ async def drop_streams(prefix: str) -> None:
 
 
 def test_serve_with_nats_consumes_commands_and_counts_outcomes(
-    start: object, tmp_path: Path
+    start: Callable[..., Server], tmp_path: Path
 ) -> None:
     prefix = f"e2e{uuid.uuid4().hex[:8]}"  # private subjects and streams on the shared server
-    server = start(  # type: ignore[operator]
+    server = start(
         REGISTRY_PORT=str(free_port()),
         REGISTRY_BROKER_URL=NATS_URL,
         REGISTRY_BUS_PREFIX=prefix,
@@ -277,11 +228,11 @@ def test_serve_with_nats_consumes_commands_and_counts_outcomes(
 
 
 def test_serve_reuses_its_token_and_honours_configured_tokens(
-    start: object, tmp_path: Path
+    start: Callable[..., Server], tmp_path: Path
 ) -> None:
     (tmp_path / ".registry-token").write_text("kept-token-123\n")
     (tmp_path / ".registry-token").chmod(0o644)
-    server = start("--port", str(free_port()))  # type: ignore[operator]
+    server = start("--port", str(free_port()))
     found = server.wait_for_line(r"API token: kept in (\S+)$")
     assert found.group(1) == str((tmp_path / ".registry-token").resolve())
     assert stat.S_IMODE((tmp_path / ".registry-token").stat().st_mode) == 0o600
@@ -295,7 +246,7 @@ def test_serve_reuses_its_token_and_honours_configured_tokens(
     assert "kept-token-123" not in output, output
 
     port = free_port()
-    server = start(REGISTRY_PORT=str(port), REGISTRY_API_TOKENS="configured-1,configured-2")  # type: ignore[operator]
+    server = start(REGISTRY_PORT=str(port), REGISTRY_API_TOKENS="configured-1,configured-2")
     server.wait_for_line("API token: from REGISTRY_API_TOKENS")
     base = server.wait_for_line(r"listening on (http://\S+)").group(1)
     with httpx.Client(base_url=base, timeout=20) as client:
@@ -316,7 +267,8 @@ def test_serve_reports_a_bad_configuration(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode != 0
-    assert "registry: error:" in result.stderr and "Traceback" not in result.stderr
+    assert "registry: error:" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_compose_runs_only_real_commands() -> None:

@@ -4,12 +4,10 @@ a clean shutdown that releases the leases."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +15,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-INTEGRATION = Path(__file__).parents[1] / "integration"
-sys.path.insert(0, str(INTEGRATION))
-
-from test_projection_support import (  # noqa: E402
+from events import EventStore, create_engine
+from projections import UserProjection
+from projections.replay import replay
+from projections.status import projection_status
+from projections.tables import projection_leases
+from tests.support.projection import (
     AppOAuth,
     AppUser,
     History,
@@ -28,12 +28,10 @@ from test_projection_support import (  # noqa: E402
     create_tables,
     snapshot,
 )
+from tests.support.waiting import eventually
 
-from events import EventStore, create_engine  # noqa: E402
-from projections import UserProjection  # noqa: E402
-from projections.replay import replay  # noqa: E402
-from projections.status import projection_status  # noqa: E402
-from projections.tables import projection_leases  # noqa: E402
+#: the checkout, so that the workers import the test models as `tests.support.projection`
+ROOT = Path(__file__).parents[2]
 
 pytestmark = pytest.mark.e2e
 USERS, ACCOUNTS = AppUser.__table__, AppOAuth.__table__
@@ -48,7 +46,7 @@ class Workers:
             "REGISTRY_PROJECTION_BATCH_SIZE": "20",
             "REGISTRY_LEASE_TTL": "1",
             "REGISTRY_LOG_LEVEL": "INFO",
-            "PYTHONPATH": os.pathsep.join([str(INTEGRATION), os.environ.get("PYTHONPATH", "")]),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         }
         self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -63,9 +61,9 @@ class Workers:
                 "worker",
                 "--no-migrate",
                 "--user-model",
-                "test_projection_support:AppUser",
+                "tests.support.projection:AppUser",
                 "--oauth-model",
-                "test_projection_support:AppOAuth",
+                "tests.support.projection:AppOAuth",
             ],
             env=self.env,
             stdout=log,
@@ -90,16 +88,6 @@ def workers(database_url: str, tmp_path: Path) -> Iterator[Workers]:
         w.stop_all()
 
 
-async def until(check, timeout: float = 30, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def lag(engine: AsyncEngine, store: EventStore) -> tuple[int, int]:
     """(events applied, events behind) over all partitions."""
     statuses = [s for s in await projection_status(engine, store) if s.name == "users"]
@@ -111,7 +99,7 @@ async def lag(engine: AsyncEngine, store: EventStore) -> tuple[int, int]:
 async def holders(engine: AsyncEngine) -> dict[int, str | None]:
     async with engine.connect() as conn:
         rows = await conn.execute(select(projection_leases.c.partition, projection_leases.c.holder))
-        return dict(rows.all())  # type: ignore[arg-type]
+        return {partition: holder for partition, holder in rows}
 
 
 async def test_worker_killed_mid_batch_restarts_to_a_clean_replay(
@@ -127,7 +115,7 @@ async def test_worker_killed_mid_batch_restarts_to_a_clean_replay(
         done, _ = await lag(engine, store)
         return done > 300
 
-    await until(progressing, what="the worker to start projecting")
+    await eventually(progressing, timeout=30, message="the worker to start projecting")
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     _, behind = await lag(engine, store)
@@ -138,7 +126,7 @@ async def test_worker_killed_mid_batch_restarts_to_a_clean_replay(
     async def finished() -> bool:
         return (await lag(engine, store))[1] == 0
 
-    await until(finished, timeout=60, what="the restarted worker to catch up")
+    await eventually(finished, timeout=60, message="the restarted worker to catch up")
     second.send_signal(signal.SIGTERM)
     assert second.wait(15) == 0  # a clean shutdown
     assert set((await holders(engine)).values()) == {None}  # leases released on the way out
@@ -170,7 +158,7 @@ async def _takeover(engine: AsyncEngine, workers: Workers) -> None:
     async def shared() -> bool:
         return len({h for h in (await holders(engine)).values() if h}) == 2
 
-    await until(shared, what="two workers to share the partitions")
+    await eventually(shared, timeout=30, message="two workers to share the partitions")
     await history.run(500)
     victim_id = next(h for h in (await holders(engine)).values() if h)
     victim = a if f":{a.pid}:" in victim_id else b
@@ -183,10 +171,10 @@ async def _takeover(engine: AsyncEngine, workers: Workers) -> None:
         owners = set((await holders(engine)).values())
         return len(owners) == 1 and f":{survivor.pid}:" in str(owners.pop())
 
-    await until(taken_over, timeout=15, what="the survivor to take every partition")
+    await eventually(taken_over, timeout=15, message="the survivor to take every partition")
 
     async def finished() -> bool:
         return (await lag(engine, store))[1] == 0
 
-    await until(finished, what="the survivor to catch up")
+    await eventually(finished, timeout=30, message="the survivor to catch up")
     assert_matches_model(await snapshot(engine, USERS, ACCOUNTS), model)

@@ -1,7 +1,7 @@
 """An existing FastAPI Users app's database, written by fastapi-users-db-sqlalchemy itself.
 
 Run by test_import_users.py with the interpreter of a separate environment that has
-fastapi-users-db-sqlalchemy installed (it pins SQLAlchemy < 2.1; see test_upstream_support.py),
+fastapi-users-db-sqlalchemy installed (it pins SQLAlchemy < 2.1; see tests/support/upstream.py),
 never imported by the test process:
 
     python old_fastapi_users_app.py write DATABASE_URL
@@ -60,7 +60,9 @@ async def write(url: str) -> list[dict[str, Any]]:
         async with engine.begin() as conn:
             await conn.run_sync(OldBase.metadata.create_all)
         async with async_sessionmaker(engine, expire_on_commit=False)() as session:
-            db = SQLAlchemyUserDatabase(session, OldUser, OldOAuthAccount)
+            db: SQLAlchemyUserDatabase[OldUser, uuid.UUID] = SQLAlchemyUserDatabase(
+                session, OldUser, OldOAuthAccount
+            )
             for i, (email, first_name, verified, superuser, oauth) in enumerate(SPECS):
                 password = f"old password {i}"
                 user = await db.create(

@@ -12,30 +12,14 @@ from typing import Any
 
 import pytest
 from fastapi_users.exceptions import UserAlreadyExists
-from sqlalchemy import String, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from events.tables import events
-from projections import BaseOAuthAccountTableUUID, BaseUserTableUUID
 from registry import EventSourcedUserDatabase, run_projector
 from registry.errors import InvalidCommandError
 from registry.settings import Settings
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class OAuthAccount(BaseOAuthAccountTableUUID, Base):
-    pass
-
-
-class User(BaseUserTableUUID, Base):
-    first_name: Mapped[str | None] = mapped_column(String(255), default=None)
-    # the fastapi-users documentation's mapping: no order_by
-    oauth_accounts: Mapped[list[OAuthAccount]] = relationship("OAuthAccount", lazy="joined")
-
+from tests.support.adapter import OAUTH, OAuthAccount, User, UserDatabase
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -59,15 +43,6 @@ async def count_events(engine: AsyncEngine, event_type: str) -> int:
         return int(await conn.scalar(stmt) or 0)
 
 
-OAUTH = {
-    "oauth_name": "service1",
-    "access_token": "TOKEN",
-    "expires_at": 1579000751,
-    "account_id": "user_oauth1",
-    "account_email": "king.arthur@camelot.bt",
-}
-
-
 async def test_queries(db: EventSourcedUserDatabase[Any, Any]) -> None:
     user = await db.create({"email": "lancelot@camelot.bt", "hashed_password": "guinevere"})
     assert isinstance(user.id, uuid.UUID)
@@ -78,11 +53,14 @@ async def test_queries(db: EventSourcedUserDatabase[Any, Any]) -> None:
     assert updated.is_superuser is True
 
     got = await db.get(user.id)
-    assert got is not None and got.id == user.id and got.is_superuser is True
+    assert got is not None
+    assert got.id == user.id
+    assert got.is_superuser is True
 
     for email in ("lancelot@camelot.bt", "Lancelot@Camelot.BT", " LANCELOT@camelot.bt "):
         by_email = await db.get_by_email(email)
-        assert by_email is not None and by_email.id == user.id
+        assert by_email is not None
+        assert by_email.id == user.id
     assert await db.get_by_email("galahad@camelot.bt") is None
 
     await db.delete(user)
@@ -95,7 +73,9 @@ async def test_create_honours_given_id_and_flags(db: EventSourcedUserDatabase[An
     user = await db.create(
         {"id": uid, "email": "a@x.io", "hashed_password": "h", "is_verified": True}
     )
-    assert user.id == uid and user.is_verified is True and user.version == 1
+    assert user.id == uid
+    assert user.is_verified is True
+    assert user.version == 1
 
 
 async def test_insert_existing_email_any_case(
@@ -113,7 +93,7 @@ async def test_insert_existing_email_any_case(
 async def test_concurrent_creates_of_one_address(sessions: Sessions, engine: AsyncEngine) -> None:
     async def create(i: int) -> Any:
         async with sessions() as session:
-            db = EventSourcedUserDatabase(session, User, OAuthAccount)
+            db = UserDatabase(session, User, OAuthAccount)
             email = "race@camelot.bt" if i % 2 else "RACE@Camelot.BT"
             return await db.create({"email": email, "hashed_password": "h"})
 
@@ -131,7 +111,8 @@ async def test_custom_fields(db: EventSourcedUserDatabase[Any, Any]) -> None:
     updated = await db.update(user, {"first_name": "Sir Lancelot"})
     assert updated.first_name == "Sir Lancelot"
     got = await db.get(user.id)
-    assert got is not None and got.first_name == "Sir Lancelot"
+    assert got is not None
+    assert got.first_name == "Sir Lancelot"
 
 
 async def test_unknown_key_refused_nothing_appended(
@@ -151,9 +132,11 @@ async def test_update_patch_dict_semantics(db: EventSourcedUserDatabase[Any, Any
     user = await db.create({"email": "a@x.io", "hashed_password": "h"})
     # what a PATCH through FastAPI Users may pass: None means "not given"
     same = await db.update(user, {"email": None, "password": None, "is_verified": None})
-    assert same.version == 1 and same.email == "a@x.io"
+    assert same.version == 1
+    assert same.email == "a@x.io"
     changed = await db.update(user, {"email": "b@x.io", "password": "new-plain"})
-    assert changed.email == "b@x.io" and changed.version == 3
+    assert changed.email == "b@x.io"
+    assert changed.version == 3
     assert changed.hashed_password.startswith("$argon2")
     assert "new-plain" not in changed.hashed_password
 
@@ -171,7 +154,8 @@ async def test_oauth(db: EventSourcedUserDatabase[Any, Any], engine: AsyncEngine
     assert [a.access_token for a in user.oauth_accounts] == ["NEW", "TOKEN"]
 
     got = await db.get_by_oauth_account("service1", "user_oauth1")
-    assert got is not None and got.id == user.id
+    assert got is not None
+    assert got.id == user.id
     assert [a.oauth_name for a in got.oauth_accounts] == ["service1", "service2"]
     assert await db.get_by_oauth_account("service1", "nope") is None
 
@@ -183,7 +167,7 @@ async def test_oauth(db: EventSourcedUserDatabase[Any, Any], engine: AsyncEngine
 
 async def test_oauth_methods_without_table_raise_before_io(sessions: Sessions) -> None:
     async with sessions() as session:
-        db = EventSourcedUserDatabase(session, User)
+        db = UserDatabase(session, User)
         user = User(id=uuid.uuid4(), email="a@x.io", hashed_password="h")
         with pytest.raises(NotImplementedError):
             await db.get_by_oauth_account("x", "y")
@@ -207,7 +191,8 @@ async def test_no_secret_in_logs(
     ours = [r for r in caplog.records if not r.name.startswith("aiosqlite")]
     assert ours
     text = " ".join(r.getMessage() + str(r.exc_text or "") for r in ours)
-    assert "SECRET" not in text and user.hashed_password not in text
+    assert "SECRET" not in text
+    assert user.hashed_password not in text
 
 
 async def test_twenty_concurrent_updates_of_one_user(
@@ -218,7 +203,7 @@ async def test_twenty_concurrent_updates_of_one_user(
     async def patch(i: int) -> Any:
         # like a request: the session reads the user first (and holds a connection)
         async with sessions() as session:
-            mine = EventSourcedUserDatabase(session, User, OAuthAccount)
+            mine = UserDatabase(session, User, OAuthAccount)
             current = await mine.get(user.id)
             change = {"first_name": f"n{i}"} if i % 2 else {"email": f"p{i}@camelot.bt"}
             return await mine.update(current, change)

@@ -4,7 +4,6 @@ projector re-applying them is a no-op; a read model behind is never patched over
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -13,30 +12,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import EventStore
 from projections import UserProjection
-from projections.status import projection_status
 from registry import run_projector
 from registry.adapter.runtime import custom_columns
 from registry.domain.commands import RegisterUser, UpdateUser
 from registry.schema import ensure_schema
 from registry.service.handlers import CommandHandlers
 from registry.settings import Settings
-from tests.integration.test_adapter import OAuthAccount, User
+from tests.support.adapter import OAuthAccount, User, projector_caught_up
 
 
 async def _row(engine: AsyncEngine, user_id: uuid.UUID) -> Any:
     table = User.__table__
     async with engine.connect() as conn:
         return (await conn.execute(select(table).where(table.c.id == user_id))).first()
-
-
-async def _caught_up(engine: AsyncEngine, store: EventStore, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        statuses = await projection_status(engine, store)
-        if statuses and all(s.lag_events == 0 for s in statuses):
-            return
-        await store.wait_for_events(0.05)
-    raise AssertionError("projector did not catch up")
 
 
 async def test_fast_path_projects_own_events_and_never_over_a_gap(
@@ -53,7 +41,8 @@ async def test_fast_path_projects_own_events_and_never_over_a_gap(
     # the read model is at the command's version: projected in the append transaction
     a = uuid.uuid4()
     out = await fast.handle(RegisterUser(user_id=a, email="a@x.io", hashed_password="h"))
-    assert out.projected and (await _row(engine, a)).version == 1
+    assert out.projected
+    assert (await _row(engine, a)).version == 1
     out = await fast.handle(UpdateUser(user_id=a, is_verified=True, profile={"first_name": "A"}))
     assert out.projected
     row = await _row(engine, a)
@@ -65,13 +54,14 @@ async def test_fast_path_projects_own_events_and_never_over_a_gap(
     await plain.handle(RegisterUser(user_id=b, email="b@x.io", hashed_password="h"))
     await plain.handle(UpdateUser(user_id=b, profile={"first_name": "B"}))
     out = await fast.handle(UpdateUser(user_id=b, is_verified=True))
-    assert not out.projected and out.version == 3
+    assert not out.projected
+    assert out.version == 3
     assert await _row(engine, b) is None
 
     async with run_projector(
         engine, User, OAuthAccount, settings=Settings(database_url=database_url), migrate=False
     ):
-        await _caught_up(engine, store)
+        await projector_caught_up(engine, store)
     row = await _row(engine, b)
     assert (row.version, row.is_verified, row.first_name) == (3, True, "B")
     row = await _row(engine, a)  # re-applied by the projector: unchanged
@@ -81,12 +71,13 @@ async def test_fast_path_projects_own_events_and_never_over_a_gap(
     # the fast path's guarded UPDATE matches nothing and leaves both changes to the projector
     await plain.handle(UpdateUser(user_id=b, profile={"first_name": "Bee"}))  # version 4
     out = await fast.handle(UpdateUser(user_id=b, is_superuser=True))  # decided on 4
-    assert not out.projected and out.version == 5
+    assert not out.projected
+    assert out.version == 5
     row = await _row(engine, b)
     assert (row.version, row.first_name, row.is_superuser) == (3, "B", False)
     async with run_projector(
         engine, User, OAuthAccount, settings=Settings(database_url=database_url), migrate=False
     ):
-        await _caught_up(engine, store)
+        await projector_caught_up(engine, store)
     row = await _row(engine, b)
     assert (row.version, row.first_name, row.is_superuser) == (5, "Bee", True)

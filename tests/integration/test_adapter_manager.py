@@ -20,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from events import EventStore
 from events.tables import metadata as events_metadata
 from projections import UserProjection
-from projections.status import projection_status
 from projections.tables import projection_checkpoints, projection_tombstones
 from registry import EventSourcedUserDatabase, run_projector
 from registry.adapter.runtime import custom_columns, use_handlers
@@ -29,7 +28,8 @@ from registry.schema import ensure_schema
 from registry.service.handlers import CommandHandlers
 from registry.settings import Settings
 from registry.tables import metadata as registry_metadata
-from tests.integration.test_adapter import OAUTH, OAuthAccount, User
+from tests.support.adapter import OAUTH, OAuthAccount, User, UserDatabase, projector_caught_up
+from tests.support.models import table_of
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -73,13 +73,14 @@ async def test_user_manager_end_to_end(sessions: Sessions) -> None:
         user = await manager.create(
             UserCreate(email="King.Arthur@camelot.bt", password="guinevere", first_name="Arthur")
         )
-        assert user.first_name == "Arthur" and user.hashed_password.startswith("$argon2")
+        assert user.first_name == "Arthur"
+        assert user.hashed_password.startswith("$argon2")
         with pytest.raises(exceptions.UserAlreadyExists):
             await manager.create(UserCreate(email="king.arthur@CAMELOT.bt", password="x"))
         # login with the typed address in another case
-        assert (
-            await manager.authenticate(creds("KING.arthur@camelot.bt", "guinevere"))
-        ).id == user.id
+        authenticated = await manager.authenticate(creds("KING.arthur@camelot.bt", "guinevere"))
+        assert authenticated is not None
+        assert authenticated.id == user.id
         assert await manager.authenticate(creds("king.arthur@camelot.bt", "wrong")) is None
 
         await manager.request_verify(user)
@@ -114,11 +115,12 @@ async def test_user_manager_end_to_end(sessions: Sessions) -> None:
 async def test_user_manager_upgrades_a_bcrypt_hash(sessions: Sessions) -> None:
     bcrypt = PasswordHelper(PasswordHash((BcryptHasher(),)))
     async with sessions() as session:
-        db = EventSourcedUserDatabase(session, User, OAuthAccount)
+        db = UserDatabase(session, User, OAuthAccount)
         await db.create({"email": "old@camelot.bt", "hashed_password": bcrypt.hash("pw")})
         manager = Manager(db)
         user = await manager.authenticate(creds("old@camelot.bt", "pw"))
-        assert user is not None and user.hashed_password.startswith("$argon2")
+        assert user is not None
+        assert user.hashed_password.startswith("$argon2")
 
 
 async def test_user_manager_oauth_calls(sessions: Sessions) -> None:
@@ -130,7 +132,8 @@ async def test_user_manager_oauth_calls(sessions: Sessions) -> None:
         again = await manager.oauth_callback(
             "service1", "TOKEN2", "user_oauth1", "lancelot@camelot.bt"
         )
-        assert again.id == user.id and again.oauth_accounts[0].access_token == "TOKEN2"
+        assert again.id == user.id
+        assert again.oauth_accounts[0].access_token == "TOKEN2"
         linked = await manager.oauth_associate_callback(again, "service2", "T", "u2", "l@x.io")
         assert [a.oauth_name for a in linked.oauth_accounts] == ["service1", "service2"]
         assert (await manager.get_by_oauth_account("service2", "u2")).id == user.id
@@ -140,14 +143,15 @@ async def test_reads_are_fresh_in_a_session_that_already_holds_the_user(
     sessions: Sessions,
 ) -> None:
     async with sessions() as s1, sessions() as s2:
-        db1 = EventSourcedUserDatabase(s1, User, OAuthAccount)
-        db2 = EventSourcedUserDatabase(s2, User, OAuthAccount)
+        db1 = UserDatabase(s1, User, OAuthAccount)
+        db2 = UserDatabase(s2, User, OAuthAccount)
         user = await db1.create({"email": "a@x.io", "hashed_password": "h"})
         stale = await db2.get(user.id)  # s2 now holds the row in its identity map
         assert stale is not None
         await db1.update(user, {"first_name": "New"})
         fresh = await db2.get(user.id)
-        assert fresh is not None and fresh.first_name == "New"
+        assert fresh is not None
+        assert fresh.first_name == "New"
 
 
 async def test_with_no_projector_the_writer_projects_its_own_writes(engine: AsyncEngine) -> None:
@@ -157,7 +161,7 @@ async def test_with_no_projector_the_writer_projects_its_own_writes(engine: Asyn
     handlers = CommandHandlers(engine, EventStore(engine), profile_fields=custom_columns(User))
     use_handlers(engine, handlers, User, OAuthAccount, timeout=0.3)
     async with async_sessionmaker(engine)() as session:
-        db = EventSourcedUserDatabase(session, User, OAuthAccount)
+        db = UserDatabase(session, User, OAuthAccount)
         started = time.monotonic()
         user = await db.create({"email": "a@x.io", "hashed_password": "h", "first_name": "A"})
         user = await db.update(user, {"first_name": "B", "is_verified": True})
@@ -178,7 +182,7 @@ async def test_timeout_says_the_projector_is_behind(engine: AsyncEngine) -> None
     handlers = CommandHandlers(engine, EventStore(engine), profile_fields=custom_columns(User))
     use_handlers(engine, handlers, User, OAuthAccount, timeout=0.3)
     async with async_sessionmaker(engine)() as session:
-        db = EventSourcedUserDatabase(session, User, OAuthAccount)
+        db = UserDatabase(session, User, OAuthAccount)
         started = time.monotonic()
         with pytest.raises(ProjectionTimeoutError, match="the projector is behind"):
             await db.create({"email": "a@x.io", "hashed_password": "h"})
@@ -194,16 +198,6 @@ async def _snapshot(engine: AsyncEngine) -> list[Any]:
     return [tuple(r) for r in users] + [tuple(r) for r in accounts]
 
 
-async def _caught_up(engine: AsyncEngine, store: EventStore, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        statuses = await projection_status(engine, store)
-        if statuses and all(s.lag_events == 0 for s in statuses):
-            return
-        await store.wait_for_events(0.05)
-    raise AssertionError("projector did not catch up")
-
-
 async def test_inline_and_worker_projection_agree(engine: AsyncEngine, database_url: str) -> None:
     await ensure_schema(engine, User, OAuthAccount)
     async with engine.begin() as conn:  # idempotent: the migrations made them already
@@ -216,7 +210,7 @@ async def test_inline_and_worker_projection_agree(engine: AsyncEngine, database_
     )
     use_handlers(engine, handlers, User, OAuthAccount, timeout=0.5)
     async with async_sessionmaker(engine, expire_on_commit=False)() as session:
-        db = EventSourcedUserDatabase(session, User, OAuthAccount)
+        db = UserDatabase(session, User, OAuthAccount)
         # no projector runs: inline writes are visible on return
         a = await db.create({"email": "a@x.io", "hashed_password": "h", "first_name": "A"})
         a = await db.add_oauth_account(a, OAUTH)
@@ -231,14 +225,14 @@ async def test_inline_and_worker_projection_agree(engine: AsyncEngine, database_
 
     settings = Settings(database_url=database_url)
     async with run_projector(engine, User, OAuthAccount, settings=settings, migrate=False):
-        await _caught_up(engine, store)  # the worker re-applies everything: a no-op
+        await projector_caught_up(engine, store)  # the worker re-applies everything: a no-op
     assert await _snapshot(engine) == inline_rows
 
     async with engine.begin() as conn:  # forget the projection; the worker alone rebuilds it
-        for table in (OAuthAccount.__table__, User.__table__):
+        for table in (table_of(OAuthAccount), table_of(User)):
             await conn.execute(delete(table))
         await conn.execute(delete(projection_tombstones))
         await conn.execute(delete(projection_checkpoints))
     async with run_projector(engine, User, OAuthAccount, settings=settings, migrate=False):
-        await _caught_up(engine, store)
+        await projector_caught_up(engine, store)
     assert await _snapshot(engine) == inline_rows

@@ -8,7 +8,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_api_support import (
+
+from events import UserDeactivated, UserDeleted, UserEmailChanged, UserVerified
+from registry.api import create_app
+from registry.api.monitoring import stalled
+from tests.support.api import (
     OTHER_TOKEN,
     Api,
     assert_no_secrets,
@@ -17,10 +21,6 @@ from test_api_support import (
     make_container,
     open_api,
 )
-
-from events import UserDeactivated, UserDeleted, UserEmailChanged, UserVerified
-from registry.api import create_app
-from registry.api.monitoring import stalled
 
 PROTECTED = [
     "/users",
@@ -98,7 +98,8 @@ async def test_get_user_shows_public_fields_and_accounts_without_secrets(api: Ap
     [account] = body["oauth_accounts"]
     assert account["oauth_name"] == "github"
     assert account["expires_at"] == 1_900_000_000
-    assert "access_token" not in account and "refresh_token" not in account
+    assert "access_token" not in account
+    assert "refresh_token" not in account
     assert_no_secrets(response.text)
 
 
@@ -129,7 +130,8 @@ async def test_min_version_without_a_projector_times_out_clearly(api: Api) -> No
     assert "version 2" in response.json()["message"]
     # a version already shown answers at once
     ok = await api.client.get(f"/users/{user_id}", params={"min_version": 1})
-    assert ok.status_code == 200 and ok.json()["version"] == 1
+    assert ok.status_code == 200
+    assert ok.json()["version"] == 1
 
 
 async def test_min_version_beyond_the_log_is_refused_at_once(api: Api) -> None:
@@ -171,7 +173,7 @@ async def test_filters_match_email_in_any_case_and_flags(api: Api) -> None:
     carol = await api.register("carol@example.com")
     await api.append(carol, [UserDeactivated()])
 
-    async def ids(**params: object) -> set[str]:
+    async def ids(**params: str | int | bool) -> set[str]:
         response = await api.client.get("/users", params=params)
         assert response.status_code == 200, response.text
         assert_no_secrets(response.text)
@@ -193,7 +195,7 @@ async def test_keyset_pages_cover_every_user_once(api: Api) -> None:
     cursor = None
     pages = 0
     while True:
-        params: dict[str, object] = {"limit": 3}
+        params: dict[str, str | int] = {"limit": 3}
         if cursor:
             params["cursor"] = cursor
         body = (await api.client.get("/users", params=params)).json()
@@ -219,7 +221,7 @@ async def test_keyset_pages_cover_every_user_once(api: Api) -> None:
     ],
 )
 async def test_bad_listing_parameters(
-    api: Api, params: dict[str, object], status: int, code: str
+    api: Api, params: dict[str, str | int], status: int, code: str
 ) -> None:
     response = await api.client.get("/users", params=params)
     assert (response.status_code, response.json()["code"]) == (status, code), response.text
@@ -230,7 +232,8 @@ async def test_projections_and_metrics(api: Api) -> None:
     await api.register("m1@example.com", oauth=True)
     await api.register("m2@example.com")
     body = (await api.client.get("/projections")).json()
-    assert body["events"] == 3 and body["head_position"] >= 3
+    assert body["events"] == 3
+    assert body["head_position"] >= 3
     assert isinstance(body["partitions"], list)
     from registry.api.metrics import record_command
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from freezegun import freeze_time
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_api_support import ACCESS, HASH, Api, assert_no_secrets, open_api
 
 from events import (
+    Event,
     OAuthAccountLinked,
     OAuthAccountUpdated,
     UserDeactivated,
@@ -23,6 +24,7 @@ from events import (
     UserRegistered,
     UserVerified,
 )
+from tests.support.api import ACCESS, HASH, Api, assert_no_secrets, open_api
 
 T0 = datetime(2031, 3, 1, 9, 0, tzinfo=UTC)
 STEP = timedelta(hours=1)
@@ -42,7 +44,7 @@ async def write_life(api: Api) -> uuid.UUID:
     """T0 registered, T0+1h email changed, +2h verified and linked, +3h password and token
     changed, +4h deactivated and profile changed, +5h deleted."""
     user_id = uuid.uuid4()
-    steps = [
+    steps: list[list[Event]] = [
         [UserRegistered(email="first@example.com", hashed_password=HASH)],
         [UserEmailChanged(email="second@example.com")],
         [
@@ -68,7 +70,7 @@ async def write_life(api: Api) -> uuid.UUID:
     return user_id
 
 
-async def as_of(api: Api, user_id: uuid.UUID, when: datetime | str) -> tuple[int, dict]:  # type: ignore[type-arg]
+async def as_of(api: Api, user_id: uuid.UUID, when: datetime | str) -> tuple[int, dict[str, Any]]:
     value = when if isinstance(when, str) else when.isoformat()
     response = await api.client.get(f"/users/{user_id}", params={"as_of": value})
     assert_no_secrets(response.text)
@@ -132,7 +134,8 @@ async def test_history_lists_every_event_redacted_with_metadata(api: Api) -> Non
     assert response.status_code == 200, response.text
     assert_no_secrets(response.text)
     body = response.json()
-    assert body["user_id"] == str(user_id) and body["version"] == 9
+    assert body["user_id"] == str(user_id)
+    assert body["version"] == 9
     types = [e["event_type"] for e in body["events"]]
     assert types == [
         "UserRegistered",
@@ -153,10 +156,12 @@ async def test_history_lists_every_event_redacted_with_metadata(api: Api) -> Non
     assert first["metadata"] == {"command_id": "c0", "actor": "tests"}
     assert datetime.fromisoformat(first["recorded_at"]) == T0
     linked = body["events"][3]["data"]
-    assert linked["access_token"] == "[redacted]" and linked["refresh_token"] is None
+    assert linked["access_token"] == "[redacted]"
+    assert linked["refresh_token"] is None
     assert body["events"][5]["data"]["changes"] == {"access_token": "[redacted]"}
     times = [datetime.fromisoformat(e["recorded_at"]) for e in body["events"]]
-    assert times == sorted(times) and times[-1] == T0 + 5 * STEP
+    assert times == sorted(times)
+    assert times[-1] == T0 + 5 * STEP
 
 
 async def test_history_of_unknown_user_is_404(api: Api) -> None:

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_api_support import Api, assert_no_secrets, open_api
 
 from events import Event, UserRegistered, UserUnverified, UserVerified
 from registry.api.users import HISTORY_MAX_PAGE, HISTORY_PAGE, encode_history_cursor
+from tests.support.api import Api, assert_no_secrets, open_api
 
 HASH = "$argon2id$v=19$m=65536,t=3,p=4$SECRETHASHsecrethash"
 
@@ -119,12 +119,13 @@ async def test_history_comes_in_keyset_pages(api: Api) -> None:
     sizes: list[int] = []
     cursor = None
     while True:
-        params = {"cursor": cursor} if cursor else {}
+        params: dict[str, str] = {"cursor": cursor} if cursor else {}
         response = await api.client.get(f"/users/{user_id}/history", params=params)
         assert response.status_code == 200, response.text
         assert_no_secrets(response.text)
         body = response.json()
-        assert body["version"] == total and body["user_id"] == str(user_id)
+        assert body["version"] == total
+        assert body["user_id"] == str(user_id)
         assert body["erased"] is False
         sizes.append(len(body["events"]))
         seen += [e["stream_version"] for e in body["events"]]
@@ -142,7 +143,8 @@ async def test_history_comes_in_keyset_pages(api: Api) -> None:
     assert following.json()["events"][0]["stream_version"] == 8
 
     whole = await api.client.get(f"/users/{user_id}/history", params={"limit": HISTORY_MAX_PAGE})
-    assert len(whole.json()["events"]) == total and whole.json()["next_cursor"] is None
+    assert len(whole.json()["events"]) == total
+    assert whole.json()["next_cursor"] is None
 
 
 async def test_history_page_limits_and_cursors_are_checked(api: Api) -> None:

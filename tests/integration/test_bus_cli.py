@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,46 +14,26 @@ from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import (
+
+from registry.bus import Channels
+from tests.support.bus import (
     BROKER_URLS,
     FAKE_HASH,
+    REGISTRY,
     BusClient,
     cleanup,
+    cli,
     consumer,
     create_tables,
     event_count,
     make_container,
     register_payload,
     unique_prefix,
-    wait_until,
 )
-
-from registry.bus import Channels
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-REGISTRY = str(Path(sys.executable).with_name("registry"))
-
-
-async def cli(
-    *args: str, env: dict[str, str], timeout: float = 30, stdin: str | None = None
-) -> tuple[int, Any, str]:
-    proc = await asyncio.create_subprocess_exec(
-        REGISTRY,
-        *args,
-        env={**os.environ, **env},
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    feed = stdin.encode() if stdin is not None else None
-    out, err = await asyncio.wait_for(proc.communicate(feed), timeout)
-    text = out.decode()
-    try:
-        data = json.loads(text) if text.strip() else None
-    except ValueError:
-        data = text
-    return proc.returncode or 0, data, err.decode()
 
 
 @pytest.fixture
@@ -77,7 +56,8 @@ async def test_send_prints_the_reply_and_exits_by_outcome(
     async with consumer(container, "nats"):
         code, reply, _ = await cli("send", "register", json.dumps(register_payload()), env=env)
         assert code == 0, reply
-        assert reply["status"] == "accepted" and reply["version"] == 1
+        assert reply["status"] == "accepted"
+        assert reply["version"] == 1
         assert reply["command_id"]  # added by `send`, so a retry is deduplicated
 
         code, again, _ = await cli(
@@ -92,7 +72,8 @@ async def test_send_prints_the_reply_and_exits_by_outcome(
         assert (code, bad["code"]) == (3, "INVALID_COMMAND")
 
         code, _, err = await cli("send", "rename", "{}", env=env)
-        assert code == 2 and "unknown command" in err
+        assert code == 2
+        assert "unknown command" in err
     assert await event_count(engine) == 1
 
     # nobody consuming any more: no reply in time
@@ -129,7 +110,8 @@ async def test_send_exits_non_zero_for_a_reused_key(
 
 async def test_send_without_a_broker_is_a_usage_error() -> None:
     code, _, err = await cli("send", "register", "{}", env={"REGISTRY_BROKER_URL": ""})
-    assert code == 2 and "REGISTRY_BROKER_URL" in err
+    assert code == 2
+    assert "REGISTRY_BROKER_URL" in err
 
 
 @pytest.mark.parametrize("url", [BROKER_URLS["nats"], BROKER_URLS["rabbit"], "kafka://k:9092"])
@@ -144,7 +126,8 @@ async def test_asyncapi_documents_every_channel(url: str, tmp_path: Path) -> Non
         assert f"registry.users.{name}" in channels
     assert {"registry.events.UserRegistered", "registry.events.UserErased"} <= channels
     schemas = doc["components"]["schemas"]
-    assert "RegisterUser" in schemas and "PublishedEvent" in schemas
+    assert "RegisterUser" in schemas
+    assert "PublishedEvent" in schemas
     assert "role" not in schemas["RegisterUser"]["properties"]
     if url.startswith("kafka"):
         assert "registry.replies" in channels
@@ -181,16 +164,18 @@ async def test_consume_serves_until_sigterm(
             try:
                 js = nc.jetstream()
                 await js.consumer_info(channels.nats_command_stream, channels.durable)
-            except Exception:
+            # not subscribed yet, in whatever way NATS says so
+            except Exception:  # noqa: BLE001
                 return False
             finally:
                 await nc.close()
             return True
 
-        await wait_until(subscribed, timeout=30, what="`registry consume` to subscribe")
+        await eventually(subscribed, timeout=30, message="`registry consume` to subscribe")
         async with BusClient("nats", channels) as client:
             reply = await client.send("register", register_payload())
-        assert reply is not None and reply.accepted, reply
+        assert reply is not None, reply
+        assert reply.accepted, reply
         assert await event_count(engine) == 1
         proc.send_signal(signal.SIGTERM)
         try:

@@ -10,12 +10,17 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import (
+
+from events.tables import events as events_table
+from registry.bootstrap import Container
+from registry.bus import Channels, command_handlers, create_broker, process
+from tests.support.broker import StreamEntry
+from tests.support.bus import (
     BROKER_URLS,
     FAKE_HASH,
     MAX_PAYLOAD,
@@ -24,12 +29,8 @@ from test_bus_helpers import (
     consumer,
     event_count,
     register_payload,
-    wait_until,
 )
-
-from events.tables import events as events_table
-from registry.bootstrap import Container
-from registry.bus import Channels, command_handlers, create_broker, process
+from tests.support.waiting import eventually
 
 pytestmark = [
     pytest.mark.broker,
@@ -98,7 +99,7 @@ async def test_poison_without_reply_address_is_dead_lettered_or_dropped_once(
         async def all_logged() -> bool:
             return len(poison_lines()) >= len(poison)
 
-        await wait_until(all_logged, what="one log line per poison message")
+        await eventually(all_logged, timeout=15, message="one log line per poison message")
         if kind == "rabbit":
 
             async def dead_lettered() -> bool:
@@ -106,15 +107,15 @@ async def test_poison_without_reply_address_is_dead_lettered_or_dropped_once(
                 return len(dead) >= len(poison)
 
             dead: list[bytes] = []
-            await wait_until(dead_lettered, what="poison in the dead-letter queue")
+            await eventually(dead_lettered, timeout=15, message="poison in the dead-letter queue")
             assert sorted(dead) == sorted(body for _, body in poison)
         if kind == "nats":
             # terminated: nothing waits for an ack, nothing is redelivered after ack_wait
             async def settled() -> bool:
                 info = await _nats_consumer_info(channels)
-                return info.num_ack_pending == 0 and info.num_pending == 0
+                return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
-            await wait_until(settled, what="poison terminated")
+            await eventually(settled, timeout=15, message="poison terminated")
             info = await _nats_consumer_info(channels)
             assert info.num_redelivered == 0
         # still serving, and the poison appended nothing
@@ -157,13 +158,11 @@ async def _rabbit_take_one(channels: Channels) -> AsyncIterator[Any]:
     try:
         channel = await conn.channel()
         queue = await channel.get_queue(channels.queue, ensure=True)
-        msg = None
-        for _ in range(200):
-            msg = await queue.get(no_ack=False, fail=False)
-            if msg is not None:
-                break
-            await asyncio.sleep(0.05)
-        assert msg is not None, "the command never reached the queue"
+        msg = await eventually(
+            lambda: queue.get(no_ack=False, fail=False),
+            timeout=10,
+            message="the command to reach the queue",
+        )
         yield msg
     finally:
         await conn.close()  # unacked: RabbitMQ requeues it
@@ -177,15 +176,16 @@ async def _redis_take_one(channels: Channels) -> AsyncIterator[Any]:
 
     client = Redis.from_url(BROKER_URLS["redis"])
     try:
-        entries: list[Any] = []
-        for _ in range(200):
-            entries = await client.xreadgroup(
-                channels.durable, "dead-consumer", {channels.command("register"): ">"}, count=1
+
+        async def read_one() -> list[tuple[bytes, list[StreamEntry]]]:
+            return cast(
+                "list[tuple[bytes, list[StreamEntry]]]",
+                await client.xreadgroup(
+                    channels.durable, "dead-consumer", {channels.command("register"): ">"}, count=1
+                ),
             )
-            if entries:
-                break
-            await asyncio.sleep(0.05)
-        assert entries, "the command never reached the stream"
+
+        entries = await eventually(read_one, timeout=10, message="the command to reach the stream")
         (_, [(_, fields)]) = entries[0]
         body, _headers = BinaryMessageFormatV1.parse(fields[b"__data__"])
 
@@ -213,7 +213,8 @@ async def test_redelivery_after_a_consumer_died_before_acking(
             first = await process(
                 body, "register", command_handlers(container).handle, max_bytes=MAX_PAYLOAD
             )
-            assert first.accepted and not first.duplicate, first
+            assert first.accepted, first
+            assert not first.duplicate, first
             assert await event_count(engine) == 1
         # the dead consumer's effect is committed but its message was never acknowledged
         async with consumer(container, kind, ack_wait=1.0):
@@ -266,13 +267,13 @@ async def test_stop_and_restart_while_commands_keep_coming(
             async def some_applied() -> bool:
                 return published >= 15 and await event_count(engine) >= 5
 
-            await wait_until(some_applied, what="the first commands applied")
+            await eventually(some_applied, timeout=15, message="the first commands applied")
         stopped_at = await event_count(engine)
 
         async def more_published() -> bool:
             return published >= 40
 
-        await wait_until(more_published, what="commands published while stopped")
+        await eventually(more_published, timeout=15, message="commands published while stopped")
         assert await event_count(engine) == stopped_at  # nobody consumes while stopped
         async with consumer(container, kind, ack_wait=1.0):
             await sender
@@ -280,7 +281,7 @@ async def test_stop_and_restart_while_commands_keep_coming(
             async def all_applied() -> bool:
                 return await event_count(engine) >= total and await _drained(kind, channels)
 
-            await wait_until(all_applied, timeout=30, what="every command applied")
+            await eventually(all_applied, timeout=30, message="every command applied")
     assert await event_count(engine) == total
     async with engine.connect() as conn:
         streams = await conn.scalar(select(func.count(func.distinct(events_table.c.stream_id))))
@@ -322,5 +323,6 @@ async def test_an_unexpected_failure_replies_internal_error_without_secrets(
         assert ok.accepted
     assert await event_count(engine) == 1
     text = caplog.text + " ".join(str(r.__dict__) for r in caplog.records)
-    assert FAKE_HASH not in text and "fire" not in text
+    assert FAKE_HASH not in text
+    assert "fire" not in text
     assert any(getattr(r, "error", None) == "RuntimeError" for r in caplog.records)

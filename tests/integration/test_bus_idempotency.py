@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import (
+
+from registry.bus import Channels
+from tests.support.bus import (
     BROKERS,
     BusClient,
     cleanup,
@@ -21,8 +23,6 @@ from test_bus_helpers import (
     register_payload,
     unique_prefix,
 )
-
-from registry.bus import Channels
 
 pytestmark = [pytest.mark.broker]
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -59,10 +59,13 @@ async def test_a_reused_key_is_rejected_over_the_bus(
         "IDEMPOTENCY_KEY_REUSED",
         key,
     )
-    assert reply.user_id is None and not reply.duplicate
+    assert reply.user_id is None
+    assert not reply.duplicate
     assert await event_count(engine) == before
     # B is not erased: its address is still taken
     taken = await client.send("register", register_payload(b_payload["email"]))
     assert taken.code == "EMAIL_ALREADY_REGISTERED"
     again = await client.send("update", update)
-    assert again.accepted and again.duplicate and again.version == 2
+    assert again.accepted
+    assert again.duplicate
+    assert again.version == 2

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import (
+
+from registry.bus import Channels
+from tests.support.bus import (
     BROKERS,
     FAKE_HASH,
     BusClient,
@@ -24,8 +26,6 @@ from test_bus_helpers import (
     register_payload,
     unique_prefix,
 )
-
-from registry.bus import Channels
 
 pytestmark = [pytest.mark.broker]
 

@@ -11,9 +11,9 @@ import uuid
 import pytest
 from faststream.kafka import KafkaBroker, KafkaMessage, TestKafkaBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import create_tables, event_count, make_container, register_payload
 
 from registry.bus import Channels, CommandConsumer, Reply, command_handlers
+from tests.support.bus import create_tables, event_count, make_container, register_payload
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -28,7 +28,9 @@ async def test_outcomes_go_to_the_replies_topic_keyed_by_command_id(engine: Asyn
 
     @broker.subscriber(channels.replies)
     async def on_reply(body: dict[str, object], message: KafkaMessage) -> None:
-        got.append((message.raw_message.key, Reply.model_validate(body)))
+        record = message.raw_message
+        assert not isinstance(record, tuple), "one record, not a batch"
+        got.append((record.key, Reply.model_validate(body)))
 
     async with TestKafkaBroker(broker) as br:
         ok = register_payload(command_id="k-1")
@@ -45,7 +47,8 @@ async def test_outcomes_go_to_the_replies_topic_keyed_by_command_id(engine: Asyn
     replies = [r for _, r in got]
     assert keys[:2] == [b"k-1", b"k-1"]
     assert [r.status for r in replies] == ["accepted", "accepted", "rejected", "rejected"]
-    assert replies[1].duplicate and replies[1].user_id == replies[0].user_id
+    assert replies[1].duplicate
+    assert replies[1].user_id == replies[0].user_id
     assert [r.code for r in replies[2:]] == ["INVALID_COMMAND", "USER_NOT_FOUND"]
     assert keys[3] == b"k-2"
     assert await event_count(engine) == 1

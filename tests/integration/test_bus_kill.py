@@ -16,7 +16,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import (
+
+from events.tables import events as events_table
+from registry.bus import Channels
+from tests.support.bus import (
     BROKER_URLS,
     BusClient,
     cleanup,
@@ -24,11 +27,8 @@ from test_bus_helpers import (
     event_count,
     register_payload,
     unique_prefix,
-    wait_until,
 )
-
-from events.tables import events as events_table
-from registry.bus import Channels
+from tests.support.waiting import eventually
 
 pytestmark = [
     pytest.mark.broker,
@@ -61,7 +61,8 @@ async def subscribed(kind: str, channels: Channels) -> bool:
             return bool(queue.declaration_result.consumer_count)
         finally:
             await conn.close()
-    except Exception:
+    # not subscribed yet, in whatever way the broker says so
+    except Exception:  # noqa: BLE001
         return False
 
 
@@ -132,17 +133,18 @@ async def test_sigkill_mid_stream_then_restart_applies_every_command_once(
     await runner.start()
 
     async def ready() -> bool:
-        assert runner.proc is not None and runner.proc.returncode is None, runner.log.read_text()
+        assert runner.proc is not None, runner.log.read_text()
+        assert runner.proc.returncode is None, runner.log.read_text()
         return await subscribed(kind, channels)
 
-    await wait_until(ready, timeout=30, what="`registry consume` to subscribe")
+    await eventually(ready, timeout=30, message="`registry consume` to subscribe")
     async with BusClient(kind, channels) as client:
         sender = asyncio.create_task(publish_all(client))
 
         async def some_applied() -> bool:
             return await event_count(engine) >= 8
 
-        await wait_until(some_applied, what="the first commands applied")
+        await eventually(some_applied, timeout=15, message="the first commands applied")
         assert await runner.kill() == -signal.SIGKILL
         await sender
     assert published == total
@@ -151,7 +153,7 @@ async def test_sigkill_mid_stream_then_restart_applies_every_command_once(
     async def all_applied() -> bool:
         return await event_count(engine) >= total
 
-    await wait_until(all_applied, timeout=40, what="every command applied after the restart")
+    await eventually(all_applied, timeout=40, message="every command applied after the restart")
 
     # let redeliveries (ack wait 2 s on NATS) come in: they must change nothing
     async def drained() -> bool:
@@ -175,7 +177,7 @@ async def test_sigkill_mid_stream_then_restart_applies_every_command_once(
         finally:
             await conn.close()
 
-    await wait_until(drained, timeout=30, what="the stream drained")
+    await eventually(drained, timeout=30, message="the stream drained")
     assert await runner.kill(signal.SIGTERM) == 0
     async with engine.connect() as conn:
         streams = await conn.scalar(select(func.count(func.distinct(events_table.c.stream_id))))

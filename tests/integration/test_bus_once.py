@@ -16,19 +16,19 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import (
+
+from events.tables import events as events_table
+from registry.bootstrap import Container
+from registry.bus import Channels, command_handlers, create_broker, running_bus
+from tests.support.broker import close_connection, held, publish_with_reply
+from tests.support.bus import (
     BROKER_URLS,
     BusClient,
     bus_setup,
     consumer,
     register_payload,
-    wait_until,
 )
-from test_bus_inspect import close_connection, held, publish_with_reply
-
-from events.tables import events as events_table
-from registry.bootstrap import Container
-from registry.bus import Channels, command_handlers, create_broker, running_bus
+from tests.support.waiting import eventually
 
 pytestmark = [
     pytest.mark.broker,
@@ -78,9 +78,11 @@ async def test_unusable_reply_address_one_effect_and_acknowledged(
         async def both_applied() -> bool:
             return await password_changes(engine) >= 2
 
-        await wait_until(both_applied, what="both password changes")
+        await eventually(both_applied, timeout=15, message="both password changes")
         if kind != "rabbit":  # RabbitMQ: read the queue once the consumer is gone
-            await wait_until(lambda: _settled(kind, channels), what="both acknowledged")
+            await eventually(
+                lambda: _settled(kind, channels), timeout=15, message="both acknowledged"
+            )
         # a later command is served: nothing is stuck behind them
         again = await client.send("update", {"user_id": str(user.user_id), "is_verified": True})
         assert again.accepted, again
@@ -93,7 +95,8 @@ async def test_unusable_reply_address_one_effect_and_acknowledged(
     assert not any(s in text for s in secrets)
     if kind == "nats":  # the one broker here where publishing to that address fails
         failed = [r for r in caplog.records if r.getMessage() == "reply not sent"]
-        assert len(failed) == 2 and all(r.levelno == logging.WARNING for r in failed)
+        assert len(failed) == 2
+        assert all(r.levelno == logging.WARNING for r in failed)
 
 
 @contextlib.asynccontextmanager
@@ -149,7 +152,7 @@ async def test_redelivery_after_the_commit_has_one_effect_without_command_id(
                 async def acknowledged() -> bool:
                     return (await held(kind, channels)).waiting == 0
 
-                await wait_until(acknowledged, what="the redelivery acknowledged")
+                await eventually(acknowledged, timeout=15, message="the redelivery acknowledged")
     assert await password_changes(engine) == 1
 
 

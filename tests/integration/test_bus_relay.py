@@ -13,16 +13,8 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import (
-    BROKER_URLS,
-    cleanup,
-    consumer,
-    create_tables,
-    event_count,
-    make_container,
-    wait_until,
-)
 
 from events import Cursor, RecordedEvent
 from projections.worker import ProjectionWorker
@@ -30,6 +22,18 @@ from registry.bootstrap import Container
 from registry.bus import Channels, EventPublisher, EventRelay, command_handlers, create_broker
 from registry.bus.relay import public_payload
 from registry.domain.commands import LinkOAuthAccount, RegisterUser, UpdateOAuthAccount, UpdateUser
+from registry.service.handlers import CommandHandlers
+from tests.support.broker import stream_entries
+from tests.support.bus import (
+    BROKER_URLS,
+    NatsEvents,
+    cleanup,
+    consumer,
+    create_tables,
+    event_count,
+    make_container,
+)
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 SECRETS = ("correct horse", "gho_access", "ghr_refresh", "ya29_new", "new password!")
@@ -37,9 +41,12 @@ SECRETS = ("correct horse", "gho_access", "ghr_refresh", "ya29_new", "new passwo
 
 async def write_history(container: Container) -> uuid.UUID:
     """A user whose events carry every kind of secret."""
-    handle = command_handlers(container).handle
+    handlers: CommandHandlers = command_handlers(container)
+    handle = handlers.handle
     reg = await handle(
-        RegisterUser(email=f"r{uuid.uuid4().hex[:6]}@example.com", password="correct horse")
+        RegisterUser(
+            email=f"r{uuid.uuid4().hex[:6]}@example.com", password=SecretStr("correct horse")
+        )
     )
     oauth_id = uuid.uuid4()
     await handle(
@@ -47,8 +54,8 @@ async def write_history(container: Container) -> uuid.UUID:
             user_id=reg.user_id,
             oauth_account_id=oauth_id,
             oauth_name="github",
-            access_token="gho_access",  # type: ignore[arg-type]
-            refresh_token="ghr_refresh",  # type: ignore[arg-type]
+            access_token=SecretStr("gho_access"),
+            refresh_token=SecretStr("ghr_refresh"),
             account_id=uuid.uuid4().hex,
             account_email="r@example.com",
         )
@@ -57,10 +64,12 @@ async def write_history(container: Container) -> uuid.UUID:
         UpdateOAuthAccount(
             user_id=reg.user_id,
             oauth_account_id=oauth_id,
-            access_token="ya29_new",  # type: ignore[arg-type]
+            access_token=SecretStr("ya29_new"),
         )
     )
-    await handle(UpdateUser(user_id=reg.user_id, password="new password!", is_verified=True))  # type: ignore[arg-type]
+    await handle(
+        UpdateUser(user_id=reg.user_id, password=SecretStr("new password!"), is_verified=True)
+    )
     return reg.user_id
 
 
@@ -73,7 +82,7 @@ async def stored(container: Container) -> list[RecordedEvent]:
         found[:] = await container.store.read_after(Cursor.start(), limit=10_000)
         return len(found) == await event_count(container.engine)
 
-    await wait_until(complete, what="a stable view of the log")
+    await eventually(complete, timeout=15, message="a stable view of the log")
     return found
 
 
@@ -84,47 +93,6 @@ async def relay_checkpoint_at(container: Container, last: RecordedEvent) -> bool
         if status.name == "relay":
             return (status.tx_id, status.position) >= (last.tx_id, last.position)
     return False
-
-
-class NatsEvents:
-    """Reads the relay's JetStream stream from the beginning."""
-
-    def __init__(self, channels: Channels) -> None:
-        self.channels = channels
-        self.messages: list[Any] = []
-
-    async def count(self) -> int:
-        import nats
-
-        nc = await nats.connect(BROKER_URLS["nats"])
-        try:
-            info = await nc.jetstream().stream_info(self.channels.nats_event_stream)
-            return int(info.state.messages)
-        finally:
-            await nc.close()
-
-    async def read_all(self) -> list[Any]:
-        import nats
-
-        nc = await nats.connect(BROKER_URLS["nats"])
-        try:
-            js = nc.jetstream()
-            n = await self.count_with(js)
-            sub = await js.pull_subscribe(
-                self.channels.event_wildcard, stream=self.channels.nats_event_stream
-            )
-            out: list[Any] = []
-            while len(out) < n:
-                out.extend(await sub.fetch(n - len(out), timeout=5))
-            for m in out:
-                await m.ack()
-            return out
-        finally:
-            await nc.close()
-
-    async def count_with(self, js: Any) -> int:
-        info = await js.stream_info(self.channels.nats_event_stream)
-        return int(info.state.messages)
 
 
 @pytest.fixture
@@ -153,11 +121,13 @@ def check_published(messages: Sequence[Any], events: Sequence[RecordedEvent], ch
         for field in ("hashed_password", "access_token", "refresh_token"):
             value = getattr(event.event, field, None)
             if value:
-                assert value not in raw and body["data"][field] == "[redacted]"
+                assert value not in raw
+                assert body["data"][field] == "[redacted]"
         for field in ("email", "account_id", "account_email"):  # personal: never published
             value = getattr(event.event, field, None)
             if value:
-                assert value not in raw and body["data"][field] == "[personal]"
+                assert value not in raw
+                assert body["data"][field] == "[personal]"
 
 
 async def test_relay_publishes_every_event_in_order_redacted_and_resumes(
@@ -172,11 +142,13 @@ async def test_relay_publishes_every_event_in_order_redacted_and_resumes(
         async def relayed() -> bool:
             return await reader.count() >= len(events)
 
-        await wait_until(relayed, what="the relay to publish the history")
+        await eventually(relayed, timeout=15, message="the relay to publish the history")
         # published is not yet checkpointed: a relay stopped in between publishes the batch
         # again (at least once); wait for the checkpoint so that the count below is exact
-        await wait_until(
-            lambda: relay_checkpoint_at(container, events[-1]), what="the relay checkpoint"
+        await eventually(
+            lambda: relay_checkpoint_at(container, events[-1]),
+            timeout=15,
+            message="the relay checkpoint",
         )
     first = await reader.read_all()
     check_published(first, events, channels)
@@ -192,7 +164,7 @@ async def test_relay_publishes_every_event_in_order_redacted_and_resumes(
         async def caught_up() -> bool:
             return await reader.count() >= len(events)
 
-        await wait_until(caught_up, what="the restarted relay to catch up")
+        await eventually(caught_up, timeout=15, message="the restarted relay to catch up")
         assert runtime.relay.published == len(events) - before
         # a replay of the user projection reads the whole log again, but not for the relay
         from projections import OAuthAccount, User, UserProjection
@@ -201,7 +173,9 @@ async def test_relay_publishes_every_event_in_order_redacted_and_resumes(
         await replay(container.engine, UserProjection(User, OAuthAccount), in_place=True)
         await write_history(container)
         events = await stored(container)
-        await wait_until(caught_up, what="the relay to publish new events after the replay")
+        await eventually(
+            caught_up, timeout=15, message="the relay to publish new events after the replay"
+        )
         assert runtime.relay.published == len(events) - before
     check_published(await reader.read_all(), events, channels)
 
@@ -244,7 +218,7 @@ async def test_a_failed_batch_is_republished_and_jetstream_drops_the_duplicates(
             async def all_out() -> bool:
                 return publisher.calls > len(events) and await reader.count() >= len(events)
 
-            await wait_until(all_out, what="the retried batch")
+            await eventually(all_out, timeout=15, message="the retried batch")
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -279,7 +253,7 @@ async def test_rabbitmq_relay_sets_message_id_and_keeps_order(
                     got.append(m)
                 return len(got) >= len(events)
 
-            await wait_until(received, what="events on RabbitMQ")
+            await eventually(received, timeout=15, message="events on RabbitMQ")
         assert [m.message_id for m in got] == [str(e.event_id) for e in events]
         assert [m.routing_key for m in got] == [channels.event(e.event_type) for e in events]
         for m in got:
@@ -305,12 +279,12 @@ async def test_redis_relay_appends_to_one_stream_per_event_type(
             async def relayed() -> bool:
                 return runtime.relay is not None and runtime.relay.published >= len(events)
 
-            await wait_until(relayed, what="events on Redis")
+            await eventually(relayed, timeout=15, message="events on Redis")
         got: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for event_type in {e.event_type for e in events}:
-            for _, fields in await client.xrange(channels.event(event_type)):
-                body, headers = BinaryMessageFormatV1.parse(fields[b"__data__"])
-                got.append((json.loads(body), headers))
+            for _, fields in await stream_entries(client, channels.event(event_type)):
+                data, headers = BinaryMessageFormatV1.parse(fields[b"__data__"])
+                got.append((json.loads(data), headers))
         got.sort(key=lambda item: item[0]["position"])
         assert [b["event_id"] for b, _ in got] == [str(e.event_id) for e in events]
         assert [h["message_id"] for _, h in got] == [str(e.event_id) for e in events]

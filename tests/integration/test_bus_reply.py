@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import (
+
+from registry.bus import Channels, Reply
+from tests.support.bus import (
     BROKERS,
     FAKE_HASH,
     MAX_PAYLOAD,
@@ -25,8 +27,6 @@ from test_bus_helpers import (
     register_payload,
     unique_prefix,
 )
-
-from registry.bus import Channels, Reply
 
 pytestmark = [pytest.mark.broker]
 
@@ -65,7 +65,9 @@ async def test_every_command_is_accepted_with_user_id_and_version(bus: Bus) -> N
     payload = register_payload(password="correct horse battery staple", command_id="c-reg")
     reg = await bus.send("register", payload)
     assert reg.status == "accepted", reg
-    assert reg.command_id == "c-reg" and reg.version == 1 and reg.user_id is not None
+    assert reg.command_id == "c-reg"
+    assert reg.version == 1
+    assert reg.user_id is not None
     uid = str(reg.user_id)
 
     upd = await bus.send("update", {"user_id": uid, "is_verified": True, "expected_version": 1})

@@ -10,21 +10,22 @@ import logging
 from collections.abc import AsyncIterator
 
 import pytest
+from pamqp.common import FieldTable
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_helpers import (
+
+from registry.bootstrap import Container
+from registry.bus import Channels
+from registry.bus.retention import command_queue_arguments, dead_letter_queue_arguments
+from tests.support.broker import held, secret_in
+from tests.support.bus import (
     BROKER_URLS,
     BusClient,
     bus_setup,
     consumer,
     event_count,
     register_payload,
-    wait_until,
 )
-from test_bus_inspect import held, secret_in
-
-from registry.bootstrap import Container
-from registry.bus import Channels
-from registry.bus.retention import command_queue_arguments, dead_letter_queue_arguments
+from tests.support.waiting import eventually
 
 pytestmark = [
     pytest.mark.broker,
@@ -67,13 +68,13 @@ async def test_no_secret_stays_on_the_broker_once_handled(
         async def handled() -> bool:
             return await event_count(engine) >= 4
 
-        await wait_until(handled, what="the published command handled")
+        await eventually(handled, timeout=15, message="the published command handled")
         if kind != "rabbit":  # RabbitMQ: read the queue once the consumer is gone
 
             async def emptied() -> bool:
                 return not (await held(kind, channels)).bodies
 
-            await wait_until(emptied, what="the stored commands removed")
+            await eventually(emptied, timeout=15, message="the stored commands removed")
     state = await held(kind, channels)
     assert secret_in(state.bodies, PASSWORD, TOKEN) == []
     assert (state.bodies, state.waiting) == ([], 0)
@@ -95,9 +96,12 @@ async def test_nats_commands_stream_is_a_bounded_work_queue(
         await nc.close()
     assert config.retention == RetentionPolicy.WORK_QUEUE
     assert config.discard == DiscardPolicy.NEW  # full: new commands refused, none dropped
-    assert config.max_bytes and config.max_bytes > 0
-    assert config.max_msg_size and config.max_msg_size > 0
-    assert config.max_age and config.max_age > 0
+    assert config.max_bytes
+    assert config.max_bytes > 0
+    assert config.max_msg_size
+    assert config.max_msg_size > 0
+    assert config.max_age
+    assert config.max_age > 0
 
 
 async def test_a_limits_retention_stream_is_migrated_at_start_up(
@@ -156,7 +160,7 @@ async def _declare_old_rabbit_queues(channels: Channels, message: bytes | None) 
     conn = await aio_pika.connect(BROKER_URLS["rabbit"])
     try:
         channel = await conn.channel()
-        args = {"x-dead-letter-exchange": channels.dead_letter_exchange}
+        args: FieldTable = {"x-dead-letter-exchange": channels.dead_letter_exchange}
         queue = await channel.declare_queue(channels.queue, durable=True, arguments=args)
         await channel.declare_queue(channels.dead_letter_queue, durable=True)
         exchange = await channel.declare_exchange(
@@ -207,7 +211,7 @@ async def test_rabbit_queues_of_an_older_version_are_kept_then_migrated(
         async def served() -> bool:
             return await event_count(engine) == 1
 
-        await wait_until(served, what="the waiting command handled")
+        await eventually(served, timeout=15, message="the waiting command handled")
     assert any("kept as it is" in r.getMessage() for r in caplog.records)
     assert not await _has_new_arguments(channels)
     # empty at the next start: declared again with the bounds
@@ -235,7 +239,7 @@ async def test_redis_commands_older_than_the_maximum_age_are_trimmed(
             async def trimmed() -> bool:
                 return not secret_in((await held("redis", channels)).bodies, PASSWORD)
 
-            await wait_until(trimmed, what="the expired command trimmed")
+            await eventually(trimmed, timeout=15, message="the expired command trimmed")
     finally:
         await client.aclose()
     assert await event_count(engine) == 1

@@ -15,9 +15,10 @@ from sqlalchemy import Connection, Index, MetaData, func, insert, inspect, selec
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from projections import User
-from registry import EventSourcedUserDatabase
 from registry.schema import migrate
 from registry.tables import email_reservations
+from tests.support.adapter import UserDatabase
+from tests.support.models import table_of
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NFD = unicodedata.normalize("NFD", "José@Example.com")
@@ -47,7 +48,7 @@ CANONICAL = {
 def legacy_user_table(sync_conn: Connection) -> None:
     """`user` as the default model made it before the one email rule: a lower(email) index."""
     md = MetaData()
-    table = User.__table__.to_metadata(md)
+    table = table_of(User).to_metadata(md)
     for index in list(table.indexes):
         table.indexes.discard(index)
     table.create(sync_conn)
@@ -73,7 +74,7 @@ async def test_0006_rewrites_old_addresses_into_the_canonical_form(
     async with engine.begin() as conn:
         for uid, email, at in LEGACY.values():
             await conn.execute(
-                insert(User.__table__).values(
+                insert(table_of(User)).values(
                     id=uid,
                     email=email,
                     hashed_password="h",
@@ -95,7 +96,8 @@ async def test_0006_rewrites_old_addresses_into_the_canonical_form(
     with caplog.at_level(logging.WARNING, logger="registry.migrations"):
         await migrate(engine)
     warned = [r.getMessage() for r in caplog.records if r.name == "registry.migrations"]
-    assert len(warned) == 1 and str(LEGACY["nfc"][0]) in warned[0], warned
+    assert len(warned) == 1, warned
+    assert str(LEGACY["nfc"][0]) in warned[0], warned
 
     async with engine.connect() as conn:
         stored = {row[0]: row[1] for row in await conn.execute(select(User.id, User.email))}
@@ -112,7 +114,7 @@ async def test_0006_rewrites_old_addresses_into_the_canonical_form(
 
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     async with sessions() as session:
-        db = EventSourcedUserDatabase(session, User)
+        db = UserDatabase(session, User)
         for name, typed in [
             ("spaced", "Spaced@example.com"),
             ("dotted", "İnfo@example.com"),
@@ -123,7 +125,8 @@ async def test_0006_rewrites_old_addresses_into_the_canonical_form(
             ("odd", "not-an-email"),
         ]:
             user = await db.get_by_email(typed)
-            assert user is not None and user.id == LEGACY[name][0], (name, typed)
+            assert user is not None, (name, typed)
+            assert user.id == LEGACY[name][0], (name, typed)
 
     await migrate(engine)  # again: nothing left to change
     async with engine.connect() as conn:

@@ -17,7 +17,6 @@ import pytest
 from fastapi_users.exceptions import UserAlreadyExists
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from test_api_support import Api, open_api
 
 from events import UserEmailChanged, UserRegistered
 from projections import OAuthAccount, User, UserProjection
@@ -28,6 +27,8 @@ from registry.errors import InvalidCommandError
 from registry.service.handlers import CommandHandlers
 from registry.tables import email_reservations
 from registry.tables import metadata as registry_metadata
+from tests.support.adapter import UserDatabase
+from tests.support.api import Api, open_api
 
 HASH = "fake$hash"
 NFC = unicodedata.normalize("NFC", "José@example.com")
@@ -149,16 +150,17 @@ async def test_hostile_addresses_are_refused_or_registered_and_found(
         reply = await world.send("register", {"email": typed, "hashed_password": HASH})
         assert reply.code == "EMAIL_ALREADY_REGISTERED", (typed, reply)
         async with world.sessions() as session:
-            db = EventSourcedUserDatabase(session, User, OAuthAccount)
+            db = UserDatabase(session, User, OAuthAccount)
             with pytest.raises(UserAlreadyExists):
                 await db.create({"email": typed, "hashed_password": HASH})
         assert (await world.find(typed))[0] == registered[owner]
     for typed in REFUSED:
         reply = await world.send("register", {"email": typed, "hashed_password": HASH})
         assert (reply.status, reply.code) == ("rejected", "INVALID_COMMAND"), (typed, reply)
-        assert reply.message and "email" in reply.message
+        assert reply.message
+        assert "email" in reply.message
         async with world.sessions() as session:
-            db = EventSourcedUserDatabase(session, User, OAuthAccount)
+            db = UserDatabase(session, User, OAuthAccount)
             with pytest.raises(InvalidCommandError, match="email"):
                 await db.create({"email": typed, "hashed_password": HASH})
     assert await log_size(engine) == before  # nothing appended by any refusal

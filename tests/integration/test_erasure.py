@@ -11,15 +11,12 @@ keeps them absent; the address can be registered again; erasing again appends no
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
-import warnings
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from sqlalchemy import MetaData, Table, func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import EventStore, UserEmailChanged, UserErased, UserRegistered
@@ -32,23 +29,19 @@ from registry.domain.commands import (
     EraseUser,
     LinkOAuthAccount,
     RegisterUser,
-    UpdateOAuthAccount,
     UpdateUser,
 )
 from registry.errors import UserNotFoundError
 from registry.schema import ensure_schema
 from registry.service.handlers import CommandHandlers, Outcome
 from registry.tables import email_reservations, oauth_reservations, processed_commands
-
-#: the app's custom column marked personal (sealed, and shredded with the rest)
-PERSONAL_COLUMN = "nickname"
-
-
-class FastHasher:
-    """Stands in for Argon2 (the hash itself is not under test); a recognisable output."""
-
-    def hash(self, password: str) -> str:
-        return "$fakehash$" + password[::-1]
+from tests.support.erasure import (
+    PERSONAL_COLUMN,
+    FastHasher,
+    assert_nowhere,
+    dump_every_table,
+    full_life,
+)
 
 
 @pytest.fixture
@@ -66,100 +59,6 @@ async def handlers(engine: AsyncEngine) -> AsyncIterator[CommandHandlers]:
         )
     finally:
         attach(engine, None)
-
-
-@dataclass
-class Victim:
-    """A user with every kind of personal data, and the values to look for."""
-
-    user_id: uuid.UUID
-    needles: list[str] = field(default_factory=list)
-
-
-async def full_life(h: CommandHandlers, tag: str) -> Victim:
-    """Register, change email, set a password, link and update an OAuth account."""
-    first = f"first.{tag}@example.com"  # canonical: the needle is what is stored
-    second = f"second.{tag}@example.org"
-    reg = await h.handle(
-        RegisterUser.model_validate(
-            {
-                "email": first,
-                "password": f"pw-one-{tag}",
-                "profile": {PERSONAL_COLUMN: f"Nick-{tag}", "plan": "gold"},
-                "command_id": f"reg-{tag}",
-            }
-        )
-    )
-    uid = reg.user_id
-    await h.handle(UpdateUser(user_id=uid, email=second, command_id=f"mail-{tag}"))
-    await h.handle(UpdateUser.model_validate({"user_id": uid, "password": f"pw-two-{tag}"}))
-    account = uuid.uuid4()
-    await h.handle(
-        LinkOAuthAccount.model_validate(
-            {
-                "user_id": uid,
-                "oauth_account_id": account,
-                "oauth_name": "github",
-                "access_token": f"gho-access-{tag}",
-                "refresh_token": f"ghr-refresh-{tag}",
-                "account_id": f"gh-account-{tag}",
-                "account_email": f"oauth.{tag}@example.net",
-            }
-        )
-    )
-    await h.handle(
-        UpdateOAuthAccount.model_validate(
-            {"user_id": uid, "oauth_account_id": account, "access_token": f"ya29-new-{tag}"}
-        )
-    )
-    hasher = FastHasher()
-    return Victim(
-        uid,
-        [
-            first,
-            second,
-            hasher.hash(f"pw-one-{tag}"),
-            hasher.hash(f"pw-two-{tag}"),
-            f"pw-one-{tag}",
-            f"pw-two-{tag}",
-            f"Nick-{tag}",
-            f"gho-access-{tag}",
-            f"ghr-refresh-{tag}",
-            f"ya29-new-{tag}",
-            f"gh-account-{tag}",
-            f"oauth.{tag}@example.net",
-        ],
-    )
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes | bytearray | memoryview):
-        raw = bytes(value)
-        return raw.decode("latin-1")  # a clear value in bytes shows up byte for byte
-    if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False, default=str)
-    return str(value)
-
-
-async def dump_every_table(engine: AsyncEngine) -> dict[str, str]:
-    """Every table in the database (reflected: whatever metadata made it), as raw text."""
-    reflected = MetaData()
-    async with engine.connect() as conn:
-        with warnings.catch_warnings():  # expression indexes are not reflected: no matter
-            warnings.simplefilter("ignore")
-            await conn.run_sync(reflected.reflect)
-        out: dict[str, str] = {}
-        for table in reflected.sorted_tables:
-            rows = (await conn.execute(select(table))).all()
-            out[table.name] = "\n".join(" | ".join(_text(v) for v in row) for row in rows)
-    return out
-
-
-def assert_nowhere(dump: dict[str, str], needles: list[str]) -> None:
-    for name, content in dump.items():
-        lowered = content.lower()
-        for needle in needles:
-            assert needle.lower() not in lowered, f"{needle!r} is still in table {name}"
 
 
 async def snapshot(engine: AsyncEngine) -> dict[str, Any]:
@@ -198,7 +97,8 @@ async def test_erasure_leaves_nothing_readable_and_the_rest_replays_the_same(
 
     out = await handlers.handle(EraseUser(user_id=victim.user_id, command_id="erase-victim"))
     assert [type(r.event) for r in out.events] == [UserErased]
-    assert out.version == 6 and not out.duplicate
+    assert out.version == 6
+    assert not out.duplicate
 
     assert_nowhere(await dump_every_table(engine), victim.needles)
     # the key row stays as a marker, without key material
@@ -206,7 +106,9 @@ async def test_erasure_leaves_nothing_readable_and_the_rest_replays_the_same(
         key = (
             await conn.execute(select(data_keys).where(data_keys.c.stream_id == victim.user_id))
         ).one()
-    assert key.wrapped_key is None and key.master_key_id is None and key.erased_at is not None
+    assert key.wrapped_key is None
+    assert key.master_key_id is None
+    assert key.erased_at is not None
     assert (
         await count(engine, email_reservations, email_reservations.c.user_id == victim.user_id) == 0
     )
@@ -220,13 +122,14 @@ async def test_erasure_leaves_nothing_readable_and_the_rest_replays_the_same(
     for other in others:  # their data is still sealed and opens
         stream = await handlers.store.read_stream(other.user_id)
         assert not any(r.erased for r in stream)
-        assert stream[0].event.email == other.needles[0]  # type: ignore[attr-defined]
+        assert stream[0].event.email == other.needles[0]  # type: ignore[attr-defined]  # the log gives the Event union
 
     # the history stays, every personal value erased
     stream = await handlers.store.read_stream(victim.user_id)
-    assert len(stream) == 6 and all(r.erased for r in stream)
-    assert stream[0].event.email == ERASED  # type: ignore[attr-defined]
-    assert stream[0].event.profile == {PERSONAL_COLUMN: ERASED, "plan": "gold"}  # type: ignore[attr-defined]
+    assert len(stream) == 6
+    assert all(r.erased for r in stream)
+    assert stream[0].event.email == ERASED  # type: ignore[attr-defined]  # the log gives the Event union
+    assert stream[0].event.profile == {PERSONAL_COLUMN: ERASED, "plan": "gold"}  # type: ignore[attr-defined]  # the log gives the Event union
 
     # a replay of the whole log: same rows for everyone else, the victim still absent
     await replay(engine, UserProjection(User, OAuthAccount), batch_size=7)
@@ -271,12 +174,14 @@ async def test_erasing_twice_is_accepted_and_appends_nothing(
     first = await handlers.handle(EraseUser(user_id=victim.user_id))
     total = await count(engine, events)
     second = await handlers.handle(EraseUser(user_id=victim.user_id))
-    assert second.events == () and second.version == first.version == 6
+    assert second.events == ()
+    assert second.version == first.version == 6
     assert await count(engine, events) == total
     # a repeated command id answers the first outcome, also after erasure
     dup = await handlers.handle(EraseUser(user_id=victim.user_id, command_id="e1"))
     again = await handlers.handle(EraseUser(user_id=victim.user_id, command_id="e1"))
-    assert again.duplicate and (dup.version, again.version) == (6, 6)
+    assert again.duplicate
+    assert (dup.version, again.version) == (6, 6)
     assert await count(engine, events) == total
     assert await count(engine, processed_commands, processed_commands.c.command_id == "e1") == 1
 
@@ -302,7 +207,8 @@ async def test_a_deleted_user_can_be_erased(engine: AsyncEngine, handlers: Comma
     victim = await full_life(handlers, "deleted")
     await handlers.handle(DeleteUser(user_id=victim.user_id))
     out = await handlers.handle(EraseUser(user_id=victim.user_id))
-    assert [r.event_type for r in out.events] == ["UserErased"] and out.version == 7
+    assert [r.event_type for r in out.events] == ["UserErased"]
+    assert out.version == 7
     assert_nowhere(await dump_every_table(engine), victim.needles)
 
 

@@ -17,13 +17,14 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 from sqlalchemy import String, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from test_erasure import assert_nowhere, dump_every_table
 
 from events.crypto import Crypto, Keyring, MasterKey, attach
 from events.tables import events
 from projections import BaseOAuthAccountTableUUID, BaseUserTableUUID
 from registry import EventSourcedUserDatabase, run_projector
 from registry.settings import Settings
+from tests.support.adapter import UserDatabase
+from tests.support.erasure import assert_nowhere, dump_every_table
 
 
 class Base(DeclarativeBase):
@@ -45,7 +46,8 @@ FAST_PASSWORDS = PasswordHelper(
 )
 
 
-class UserManager(UUIDIDMixin, BaseUserManager[User, uuid.UUID]):
+# mypy checks the bound before it knows User's mapped columns; a User is a UserProtocol value
+class UserManager(UUIDIDMixin, BaseUserManager[User, uuid.UUID]):  # type: ignore[type-var]
     reset_password_token_secret = verification_token_secret = "a test secret of 32+ bytes......"
 
 
@@ -102,7 +104,7 @@ async def test_erase_removes_the_user_at_once_and_every_trace_of_their_data(
     engine: AsyncEngine, sessions: Sessions
 ) -> None:
     async with sessions() as session:
-        db = EventSourcedUserDatabase(session, User, OAuthAccount)
+        db = UserDatabase(session, User, OAuthAccount)
         user, needles = await make_user(db, "one")
         other, _ = await make_user(db, "two")
         await db.erase(user)
@@ -110,7 +112,8 @@ async def test_erase_removes_the_user_at_once_and_every_trace_of_their_data(
         assert await db.get_by_email("ada.second.one@example.com") is None
         assert await db.get_by_oauth_account("google", "google-one") is None
         kept = await db.get(other.id)
-        assert kept is not None and kept.first_name == "Adatwo"
+        assert kept is not None
+        assert kept.first_name == "Adatwo"
         await db.erase(user)  # again: accepted, nothing appended
         assert await count_events(engine, "UserErased") == 1
         with pytest.raises(UserNotExists):
@@ -125,7 +128,7 @@ async def test_erase_on_delete_makes_fastapi_users_delete_erase(
     engine: AsyncEngine, sessions: Sessions
 ) -> None:
     async with sessions() as session:
-        db = EventSourcedUserDatabase(session, User, OAuthAccount, erase_on_delete=True)
+        db = UserDatabase(session, User, OAuthAccount, erase_on_delete=True)
         user, needles = await make_user(db, "three")
         manager = UserManager(db, FAST_PASSWORDS)
         await manager.delete(user)  # what FastAPI Users' DELETE /users/{id} calls
@@ -135,7 +138,7 @@ async def test_erase_on_delete_makes_fastapi_users_delete_erase(
     assert_nowhere(await dump_every_table(engine), needles)
 
     async with sessions() as session:  # the default stays a plain deletion
-        db = EventSourcedUserDatabase(session, User, OAuthAccount)
+        db = UserDatabase(session, User, OAuthAccount)
         user, _ = await make_user(db, "four")
         await UserManager(db, FAST_PASSWORDS).delete(user)
         assert await count_events(engine, "UserDeleted") == 1

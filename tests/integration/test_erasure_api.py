@@ -11,14 +11,14 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_api_support import auth, make_container
-from test_bus_helpers import create_tables
-from test_erasure import FastHasher, Victim, full_life
 
 from events.crypto import Crypto, Keyring, MasterKey, attach
 from registry.api import create_app
 from registry.domain.commands import EraseUser
 from registry.service.handlers import CommandHandlers
+from tests.support.api import auth, make_container
+from tests.support.bus import create_tables
+from tests.support.erasure import FastHasher, Victim, full_life
 
 
 @pytest.fixture
@@ -51,24 +51,29 @@ async def test_an_erased_user_reads_as_gone_and_their_history_as_erased(
     other = await full_life(handlers, "kept")
     before = datetime.now(UTC).isoformat()
     live = await client.get(f"/users/{victim.user_id}/history")
-    assert live.status_code == 200 and live.json()["erased"] is False
+    assert live.status_code == 200
+    assert live.json()["erased"] is False
     first = live.json()["events"][0]["data"]["email"]
     assert first == victim.needles[0].lower()  # the canonical form; the test can fail
 
     await handlers.handle(EraseUser(user_id=victim.user_id))
 
     gone = await client.get(f"/users/{victim.user_id}")
-    assert gone.status_code == 404 and gone.json()["code"] == "USER_NOT_FOUND"
+    assert gone.status_code == 404
+    assert gone.json()["code"] == "USER_NOT_FOUND"
     past = await client.get(f"/users/{victim.user_id}", params={"as_of": before})
     assert past.status_code == 404, past.text
-    assert past.json()["code"] == "USER_NOT_FOUND" and "was erased" in past.json()["message"]
+    assert past.json()["code"] == "USER_NOT_FOUND"
+    assert "was erased" in past.json()["message"]
     listed = await client.get("/users", params={"email": victim.needles[1]})
-    assert listed.status_code == 200 and listed.json()["items"] == []
+    assert listed.status_code == 200
+    assert listed.json()["items"] == []
 
     history = await client.get(f"/users/{victim.user_id}/history")
     assert history.status_code == 200, history.text
     body = history.json()
-    assert body["erased"] is True and body["version"] == 6
+    assert body["erased"] is True
+    assert body["version"] == 6
     assert [e["event_type"] for e in body["events"]] == [
         "UserRegistered",
         "UserEmailChanged",
@@ -90,9 +95,11 @@ async def test_an_erased_user_reads_as_gone_and_their_history_as_erased(
 
     # everyone else reads as before, now and in the past
     kept = await client.get(f"/users/{other.user_id}")
-    assert kept.status_code == 200 and kept.json()["email"] == other.needles[1]
+    assert kept.status_code == 200
+    assert kept.json()["email"] == other.needles[1]
     kept_past = await client.get(f"/users/{other.user_id}", params={"as_of": before})
-    assert kept_past.status_code == 200 and kept_past.json()["email"] == other.needles[1]
+    assert kept_past.status_code == 200
+    assert kept_past.json()["email"] == other.needles[1]
     kept_history = (await client.get(f"/users/{other.user_id}/history")).json()
     assert kept_history["erased"] is False
     assert kept_history["events"][0]["data"]["hashed_password"] == "[redacted]"

@@ -16,24 +16,24 @@ from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_bus_cli import cli
-from test_bus_helpers import (
-    BROKER_URLS,
-    BusClient,
-    cleanup,
-    consumer,
-    create_tables,
-    event_count,
-    make_container,
-    wait_until,
-)
-from test_bus_relay import NatsEvents
-from test_erasure import assert_nowhere, dump_every_table
 
 from events.crypto import Crypto, Keyring, MasterKey, attach
 from registry.bootstrap import Container
 from registry.bus import Channels
 from registry.domain.commands import RegisterUser
+from tests.support.bus import (
+    BROKER_URLS,
+    BusClient,
+    NatsEvents,
+    cleanup,
+    cli,
+    consumer,
+    create_tables,
+    event_count,
+    make_container,
+)
+from tests.support.erasure import assert_nowhere, dump_every_table
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 
@@ -105,20 +105,25 @@ async def test_erase_over_the_bus_and_nothing_personal_is_ever_relayed(
         other, other_needles = await life_over_the_bus(bus, "other")
 
         erased = await bus.send("erase", {"user_id": uid, "command_id": f"erase-{uid}"})
-        assert erased.accepted and erased.version == 6 and not erased.duplicate, erased
+        assert erased.accepted, erased
+        assert erased.version == 6, erased
+        assert not erased.duplicate, erased
         total = await event_count(container.engine)
         again = await bus.send("erase", {"user_id": uid})
-        assert again.accepted and again.version == 6, again
+        assert again.accepted, again
+        assert again.version == 6, again
         assert await event_count(container.engine) == total  # nothing appended
         unknown = await bus.send("erase", {"user_id": str(uuid.uuid4())})
-        assert unknown.status == "rejected" and unknown.code == "USER_NOT_FOUND", unknown
+        assert unknown.status == "rejected", unknown
+        assert unknown.code == "USER_NOT_FOUND", unknown
         refused = await bus.send("update", {"user_id": uid, "is_verified": True})
-        assert refused.code == "USER_NOT_FOUND" and "erased" in (refused.message or "")
+        assert refused.code == "USER_NOT_FOUND"
+        assert "erased" in (refused.message or "")
 
         async def relayed() -> bool:
             return await reader.count() >= total
 
-        await wait_until(relayed, what="the relay to publish every event")
+        await eventually(relayed, timeout=15, message="the relay to publish every event")
 
     messages = await reader.read_all()
     assert len(messages) == total
@@ -157,7 +162,8 @@ async def test_registry_erase_from_the_command_line(
         return await cli("erase", *args, env=shell, stdin=stdin)
 
     code, _, err = await run(uid, stdin="n\n")  # asks first; "no" changes nothing
-    assert code != 0 and "Erase every piece of personal data" in err
+    assert code != 0
+    assert "Erase every piece of personal data" in err
     assert await event_count(container.engine) == 1
 
     code, out, err = await run(uid, "--yes", "--json")
@@ -166,15 +172,19 @@ async def test_registry_erase_from_the_command_line(
     code, out, err = await run(uid, "--yes", "--json")
     assert (code, out["status"], out["version"]) == (0, "already_erased", 2), err
     code, out, _ = await run(uid, "--yes")
-    assert code == 0 and "already erased" in out
+    assert code == 0
+    assert "already erased" in out
 
     missing = str(uuid.uuid4())
     code, out, _ = await run(missing, "--yes", "--json")
-    assert code == 3 and out["code"] == "USER_NOT_FOUND"
+    assert code == 3
+    assert out["code"] == "USER_NOT_FOUND"
     code, _, err = await run(missing, "--yes")
-    assert code == 3 and f"user {missing} does not exist" in err
+    assert code == 3
+    assert f"user {missing} does not exist" in err
     code, _, err = await run("not-a-uuid", "--yes")
-    assert code == 2 and "not a user id" in err
+    assert code == 2
+    assert "not a user id" in err
 
     assert await event_count(container.engine) == 2
     assert_nowhere(await dump_every_table(container.engine), ["cli.victim@example.com", "$h$cli"])

@@ -81,7 +81,7 @@ async def advisory_locks(engine: AsyncEngine) -> int:
 
 
 async def user_serves(app: object) -> None:
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # Starlette's ASGI types
     async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
         response = await client.post(
             "/auth/register", json={"email": "after@example.com", "password": PASSWORD}
@@ -93,7 +93,8 @@ async def user_serves(app: object) -> None:
         assert login.status_code == 200, login.text
         auth = {"Authorization": f"Bearer {login.json()['access_token']}"}
         me = await client.get("/users/me", headers=auth)
-        assert me.status_code == 200 and me.json()["id"] == response.json()["id"]
+        assert me.status_code == 200
+        assert me.json()["id"] == response.json()["id"]
 
 
 #: (what is put in the way before the first start, what the error must name, the fix)
@@ -127,7 +128,8 @@ async def test_a_failed_first_start_does_not_stop_the_next(
         await conn.execute(text(make(backend)))
     app = example.app
 
-    with pytest.raises(Exception) as failed:
+    # what the start fails with is the cause under test, checked below
+    with pytest.raises(Exception) as failed:  # noqa: PT011
         async with asyncio.timeout(START_BOUND), app.router.lifespan_context(app):
             pass
     assert not isinstance(failed.value, TimeoutError), "the first start hung"

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import func, select
+from pydantic import SecretStr
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import EventStore, UserRegistered
-from events.tables import events
 from events.tables import metadata as events_metadata
 from registry.domain.commands import (
     DeleteUser,
@@ -31,6 +30,7 @@ from registry.errors import (
 from registry.service.handlers import CommandHandlers
 from registry.tables import email_reservations, oauth_reservations
 from registry.tables import metadata as registry_metadata
+from tests.support.store import count_events
 
 
 class FastHasher:
@@ -41,24 +41,16 @@ class FastHasher:
 
 
 @pytest.fixture
-async def handlers(engine: AsyncEngine) -> AsyncIterator[CommandHandlers]:
+async def handlers(engine: AsyncEngine) -> CommandHandlers:
     async with engine.begin() as conn:
         await conn.run_sync(events_metadata.create_all)
         await conn.run_sync(registry_metadata.create_all)
-    yield CommandHandlers(
+    return CommandHandlers(
         engine,
         EventStore(engine),
         profile_fields=frozenset({"first_name"}),
         password_helper=FastHasher(),
     )
-
-
-async def count_events(engine: AsyncEngine, event_type: str | None = None) -> int:
-    stmt = select(func.count()).select_from(events)
-    if event_type:
-        stmt = stmt.where(events.c.event_type == event_type)
-    async with engine.connect() as conn:
-        return int(await conn.scalar(stmt) or 0)
 
 
 async def register(h: CommandHandlers, email: str = "ann@example.com", **kw: object) -> uuid.UUID:
@@ -71,7 +63,7 @@ async def test_register_hashes_with_argon2_by_default(engine: AsyncEngine) -> No
         await conn.run_sync(events_metadata.create_all)
         await conn.run_sync(registry_metadata.create_all)
     h = CommandHandlers(engine, EventStore(engine))
-    out = await h.handle(RegisterUser(email="a@x.io", password="s3cret-pw"))
+    out = await h.handle(RegisterUser(email="a@x.io", password=SecretStr("s3cret-pw")))
     (rec,) = out.events
     assert isinstance(rec.event, UserRegistered)
     assert rec.event.hashed_password.startswith("$argon2")
@@ -80,18 +72,23 @@ async def test_register_hashes_with_argon2_by_default(engine: AsyncEngine) -> No
 
 async def test_update_emits_fine_grained_events(handlers: CommandHandlers) -> None:
     uid = await register(handlers)
-    out = await handlers.handle(UpdateUser(user_id=uid, email="bo@example.com", password="new"))
+    out = await handlers.handle(
+        UpdateUser(user_id=uid, email="bo@example.com", password=SecretStr("new"))
+    )
     assert [e.event_type for e in out.events] == ["UserEmailChanged", "UserPasswordChanged"]
     assert out.version == 3
     noop = await handlers.handle(UpdateUser(user_id=uid, email="bo@example.com"))
-    assert noop.events == () and noop.version == 3
+    assert noop.events == ()
+    assert noop.version == 3
 
 
 async def test_unknown_profile_key_is_refused_and_nothing_appended(
     handlers: CommandHandlers, engine: AsyncEngine
 ) -> None:
     with pytest.raises(InvalidCommandError, match="nickname"):
-        await handlers.handle(RegisterUser(email="a@x.io", password="p", profile={"nickname": 1}))
+        await handlers.handle(
+            RegisterUser(email="a@x.io", password=SecretStr("p"), profile={"nickname": 1})
+        )
     uid = await register(handlers)
     with pytest.raises(InvalidCommandError):
         await handlers.handle(UpdateUser(user_id=uid, profile={"nickname": "x"}))
@@ -136,7 +133,8 @@ async def test_fifty_concurrent_registrations_of_one_address(
     results = await asyncio.gather(*(register(handlers, e) for e in emails), return_exceptions=True)
     winners = [r for r in results if isinstance(r, uuid.UUID)]
     losers = [r for r in results if isinstance(r, EmailAlreadyRegisteredError)]
-    assert len(winners) == 1 and len(losers) == 49, results
+    assert len(winners) == 1, results
+    assert len(losers) == 49, results
     assert await count_events(engine, "UserRegistered") == 1
 
 
@@ -168,14 +166,16 @@ async def test_command_id_dedup_sequential(handlers: CommandHandlers, engine: As
     cmd = RegisterUser(email="a@x.io", hashed_password="h", command_id="c-1")
     first = await handlers.handle(cmd)
     again = await handlers.handle(cmd)
-    assert not first.duplicate and again.duplicate
+    assert not first.duplicate
+    assert again.duplicate
     assert (again.user_id, again.version) == (first.user_id, first.version)
     assert [e.event_id for e in again.events] == [e.event_id for e in first.events]
     upd = UpdateUser(user_id=first.user_id, is_verified=True, command_id="c-2")
     await handlers.handle(upd)
     await handlers.handle(UpdateUser(user_id=first.user_id, is_verified=False))
     replay = await handlers.handle(upd)  # not re-applied although it would change things now
-    assert replay.duplicate and replay.version == 2
+    assert replay.duplicate
+    assert replay.version == 2
     assert await count_events(engine) == 3
 
 
@@ -200,7 +200,7 @@ async def test_oauth_accounts_unique_and_released_on_delete(
         return LinkOAuthAccount(
             user_id=uid,
             oauth_name="google",
-            access_token="tok",
+            access_token=SecretStr("tok"),
             account_id="g1",
             account_email="a@x.io",
         )
@@ -220,24 +220,27 @@ async def test_secrets_never_logged(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     uid = await register(handlers, password="plain-SECRET-1")
-    await handlers.handle(UpdateUser(user_id=uid, password="plain-SECRET-2"))
+    await handlers.handle(UpdateUser(user_id=uid, password=SecretStr("plain-SECRET-2")))
     await handlers.handle(
         LinkOAuthAccount(
             user_id=uid,
             oauth_name="gh",
-            access_token="tok-SECRET",
-            refresh_token="ref-SECRET",
+            access_token=SecretStr("tok-SECRET"),
+            refresh_token=SecretStr("ref-SECRET"),
             account_id="1",
             account_email="a@x.io",
         )
     )
     with pytest.raises(InvalidCommandError):
-        await handlers.handle(UpdateUser(user_id=uid, password="plain-SECRET-3", profile={"x": 1}))
+        await handlers.handle(
+            UpdateUser(user_id=uid, password=SecretStr("plain-SECRET-3"), profile={"x": 1})
+        )
     # aiosqlite's own DEBUG logger prints SQL parameters: a driver's debug trace, not ours
     ours = [r for r in caplog.records if not r.name.startswith("aiosqlite")]
     assert any(r.name == "registry.service.handlers" for r in ours)
     text = " ".join(r.getMessage() + str(r.exc_text or "") for r in ours)
-    assert "SECRET" not in text and "fake$" not in text
+    assert "SECRET" not in text
+    assert "fake$" not in text
 
 
 async def test_register_on_a_taken_id_is_refused(

@@ -8,9 +8,9 @@ import asyncio
 import hashlib
 import secrets
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -22,7 +22,7 @@ from registry.errors import IdempotencyKeyReusedError
 from registry.service.handlers import CommandHandlers
 from registry.tables import email_reservations, processed_commands
 from registry.tables import metadata as registry_metadata
-from tests.integration.test_handlers import count_events
+from tests.support.store import count_events
 
 
 class SaltedHasher:
@@ -34,14 +34,12 @@ class SaltedHasher:
 
 
 @pytest.fixture(params=["keyed", "unkeyed"])
-async def handlers(
-    request: pytest.FixtureRequest, engine: AsyncEngine
-) -> AsyncIterator[CommandHandlers]:
+async def handlers(request: pytest.FixtureRequest, engine: AsyncEngine) -> CommandHandlers:
     async with engine.begin() as conn:
         await conn.run_sync(events_metadata.create_all)
         await conn.run_sync(registry_metadata.create_all)
     crypto = Crypto(Keyring(MasterKey.generate())) if request.param == "keyed" else None
-    yield CommandHandlers(
+    return CommandHandlers(
         engine,
         EventStore(engine, crypto=crypto),
         profile_fields=frozenset({"first_name"}),
@@ -82,7 +80,8 @@ async def test_a_key_reused_for_another_command_is_refused_and_does_nothing(
     assert b in taken  # B's address is still reserved: nothing of the erase happened
     # the key still answers its own command with the first outcome
     again = await handlers.handle(UpdateUser(user_id=a, is_verified=True, command_id="reuse-1"))
-    assert again.duplicate and again.version == 2
+    assert again.duplicate
+    assert again.version == 2
 
 
 async def test_same_kind_other_content_is_refused(
@@ -103,7 +102,8 @@ async def test_same_kind_other_content_is_refused(
     again = await handlers.handle(
         UpdateUser(user_id=a, profile={"first_name": "x"}, command_id="u")
     )
-    assert again.duplicate and (again.user_id, again.version) == (first.user_id, first.version)
+    assert again.duplicate
+    assert (again.user_id, again.version) == (first.user_id, first.version)
     assert await count_events(engine) == 2
 
 
@@ -112,16 +112,17 @@ async def test_a_redelivered_password_is_the_same_command(
 ) -> None:
     """The password is hashed with a random salt: the fingerprint is taken before that, and
     holds neither the password nor a plain hash of it."""
-    reg = RegisterUser(email="a@x.io", password="pw-SECRET", command_id="r")
+    reg = RegisterUser(email="a@x.io", password=SecretStr("pw-SECRET"), command_id="r")
     first = await handlers.handle(reg)
     again = await handlers.handle(
-        RegisterUser(email="a@x.io", password="pw-SECRET", command_id="r")
+        RegisterUser(email="a@x.io", password=SecretStr("pw-SECRET"), command_id="r")
     )
-    assert again.duplicate and again.user_id == first.user_id
-    upd = UpdateUser(user_id=first.user_id, password="new-SECRET", command_id="p")
+    assert again.duplicate
+    assert again.user_id == first.user_id
+    upd = UpdateUser(user_id=first.user_id, password=SecretStr("new-SECRET"), command_id="p")
     await handlers.handle(upd)
     assert (await handlers.handle(upd)).duplicate
-    other = UpdateUser(user_id=first.user_id, password="other-SECRET", command_id="p")
+    other = UpdateUser(user_id=first.user_id, password=SecretStr("other-SECRET"), command_id="p")
     if handlers.store.crypto is not None:
         with pytest.raises(IdempotencyKeyReusedError):
             await handlers.handle(other)
@@ -130,7 +131,8 @@ async def test_a_redelivered_password_is_the_same_command(
     assert await count_events(engine) == 2
     for command_id, password in (("r", "pw-SECRET"), ("p", "new-SECRET")):
         stored = await stored_fingerprint(engine, command_id)
-        assert stored is not None and password not in stored
+        assert stored is not None
+        assert password not in stored
         assert hashlib.sha256(password.encode()).hexdigest() not in stored
         if handlers.store.crypto is not None:
             key_id = handlers.store.crypto.keyring.active.key_id
@@ -147,7 +149,8 @@ async def test_delivery_metadata_is_not_content(handlers: CommandHandlers) -> No
             user_id=a, is_active=False, command_id="m", correlation_id="c2", causation_id="x"
         )
     )
-    assert again.duplicate and again.version == first.version
+    assert again.duplicate
+    assert again.version == first.version
 
 
 async def test_records_made_before_fingerprints_compare_the_kind(
@@ -158,7 +161,8 @@ async def test_records_made_before_fingerprints_compare_the_kind(
     async with engine.begin() as conn:  # what migration 0005 leaves on older rows
         await conn.execute(update(processed_commands).values(fingerprint=None))
     again = await handlers.handle(UpdateUser(user_id=a, is_superuser=True, command_id="old"))
-    assert again.duplicate and again.version == 2
+    assert again.duplicate
+    assert again.version == 2
     with pytest.raises(IdempotencyKeyReusedError):
         await handlers.handle(EraseUser(user_id=a, command_id="old"))
     assert await count_events(engine) == 2
@@ -178,7 +182,8 @@ async def test_concurrent_reuse_has_one_effect(
     winner = applied[0].events[0].event.model_dump()["changes"]["first_name"]
     for command, result in zip(commands, results, strict=True):
         if command.profile["first_name"] == winner:
-            assert not isinstance(result, BaseException) and result.version == 2, result
+            assert not isinstance(result, BaseException), result
+            assert result.version == 2, result
         else:
             assert isinstance(result, IdempotencyKeyReusedError), result
     assert await count_events(engine) == 2

@@ -21,7 +21,7 @@ from registry.domain.commands import RegisterUser, UpdateUser
 from registry.service.handlers import CommandHandlers
 from registry.service.retry import retryable_sqlstate, sqlstate
 from registry.tables import metadata as registry_metadata
-from tests.integration.test_handlers import count_events
+from tests.support.store import count_events
 
 
 class Base(DeclarativeBase):
@@ -65,7 +65,8 @@ async def test_a_not_null_column_without_default_names_itself(engine: AsyncEngin
     out = await handlers.handle(
         RegisterUser(email="a@x.io", hashed_password="h", profile={"nickname": "ann"})
     )
-    assert out.projected and await count_events(engine) == 1
+    assert out.projected
+    assert await count_events(engine) == 1
 
 
 async def test_an_unexpected_integrity_error_is_not_retried(engine: AsyncEngine) -> None:
@@ -129,7 +130,8 @@ async def test_deadlock_and_serialization_victims_are_decided_again(
     own = RaisesOnce(state)
     handlers = CommandHandlers(pg_engine, EventStore(pg_engine), own_projection=own)
     out = await handlers.handle(RegisterUser(email="a@x.io", hashed_password="h"))
-    assert own.n == 2 and out.version == 1
+    assert own.n == 2
+    assert out.version == 1
     assert await count_events(pg_engine) == 1
     # with an expected version stated, too: deciding again re-checks it
     upd = RaisesOnce(state)
@@ -137,7 +139,8 @@ async def test_deadlock_and_serialization_victims_are_decided_again(
     out = await handlers.handle(
         UpdateUser(user_id=out.user_id, is_active=False, expected_version=1)
     )
-    assert upd.n == 2 and out.version == 2
+    assert upd.n == 2
+    assert out.version == 2
 
 
 @pytest.mark.parametrize("state", ["23502", "P0001", "40003"])
@@ -148,7 +151,8 @@ async def test_other_database_errors_surface_as_themselves(
     handlers = CommandHandlers(pg_engine, EventStore(pg_engine), own_projection=own)
     with pytest.raises(DBAPIError, match="injected") as caught:
         await handlers.handle(RegisterUser(email="a@x.io", hashed_password="h"))
-    assert own.n == 1 and sqlstate(caught.value) == state
+    assert own.n == 1
+    assert sqlstate(caught.value) == state
     assert await count_events(pg_engine) == 0
 
 
@@ -175,7 +179,8 @@ async def test_sqlstate_of_a_real_deadlock(pg_engine: AsyncEngine) -> None:
     results = await asyncio.wait_for(asyncio.gather(lock(1, 2), lock(2, 1)), 20)
     failed = [r for r in results if r is not None]
     assert len(failed) == 1
-    assert sqlstate(failed[0]) == "40P01" and retryable_sqlstate(failed[0]) == "40P01"
+    assert sqlstate(failed[0]) == "40P01"
+    assert retryable_sqlstate(failed[0]) == "40P01"
     assert retryable_sqlstate(ValueError("deadlock")) is None  # the message does not count
 
 

@@ -9,28 +9,29 @@ whatever environment these tests run."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import subprocess
-import time
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
-from test_upstream_support import cache_root
-from test_upstream_support import peer_python as make_peer_python
 
 from events import create_engine
 from events.tables import events
 from examples.fastapi_users_app import User, create_app
 from registry.cli import main
 from registry.settings import get_settings
+from tests.support.upstream import cache_root
+from tests.support.upstream import peer_python as make_peer_python
+from tests.support.waiting import eventually
 
 #: making the separate environment (pip) on a loaded machine
 pytestmark = pytest.mark.timeout(900)
@@ -110,7 +111,7 @@ async def import_cli(source: str, target: str) -> dict[str, object]:
     return summary
 
 
-async def log_rows(target: str) -> list[tuple[str, uuid.UUID, dict[str, object]]]:
+async def log_rows(target: str) -> list[tuple[str, uuid.UUID, dict[str, Any]]]:
     engine = create_engine(target)
     try:
         async with engine.connect() as conn:
@@ -125,11 +126,17 @@ async def log_rows(target: str) -> list[tuple[str, uuid.UUID, dict[str, object]]
 
 
 @pytest.fixture
-async def old_sqlite(
-    peer_python: Path, tmp_path: Path
-) -> AsyncIterator[tuple[str, list[OldUserRow]]]:
+async def old_sqlite(peer_python: Path, tmp_path: Path) -> tuple[str, list[OldUserRow]]:
     url = f"sqlite+aiosqlite:///{tmp_path / 'old_app.db'}"
-    yield url, await write_old_database(peer_python, url)
+    return url, await write_old_database(peer_python, url)
+
+
+async def log_in(client: httpx.AsyncClient, row: OldUserRow) -> httpx.Response | None:
+    """The login's response once it succeeds."""
+    response = await client.post(
+        "/auth/jwt/login", data={"username": row.email.lower(), "password": row.password}
+    )
+    return response if response.status_code == 200 else None
 
 
 async def check_app_logs_them_in(target: str, old: list[OldUserRow]) -> None:
@@ -139,15 +146,11 @@ async def check_app_logs_them_in(target: str, old: list[OldUserRow]) -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
             for row in old:
                 # the in-process projector catches up with the imported log
-                deadline = time.monotonic() + 15
-                while True:
-                    response = await client.post(
-                        "/auth/jwt/login",
-                        data={"username": row.email.lower(), "password": row.password},
-                    )
-                    if response.status_code == 200 or time.monotonic() > deadline:
-                        break
-                    await asyncio.sleep(0.05)
+                response = await eventually(
+                    functools.partial(log_in, client, row),
+                    timeout=15,
+                    message=f"{row.email} to log in",
+                )
                 assert response.status_code == 200, (row.email, response.text)
                 auth = {"Authorization": f"Bearer {response.json()['access_token']}"}
                 me = (await client.get("/users/me", headers=auth)).json()
@@ -198,7 +201,7 @@ async def test_import_then_old_passwords_log_in_and_rerun_imports_nothing(
 
     again = await import_cli(source, database_url)
     assert again["users"] == {"total": 3, "imported": 0, "already": 3, "failed": 0}
-    assert again["oauth_accounts"]["already"] == n_oauth  # type: ignore[index]
+    assert again["oauth_accounts"]["already"] == n_oauth  # type: ignore[index]  # the import summary's nested counts
     assert await log_rows(database_url) == log
 
     await check_app_logs_them_in(database_url, old)
@@ -223,7 +226,8 @@ async def test_import_from_postgresql_source(
     assert result.exit_code == 0, result.output
     assert "users: 3 imported, 0 already imported, 0 refused (of 3)" in result.stdout
     assert "oauth accounts: 3 imported" in result.stdout
-    assert "user: 3/3" in result.stderr and "oauth_account: 3/3" in result.stderr
+    assert "user: 3/3" in result.stderr
+    assert "oauth_account: 3/3" in result.stderr
     await check_app_logs_them_in(target, old)
 
 
@@ -240,7 +244,8 @@ async def test_rows_the_registry_refuses_are_reported_and_the_rest_imported(
     )
     assert result.exit_code == 1
     summary = json.loads(result.stdout)
-    assert summary["users"]["imported"] == 3 and summary["users"]["failed"] == 1
+    assert summary["users"]["imported"] == 3
+    assert summary["users"]["failed"] == 1
     [failure] = summary["failures"]
     assert (failure["id"], failure["code"]) == (str(LAST_ID), "EMAIL_ALREADY_REGISTERED")
     assert len([r for r in await log_rows(database_url) if r[0] == "UserRegistered"]) == len(old)

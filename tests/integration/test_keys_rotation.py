@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_keys_support import (
+
+from events import EventStore, create_engine
+from events.crypto import Keyring, MasterKey, MasterKeyError, verify
+from events.keyops import keys_to_rotate, rotate
+from events.tables import data_keys
+from registry.domain.commands import RegisterUser, UpdateUser
+from registry.service.handlers import CommandHandlers
+from registry.service.keys import enable
+from tests.support.keys import (
     cli,
     erase,
     log_contents,
@@ -23,14 +31,6 @@ from test_keys_support import (
     read_streams,
     settings_for,
 )
-
-from events import EventStore, create_engine
-from events.crypto import Keyring, MasterKey, MasterKeyError, verify
-from events.keyops import keys_to_rotate, rotate
-from events.tables import data_keys
-from registry.domain.commands import RegisterUser, UpdateUser
-from registry.service.handlers import CommandHandlers
-from registry.service.keys import enable
 
 OLD, NEW = MasterKey.generate(), MasterKey.generate()
 
@@ -107,10 +107,12 @@ async def test_rotation_resumes_runs_online_and_retires_the_old_key(
     code, out, err = await cli("rotate-master-key", "--batch-size", "1", "--json", env=env)
     assert code == 0, (out, err)
     assert json.loads(out) == {"master_key_id": NEW.key_id, "rewrapped": 2}
-    assert NEW.encoded() not in out + err and OLD.encoded() not in out + err
+    assert NEW.encoded() not in out + err
+    assert OLD.encoded() not in out + err
     assert await wrapped_by(engine) == {NEW.key_id: 7, None: 1}  # the erased key stays erased
     code, out, err = await cli("rotate-master-key", env=env)  # nothing left: changes nothing
-    assert code == 0 and "re-wrapped 0 data keys" in out, (out, err)
+    assert code == 0, (out, err)
+    assert "re-wrapped 0 data keys" in out, (out, err)
 
     # a process with only the new key reads every user back, log and read model
     only_new = await process(database_url, other_engines, NEW)
@@ -132,7 +134,9 @@ async def test_rotation_resumes_runs_online_and_retires_the_old_key(
     code, out, err = await cli(
         "replay", env={"REGISTRY_DATABASE_URL": database_url, "REGISTRY_MASTER_KEY": OLD.encoded()}
     )
-    assert code == 1 and "registry: error:" in err and "does not match" in err, (out, err)
+    assert code == 1, (out, err)
+    assert "registry: error:" in err, (out, err)
+    assert "does not match" in err, (out, err)
 
 
 async def test_rotation_while_writers_run(
@@ -157,7 +161,8 @@ async def test_rotation_while_writers_run(
     rotation, made = await asyncio.gather(
         rotate(rotator, Keyring(NEW, [OLD]), batch_size=1), write()
     )
-    assert rotation.rewrapped == 6 and rotation.key_id == NEW.key_id
+    assert rotation.rewrapped == 6
+    assert rotation.key_id == NEW.key_id
     assert await keys_to_rotate(engine, Keyring(NEW)) == 0
     assert await wrapped_by(engine) == {NEW.key_id: 12}
     only_new = await process(database_url, other_engines, NEW)
@@ -180,5 +185,6 @@ async def test_rotation_without_the_old_key_changes_nothing(
         "rotate-master-key",
         env={"REGISTRY_DATABASE_URL": database_url, "REGISTRY_MASTER_KEY": NEW.encoded()},
     )
-    assert code == 1 and "REGISTRY_PREVIOUS_MASTER_KEYS" in err, (out, err)
+    assert code == 1, (out, err)
+    assert "REGISTRY_PREVIOUS_MASTER_KEYS" in err, (out, err)
     assert await wrapped_by(engine) == {OLD.key_id: 3}

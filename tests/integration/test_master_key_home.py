@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_keys_support import settings_for, table_counts
 
 from events import create_engine
 from events.crypto import MasterKey, MasterKeyError, recorded_master_key
@@ -24,6 +23,7 @@ from registry.adapter.projector import run_projector
 from registry.schema import ensure_schema
 from registry.service.keys import default_key_file, enable, load_keyring
 from registry.settings import Settings
+from tests.support.keys import settings_for, table_counts
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,7 +84,9 @@ def test_two_processes_in_different_directories_share_the_key_beside_the_file(
         "registry.db",
         "registry.key",
     ]
-    assert os.listdir(here) == [] and os.listdir(there) == []  # nothing in either cwd
+    # nothing in either cwd
+    assert os.listdir(here) == []
+    assert os.listdir(there) == []
 
 
 def test_the_key_file_is_decided_by_the_engine_not_the_default_url(tmp_path: Path) -> None:
@@ -112,7 +114,8 @@ async def test_a_database_refuses_another_key_before_its_first_user(
     async with engine.connect() as conn:
         assert await recorded_master_key(conn) == good.key_id
     before = await table_counts(engine)
-    assert before["events"] == 0 and before["event_data_keys"] == 0
+    assert before["events"] == 0
+    assert before["event_data_keys"] == 0
 
     other = create_engine(database_url)
     try:

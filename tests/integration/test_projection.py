@@ -3,22 +3,9 @@ row for row; applying twice changes nothing; a deleted user never comes back."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
 import uuid
-from collections.abc import AsyncIterator
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_projection_support import (
-    AppOAuth,
-    AppUser,
-    History,
-    assert_matches_model,
-    create_tables,
-    snapshot,
-)
 
 from events import (
     Cursor,
@@ -30,37 +17,20 @@ from events import (
 )
 from projections import UserProjection, projected_version
 from projections.replay import replay
-from projections.status import projection_status
-from projections.tables import projection_tombstones
 from projections.worker import ProjectionWorker
+from tests.support.projection import (
+    AppOAuth,
+    AppUser,
+    History,
+    assert_matches_model,
+    caught_up,
+    create_tables,
+    running,
+    snapshot,
+    tombstones,
+)
 
 USERS, ACCOUNTS = AppUser.__table__, AppOAuth.__table__
-
-
-async def caught_up(engine: AsyncEngine, store: EventStore, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        statuses = [s for s in await projection_status(engine, store) if s.name == "users"]
-        if statuses and all(s.lag_events == 0 for s in statuses):
-            return
-        assert time.monotonic() < deadline, f"projection still behind: {statuses}"
-        await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def running(worker: ProjectionWorker) -> AsyncIterator[ProjectionWorker]:
-    task = asyncio.create_task(worker.run())
-    try:
-        yield worker
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def tombstones(engine: AsyncEngine) -> set[tuple[str, uuid.UUID, int]]:
-    async with engine.connect() as conn:
-        return {tuple(r) for r in await conn.execute(select(projection_tombstones))}  # type: ignore[misc]
 
 
 async def test_live_projection_and_replays_equal_the_log(engine: AsyncEngine) -> None:
@@ -73,7 +43,9 @@ async def test_live_projection_and_replays_equal_the_log(engine: AsyncEngine) ->
         await caught_up(engine, store)
     live = await snapshot(engine, USERS, ACCOUNTS)
     assert_matches_model(live, model)
-    assert len(model.deleted) > 10 and len(model.oauth) > 60  # the history is varied
+    # the history is varied
+    assert len(model.deleted) > 10
+    assert len(model.oauth) > 60
     live_tombs = await tombstones(engine)
 
     result = await replay(engine, projection, batch_size=333)  # blue/green, then swapped in
@@ -125,7 +97,8 @@ async def test_an_older_event_after_deletion_does_not_resurrect(engine: AsyncEng
     async with engine.begin() as conn:
         await projection.apply(conn, events[:3])
     snap = await snapshot(engine, USERS, ACCOUNTS)
-    assert snap["users"][sid]["loyalty"] == 3 and snap["users"][sid]["version"] == 3
+    assert snap["users"][sid]["loyalty"] == 3
+    assert snap["users"][sid]["version"] == 3
     assert snap["oauth"][oid]["link_order"] == 2
     async with engine.begin() as conn:
         await projection.apply(conn, events[3:])

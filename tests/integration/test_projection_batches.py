@@ -11,12 +11,12 @@ from collections.abc import Sequence
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from test_projection_support import AppOAuth, AppUser, create_tables
 
 from events import Cursor, EventStore, RecordedEvent, UserEmailChanged, UserRegistered
 from projections import UserProjection, leases
 from projections.tables import projection_checkpoints, projection_leases
 from projections.worker import ProjectionWorker
+from tests.support.projection import AppOAuth, AppUser, create_tables
 
 PARTITIONS = 4
 

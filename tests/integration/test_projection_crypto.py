@@ -9,9 +9,6 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_projection import caught_up, running, tombstones
-from test_projection_support import AppOAuth, AppUser, History, assert_matches_model, create_tables
-from test_projection_support import snapshot as snap
 
 from events import Cursor, EventStore, UserErased
 from events.crypto import Crypto, Keyring, MasterKey, attach, shred
@@ -19,6 +16,17 @@ from events.tables import events
 from projections import UserProjection
 from projections.replay import replay
 from projections.worker import ProjectionWorker
+from tests.support.projection import (
+    AppOAuth,
+    AppUser,
+    History,
+    assert_matches_model,
+    caught_up,
+    create_tables,
+    running,
+    tombstones,
+)
+from tests.support.projection import snapshot as snap
 
 USERS, ACCOUNTS = AppUser.__table__, AppOAuth.__table__
 

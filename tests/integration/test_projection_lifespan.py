@@ -7,13 +7,13 @@ import uuid
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_projection_support import AppOAuth, AppUser
 
 from events import EventStore, OAuthAccountLinked, UserProfileUpdated, UserRegistered
 from projections import UserProjection
 from projections.worker import wait_for_version
 from registry.adapter.projector import run_projector
 from registry.settings import Settings
+from tests.support.projection import AppOAuth, AppUser
 
 
 async def test_run_projector_projects_into_the_apps_models(engine: AsyncEngine) -> None:

@@ -14,9 +14,8 @@ import logging
 import os
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -24,7 +23,6 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from test_api_support import Api, open_api
 
 from events import EventStore, UserEmailChanged, UserRegistered
 from events.crypto import Crypto, Keyring, MasterKey, attach
@@ -33,6 +31,8 @@ from projections.errors import ProjectionError
 from projections.status import PartitionStatus, projection_status
 from projections.tables import projection_checkpoints
 from projections.worker import ProjectionWorker
+from tests.support.api import Api, open_api
+from tests.support.waiting import eventually
 
 PARTITIONS = 4
 POISONED = 1  # the partition the poison event lives in
@@ -126,16 +126,6 @@ async def running(worker: ProjectionWorker) -> AsyncIterator[ProjectionWorker]:
         await worker.shut_down(task, grace=5)
 
 
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 20) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.03)
-
-
 async def statuses(engine: AsyncEngine, store: EventStore) -> dict[int, PartitionStatus]:
     return {s.partition: s for s in await projection_status(engine, store) if s.name == "users"}
 
@@ -175,23 +165,39 @@ async def test_a_poison_event_fails_its_partition_only_and_retry_recovers_it(
     caplog.set_level(logging.INFO, logger="registry.projections")
     worker = new_worker(engine, store)
     async with running(worker):
-        status = await eventually(lambda: failed_partition(engine, store))
+        status = await eventually(
+            lambda: failed_partition(engine, store),
+            timeout=20,
+            interval=0.03,
+            message="the poisoned partition to fail",
+        )
         failure = status.failure
         assert failure is not None
         assert failure["position"] == log.position
         assert failure["stream_id"] == log.poison
-        assert failure["stream_version"] == 1 and failure["event_type"] == "UserRegistered"
+        assert failure["stream_version"] == 1
+        assert failure["event_type"] == "UserRegistered"
         assert failure["reason"].startswith("MasterKeyError: the data key of stream")
         assert failure["attempts"] == ATTEMPTS
         assert status.position < log.position  # the checkpoint stops right before it
 
         # every other partition projected everything, also what came after the poison
         others = set(log.before) | {s for p, ids in log.after.items() if p != POISONED for s in ids}
-        await eventually(lambda: _contains(engine, others))
+        await eventually(
+            lambda: _contains(engine, others),
+            timeout=20,
+            interval=0.03,
+            message="the other users projected",
+        )
         assert not set(log.after[POISONED]) & await projected(engine)
         late = user_in(0)  # and keeps projecting while the partition is failed
         await register(store, late)
-        await eventually(lambda: _contains(engine, {late}))
+        await eventually(
+            lambda: _contains(engine, {late}),
+            timeout=20,
+            interval=0.03,
+            message="the late user projected",
+        )
 
         # told once per change of state, not once per attempt
         records = [r for r in caplog.records if getattr(r, "partition", None) == POISONED]
@@ -206,13 +212,15 @@ async def test_a_poison_event_fails_its_partition_only_and_retry_recovers_it(
         report = await registry(database_url, "status", "--json")
         assert report.returncode == 0, report.stderr
         [row] = [p for p in json.loads(report.stdout)["projections"] if p["partition"] == POISONED]
-        assert row["state"] == "failed" and row["failure"]["position"] == log.position
+        assert row["state"] == "failed"
+        assert row["failure"]["position"] == log.position
         text = (await registry(database_url, "status")).stdout
         assert f"FAILED at position {log.position} (UserRegistered of stream {log.poison}" in text
         assert "MasterKeyError" in text
         body = (await api.client.get("/projections")).json()
         [part] = [p for p in body["partitions"] if p["partition"] == POISONED]
-        assert part["state"] == "failed" and part["failure"]["stream_id"] == str(log.poison)
+        assert part["state"] == "failed"
+        assert part["failure"]["stream_id"] == str(log.poison)
         assert {p["state"] for p in body["partitions"] if p["partition"] != POISONED} == {"ok"}
         ready = await api.client.get("/readyz")
         assert ready.status_code == 503, ready.text
@@ -233,15 +241,35 @@ async def test_a_poison_event_fails_its_partition_only_and_retry_recovers_it(
         )
         assert out.returncode == 0, out.stderr
         assert f"failure at position {log.position} cleared" in out.stdout
-        await eventually(lambda: _logged(caplog, "partition failed"))
-        await eventually(lambda: failed_partition(engine, store))
+        await eventually(
+            lambda: _logged(caplog, "partition failed"),
+            timeout=20,
+            interval=0.03,
+            message="the failure logged",
+        )
+        await eventually(
+            lambda: failed_partition(engine, store),
+            timeout=20,
+            interval=0.03,
+            message="the poisoned partition to fail",
+        )
 
         # the fix (the key it was sealed with, as a previous key), then retry: it recovers
         use_keys(engine, KEY, STRANGER)
         out = await registry(database_url, "projections", "retry")  # every failed partition
         assert out.returncode == 0, out.stderr
-        await eventually(lambda: _contains(engine, {log.poison, *log.after[POISONED]}))
-        found = await eventually(lambda: _all_caught_up(engine, store))
+        await eventually(
+            lambda: _contains(engine, {log.poison, *log.after[POISONED]}),
+            timeout=20,
+            interval=0.03,
+            message="the poisoned partition's users projected",
+        )
+        found = await eventually(
+            lambda: _all_caught_up(engine, store),
+            timeout=20,
+            interval=0.03,
+            message="every partition caught up",
+        )
         assert {s.state for s in found.values()} == {"ok"}
     assert (await api.client.get("/readyz")).status_code == 200
     metrics = (await api.client.get("/metrics")).text
@@ -259,14 +287,20 @@ async def test_skip_moves_past_exactly_one_event_and_is_recorded(
     log = await poisoned_log(engine, store)
     worker = new_worker(engine, store, max_attempts=1)
     async with running(worker):
-        await eventually(lambda: failed_partition(engine, store))
+        await eventually(
+            lambda: failed_partition(engine, store),
+            timeout=20,
+            interval=0.03,
+            message="the poisoned partition to fail",
+        )
 
         # only the event the partition stopped on can be skipped, and only on confirmation
         skip = ["projections", "skip", "users", "--partition", str(POISONED), "--reason"]
         wrong = await registry(
             database_url, *skip, "x", "--position", str(log.position + 1), "--yes"
         )
-        assert wrong.returncode == 3 and "applies position" in wrong.stderr
+        assert wrong.returncode == 3
+        assert "applies position" in wrong.stderr
         declined = await registry(
             database_url, *skip, "x", "--position", str(log.position), stdin="n\n"
         )
@@ -283,16 +317,28 @@ async def test_skip_moves_past_exactly_one_event_and_is_recorded(
         assert f"skipped position {log.position} of users partition {POISONED}" in done.stdout
 
         # exactly that event: everything after it in the partition is projected, it is not
-        await eventually(lambda: _contains(engine, set(log.after[POISONED])))
-        await eventually(lambda: _all_caught_up(engine, store))
+        await eventually(
+            lambda: _contains(engine, set(log.after[POISONED])),
+            timeout=20,
+            interval=0.03,
+            message="the users after the poison projected",
+        )
+        await eventually(
+            lambda: _all_caught_up(engine, store),
+            timeout=20,
+            interval=0.03,
+            message="every partition caught up",
+        )
         assert log.poison not in await projected(engine)
 
     report = json.loads((await registry(database_url, "status", "--json")).stdout)
     [record] = report["skipped"]
-    assert record["position"] == log.position and record["stream_id"] == str(log.poison)
+    assert record["position"] == log.position
+    assert record["stream_id"] == str(log.poison)
     assert record["note"] == "restored from another deployment"
     assert record["reason"].startswith("MasterKeyError")
-    assert "@" in record["skipped_by"] and record["skipped_at"]
+    assert "@" in record["skipped_by"]
+    assert record["skipped_at"]
     assert all(p["state"] == "ok" for p in report["projections"])
     text = (await registry(database_url, "status")).stdout
     assert f"skipped: projection users partition {POISONED} position {log.position}" in text
@@ -322,8 +368,14 @@ async def test_a_failure_mid_batch_is_narrowed_to_its_event(engine: AsyncEngine,
     log = await poisoned_log(engine, store)
     worker = new_worker(engine, store, batch_size=500, max_attempts=2)
     async with running(worker):
-        status = await eventually(lambda: failed_partition(engine, store))
-    assert status.failure is not None and status.failure["position"] == log.position
+        status = await eventually(
+            lambda: failed_partition(engine, store),
+            timeout=20,
+            interval=0.03,
+            message="the poisoned partition to fail",
+        )
+    assert status.failure is not None
+    assert status.failure["position"] == log.position
     assert set(early) <= await projected(engine)
     async with engine.connect() as conn:
         emails = set(await conn.scalars(select(User.__table__.c.email)))
@@ -344,10 +396,12 @@ async def test_a_failure_reason_never_carries_sql_parameters(database_url: str) 
     await engine.dispose()
     assert "SECRET-PARAM-VALUE" in str(caught.value)  # SQLAlchemy's own text has it
     reason = failures.describe(caught.value)
-    assert "SECRET-PARAM-VALUE" not in reason and "INSERT" not in reason
+    assert "SECRET-PARAM-VALUE" not in reason
+    assert "INSERT" not in reason
     # the driver's exception and first line: which constraint, not which values
     assert reason.split(":")[0] in ("IntegrityError", "NotNullViolationError"), reason
-    assert "partitions" in reason and "\n" not in reason
+    assert "partitions" in reason
+    assert "\n" not in reason
 
 
 async def _contains(engine: AsyncEngine, ids: set[uuid.UUID]) -> bool:

@@ -13,15 +13,6 @@ from typing import Any
 import pytest
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_projection import caught_up, running
-from test_projection_support import (
-    AppOAuth,
-    AppUser,
-    History,
-    assert_matches_model,
-    create_tables,
-    snapshot,
-)
 
 from events import EventStore, UserRegistered
 from projections import UserProjection
@@ -30,6 +21,16 @@ from projections.errors import ReplayError
 from projections.replay import Progress, Replay, replay
 from projections.tables import projection_checkpoints
 from projections.worker import ProjectionWorker
+from tests.support.projection import (
+    AppOAuth,
+    AppUser,
+    History,
+    assert_matches_model,
+    caught_up,
+    create_tables,
+    running,
+    snapshot,
+)
 
 USERS, ACCOUNTS = AppUser.__table__, AppOAuth.__table__
 
@@ -65,7 +66,8 @@ async def test_blue_green_replay_while_writes_continue(engine: AsyncEngine) -> N
                     )
                     total = await conn.scalar(select(func.count()).select_from(USERS))
                 assert found == set(sentinels), "a reader saw a partial user table"
-                assert total and total >= len(sentinels)
+                assert total
+                assert total >= len(sentinels)
                 reads += 1
                 await asyncio.sleep(0.002)
 
@@ -80,7 +82,8 @@ async def test_blue_green_replay_while_writes_continue(engine: AsyncEngine) -> N
         finally:
             done.set()
             await asyncio.gather(*tasks)
-        assert result.events > 800 and reads > 10
+        assert result.events > 800
+        assert reads > 10
         assert not {"user__next", "oauth_account__next"} & await table_names(engine)
         await caught_up(engine, store)
     snap = await snapshot(engine, USERS, ACCOUNTS)
@@ -131,7 +134,9 @@ async def test_an_interrupted_replay_resumes_or_is_abandoned(
                 projection_checkpoints.c.tx_id + projection_checkpoints.c.position > 0,
             )
         )
-    assert done_shards and done_shards > 1  # progress was kept
+    # progress was kept
+    assert done_shards
+    assert done_shards > 1
 
     if finish == "resume":
         seen: list[int] = []

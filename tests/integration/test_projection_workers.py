@@ -11,21 +11,22 @@ from collections.abc import Sequence
 import pytest
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from test_projection import running
-from test_projection_support import (
-    AppOAuth,
-    AppUser,
-    History,
-    assert_matches_model,
-    create_tables,
-    snapshot,
-)
 
 from events import EventStore, RecordedEvent, UserEmailChanged, UserRegistered, create_engine
 from projections import UserProjection
 from projections.errors import ProjectionTimeout
 from projections.replay import replay
 from projections.worker import ProjectionWorker, wait_for_version
+from tests.support.projection import (
+    AppOAuth,
+    AppUser,
+    History,
+    assert_matches_model,
+    create_tables,
+    running,
+    snapshot,
+)
+from tests.support.waiting import eventually
 
 USERS, ACCOUNTS = AppUser.__table__, AppOAuth.__table__
 
@@ -62,15 +63,13 @@ async def applied_counts(engine: AsyncEngine) -> tuple[int, int, dict[str, int]]
 async def exactly_once(
     engine: AsyncEngine, store: EventStore, timeout: float = 30
 ) -> dict[str, int]:
-    deadline = time.monotonic() + timeout
-    while True:
+    async def all_applied() -> dict[str, int] | None:
         total, distinct, per = await applied_counts(engine)
         head = await store.head()
         assert total == distinct, f"{total - distinct} events applied twice"
-        if total == head.count:
-            return per
-        assert time.monotonic() < deadline, f"applied {total} of {head.count}"
-        await asyncio.sleep(0.05)
+        return per if total == head.count else None
+
+    return await eventually(all_applied, timeout=timeout, message="every event applied once")
 
 
 @pytest.mark.parametrize("workers", [2, 4])
@@ -97,10 +96,10 @@ async def test_workers_share_a_growing_log_exactly_once(pg_url: str, workers: in
         ]
         tasks = {w.worker_id: asyncio.create_task(w.run()) for w in pool}
         try:
-            deadline = time.monotonic() + 10
-            while not all(w.held for w in pool):  # fair shares settle within a few TTLs
-                assert time.monotonic() < deadline, [w.held for w in pool]
-                await asyncio.sleep(0.05)
+            # fair shares settle within a few TTLs
+            await eventually(
+                lambda: all(w.held for w in pool), timeout=10, message="every worker to hold leases"
+            )
             history = History(store, seed=11 + workers)
             await history.run(800)
             per = await exactly_once(main, store)
@@ -110,7 +109,8 @@ async def test_workers_share_a_growing_log_exactly_once(pg_url: str, workers: in
             victim = max(pool, key=lambda w: len(w.held))
             held = set(victim.held)
             assert held
-            victim._leave = _no_leave  # type: ignore[method-assign]
+            # the worker dies without releasing its leases
+            victim._leave = _no_leave  # type: ignore[method-assign]  # noqa: SLF001
             tasks.pop(victim.worker_id).cancel()
             started = time.monotonic()
             model = await history.run(400)
@@ -165,7 +165,8 @@ async def test_a_slow_transactions_event_reaches_the_read_model(pg_url: str) -> 
             await wait_for_version(engine, projection, fast_user, 1, 5)
             await wait_for_version(engine, projection, slow_user, 2, 5)
         rows = (await snapshot(engine, USERS, ACCOUNTS))["users"]
-        assert rows[slow_user]["email"] == "slow@x.io" and rows[slow_user]["version"] == 2
+        assert rows[slow_user]["email"] == "slow@x.io"
+        assert rows[slow_user]["version"] == 2
     finally:
         await engine.dispose()
 

@@ -27,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 import registry
 from projections import BaseUserTableUUID
 from registry import EventSourcedUserDatabase, run_projector
+from tests.support.adapter import UserDatabase
 
 REGISTRY = str(Path(sys.executable).with_name("registry"))
 PROJECT = Path(registry.__file__).resolve().parents[1]
@@ -80,7 +81,7 @@ async def test_registry_migrate_before_or_after_the_apps_create_all(
 
         sessions = async_sessionmaker(engine, expire_on_commit=False)
         async with sessions() as session:  # no projector: the adapter alone
-            db = EventSourcedUserDatabase(session, AppUser)
+            db = UserDatabase(session, AppUser)
             ada = await db.create(
                 {"email": "ada@example.com", "hashed_password": "x", "first_name": "Ada"}
             )
@@ -89,14 +90,15 @@ async def test_registry_migrate_before_or_after_the_apps_create_all(
             assert ada.first_name == "Ada L."
         async with sessions() as session:
             got = await EventSourcedUserDatabase(session, AppUser).get(ada.id)
-            assert got is not None and got.first_name == "Ada L."
+            assert got is not None
+            assert got.first_name == "Ada L."
 
         async with (
             asyncio.timeout(START_BOUND),
             run_projector(engine, AppUser),
             sessions() as session,
         ):
-            db = EventSourcedUserDatabase(session, AppUser)
+            db = UserDatabase(session, AppUser)
             bob = await db.create(
                 {"email": "bob@example.com", "hashed_password": "x", "first_name": "Bob"}
             )

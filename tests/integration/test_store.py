@@ -4,7 +4,6 @@ upcasting, refusal of bad input, reading a stream up to a version or a time."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
@@ -12,15 +11,6 @@ from zoneinfo import ZoneInfo
 import pytest
 from freezegun import freeze_time
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_store_support import (
-    HASH,
-    count_rows,
-    insert_raw,
-    open_store,
-    read_log,
-    samples,
-    until,
-)
 
 from events import (
     ConcurrencyError,
@@ -38,14 +28,23 @@ from events import (
     UserRegistered,
     UserVerified,
 )
+from tests.support.store import (
+    HASH,
+    count_rows,
+    insert_raw,
+    open_store,
+    read_log,
+    samples,
+)
+from tests.support.waiting import eventually
 
 T0 = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 META = Metadata(command_id="cmd-1", correlation_id="corr-1", causation_id="cause-1", actor="ops")
 
 
 @pytest.fixture
-async def store(engine: AsyncEngine) -> AsyncIterator[EventStore]:
-    yield await open_store(engine)
+async def store(engine: AsyncEngine) -> EventStore:
+    return await open_store(engine)
 
 
 def registered(n: int = 0) -> UserRegistered:
@@ -131,7 +130,8 @@ async def test_append_accepts_a_uuid_string_and_an_explicit_time(store: EventSto
     (r,) = await store.append(str(sid), [registered()], expected_version=0, recorded_at=when)
     assert r.stream_id == sid
     (read,) = await store.read_stream(str(sid).upper())
-    assert read.recorded_at == when and read.event_id == r.event_id
+    assert read.recorded_at == when
+    assert read.event_id == r.event_id
 
 
 # ---------------------------------------------------------------- optimistic concurrency
@@ -147,7 +147,8 @@ async def test_stale_expected_version_fails_and_appends_nothing(
             )
         err = caught.value
         assert (err.stream_id, err.expected_version, err.actual_version) == (sid, stale, 2)
-        assert f"expected version {stale}" in str(err) and "at version 2" in str(err)
+        assert f"expected version {stale}" in str(err)
+        assert "at version 2" in str(err)
         assert "nothing was appended" in str(err)
     assert await count_rows(engine, sid) == 2
     assert [r.stream_version for r in await store.read_stream(sid)] == [1, 2]
@@ -217,8 +218,10 @@ async def test_a_stored_v1_user_registered_is_upcast_on_read(
     assert first.event == UserRegistered(
         email="old@example.com", hashed_password="legacy-hash", is_verified=True, profile={}
     )
-    assert first.recorded_at == T0 and first.metadata == Metadata(actor="legacy")
-    assert second.schema_version == 1 and second.event == UserVerified()
+    assert first.recorded_at == T0
+    assert first.metadata == Metadata(actor="legacy")
+    assert second.schema_version == 1
+    assert second.event == UserVerified()
     (again, _) = await read_log(store, 2)
     assert again.event == first.event
 
@@ -244,7 +247,9 @@ async def test_an_unknown_stored_type_fails_the_read_naming_it(
             return True
         return False
 
-    await until(refused, timeout=15, what="read_after to reach the unknown event")
+    await eventually(
+        refused, timeout=15, interval=0.01, message="read_after to reach the unknown event"
+    )
     for error in errors:
         assert error.event_type == named
         assert repr(named) in str(error)
@@ -263,7 +268,8 @@ async def test_a_stored_payload_that_does_not_match_its_model_fails_the_read(
         await store.read_stream(sid)
     err = caught.value
     assert (err.event_type, err.schema_version) == ("UserEmailChanged", 1)
-    assert f"position {err.position}" in str(err) and "email" in str(err)
+    assert f"position {err.position}" in str(err)
+    assert "email" in str(err)
     assert HASH not in str(err), "stored values are not echoed"
     assert len(await store.read_stream(sid, to_version=1)) == 1
 

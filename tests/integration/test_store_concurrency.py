@@ -7,11 +7,9 @@ import asyncio
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_store_support import HASH, open_store, read_log
 
 from events import (
     ConcurrencyError,
@@ -23,13 +21,14 @@ from events import (
     UserRegistered,
     create_engine,
 )
+from tests.support.store import HASH, open_store, read_log
 
 APPENDERS = 20
 
 
 @pytest.fixture
-async def store(engine: AsyncEngine) -> AsyncIterator[EventStore]:
-    yield await open_store(engine)
+async def store(engine: AsyncEngine) -> EventStore:
+    return await open_store(engine)
 
 
 def tagged(tag: str, n: int) -> list[Event]:
@@ -43,7 +42,7 @@ def check_stream(read: list[RecordedEvent], per_append: int, first: int = 1) -> 
     tags = []
     for i in range(0, len(read), per_append):
         chunk = [r.event for r in read[i : i + per_append]]
-        tag = chunk[0].changes["by"]  # type: ignore[attr-defined]
+        tag = chunk[0].changes["by"]  # type: ignore[attr-defined]  # the log gives the Event union
         assert chunk == tagged(tag, per_append), "an append's events stay together"
         tags.append(tag)
     assert len(set(tags)) == len(tags), "no append is duplicated"
@@ -91,7 +90,8 @@ async def test_concurrent_appenders_on_one_stream(store: EventStore, retry: bool
         assert len(read) == 1 + 2 * APPENDERS
         assert len(losses) >= APPENDERS - 1, "all but one lost the first round"
     else:
-        assert len(winners) == 1 and len(losses) == APPENDERS - 1
+        assert len(winners) == 1
+        assert len(losses) == APPENDERS - 1
         # every loser was told where the stream really is
         assert {(e.expected_version, e.actual_version) for e in losses} == {(1, 3)}
         assert len(read) == 3
@@ -236,16 +236,18 @@ async def test_parallel_writers_and_a_tailing_reader(store: EventStore, backend:
 
     assert len(written) == total
     ids = [r.event_id for r in seen]
-    assert len(ids) == total and len(set(ids)) == total, "every event read exactly once"
+    assert len(ids) == total, "every event read exactly once"
+    assert len(set(ids)) == total, "every event read exactly once"
     assert set(ids) == {r.event_id for r in written}
     per_stream: dict[uuid.UUID, list[int]] = defaultdict(list)
     for r in seen:
         per_stream[r.stream_id].append(r.stream_version)
-        assert r.event.changes["v"] == r.stream_version  # type: ignore[attr-defined]
+        assert r.event.changes["v"] == r.stream_version  # type: ignore[attr-defined]  # the log gives the Event union
     assert len(per_stream) == WRITERS * STREAMS
     assert all(v == list(range(1, PER_STREAM + 1)) for v in per_stream.values())
     cursors = [(r.tx_id, r.position) for r in seen]
-    assert cursors == sorted(cursors) and len(set(cursors)) == total
+    assert cursors == sorted(cursors)
+    assert len(set(cursors)) == total
     assert wakeups > 0, "the reader was woken by appends, not only by the slow poll"
 
 

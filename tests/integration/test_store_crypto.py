@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_store_support import HASH, count_rows, insert_raw, open_store, samples
 
 from events import (
     Cursor,
@@ -36,6 +35,7 @@ from events.crypto import (
     verify,
 )
 from events.tables import data_keys, events
+from tests.support.store import HASH, count_rows, insert_raw, open_store, samples
 
 EMAIL = "Grace.Hopper@Example.com"
 SECRET_TOKEN = "ya29.token"
@@ -90,7 +90,9 @@ async def test_every_event_type_is_sealed_at_rest_and_reads_back(
     dump = await raw_dump(engine)
     for clear in ("Ada@Example.com", "ada@lovelace.org", HASH, SECRET_TOKEN, "1//refresh"):
         assert clear not in dump, f"{clear!r} is stored in clear"
-    assert "g-42" not in dump and "ada@gmail.com" not in dump  # OAuth account id and email
+    # OAuth account id and email
+    assert "g-42" not in dump
+    assert "ada@gmail.com" not in dump
     # what is not personal stays queryable in clear
     assert '"age": 36' in dump.replace("'age': 36", '"age": 36')
     async with engine.connect() as conn:
@@ -121,7 +123,7 @@ async def test_group_committed_registrations_each_get_their_own_key(
         *(register(store, sid, f"user{i}@example.com") for i, sid in enumerate(ids))
     )
     log = await store.read_after(Cursor.start(), limit=100)
-    assert {r.stream_id: r.event.email for r in log} == {  # type: ignore[attr-defined]
+    assert {r.stream_id: r.event.email for r in log} == {  # type: ignore[attr-defined]  # the log gives the Event union
         sid: f"user{i}@example.com" for i, sid in enumerate(ids)
     }
     async with engine.connect() as conn:
@@ -175,21 +177,23 @@ async def test_an_erased_stream_reads_as_erased_and_takes_no_more_events(
 
     back = await store.read_stream(sid)
     assert [r.erased for r in back] == [True, True, True]
-    assert back[0].event.email == ERASED  # type: ignore[attr-defined]
-    assert back[0].event.profile == {"first_name": ERASED, "age": 85}  # type: ignore[attr-defined]
-    assert back[1].event.hashed_password == ERASED  # type: ignore[attr-defined]
+    assert back[0].event.email == ERASED  # type: ignore[attr-defined]  # the log gives the Event union
+    assert back[0].event.profile == {"first_name": ERASED, "age": 85}  # type: ignore[attr-defined]  # the log gives the Event union
+    assert back[1].event.hashed_password == ERASED  # type: ignore[attr-defined]  # the log gives the Event union
     log = await store.read_after(Cursor.start())
     assert {r.stream_id for r in log if r.erased} == {sid}
-    assert [r.event.email for r in log if r.stream_id == other] == [  # type: ignore[attr-defined]
+    assert [r.event.email for r in log if r.stream_id == other] == [  # type: ignore[attr-defined]  # the log gives the Event union
         "other@example.com"
     ]
     async with engine.connect() as conn:
         key = (await conn.execute(select(data_keys).where(data_keys.c.stream_id == sid))).one()
-    assert key.wrapped_key is None and key.master_key_id is None and key.erased_at is not None
+    assert key.wrapped_key is None
+    assert key.master_key_id is None
+    assert key.erased_at is not None
 
     before = await count_rows(engine)
     # a store in another process still holding the key in memory: refused by the key row
-    fresh = EventStore(engine, crypto=Crypto(store.crypto.keyring))  # type: ignore[union-attr]
+    fresh = EventStore(engine, crypto=Crypto(store.crypto.keyring))  # type: ignore[union-attr]  # the store was made with a Crypto
     with pytest.raises(StreamErasedError, match="was erased"):
         await fresh.append(sid, [UserEmailChanged(email="new@example.com")], expected_version=4)
     assert await count_rows(engine) == before
@@ -212,8 +216,8 @@ async def test_erasing_a_stream_written_in_clear_overwrites_its_personal_values(
     await store.append(sid, [UserEmailChanged(email="later@example.com")], expected_version=1)
     await store.append(sid, [UserVerified()], expected_version=2)
     back = await store.read_stream(sid)
-    assert back[0].event.email == EMAIL  # type: ignore[attr-defined]
-    assert back[1].event.email == "later@example.com"  # type: ignore[attr-defined]
+    assert back[0].event.email == EMAIL  # type: ignore[attr-defined]  # the log gives the Event union
+    assert back[1].event.email == "later@example.com"  # type: ignore[attr-defined]  # the log gives the Event union
     assert EMAIL in await raw_dump(engine)  # the legacy row is still clear
 
     await erase(engine, store, sid, 3)
@@ -230,12 +234,12 @@ async def test_concurrent_first_sealed_appends_to_a_legacy_stream_leave_one_key(
     await insert_raw(engine, sid, 1, "UserVerified", 1, {}, datetime.now(UTC))
 
     async def change(i: int) -> Any:
-        own = EventStore(engine, crypto=Crypto(store.crypto.keyring))  # type: ignore[union-attr]
+        own = EventStore(engine, crypto=Crypto(store.crypto.keyring))  # type: ignore[union-attr]  # the store was made with a Crypto
         try:
             return await own.append(
                 sid, [UserEmailChanged(email=f"n{i}@example.com")], expected_version=1
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  # the outcomes are compared below
             return exc
 
     results = await asyncio.gather(*(change(i) for i in range(8)))

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_store_support import HASH, open_store
 
 from events import EventStore, UserRegistered, UserVerified, create_engine
+from tests.support.store import HASH, open_store
 
 
 @pytest.fixture
-async def store(engine: AsyncEngine) -> AsyncIterator[EventStore]:
-    yield await open_store(engine)
+async def store(engine: AsyncEngine) -> EventStore:
+    return await open_store(engine)
 
 
 def registered() -> list[UserRegistered]:

@@ -1,7 +1,7 @@
 """fastapi-users-db-sqlalchemy 7.0.0's own `tests/test_users.py`, run as published against
 this project.
 
-The sdist comes from the package index at test time (test_upstream_support.py). A shim of our
+The sdist comes from the package index at test time (tests/support/upstream.py). A shim of our
 own (tests/upstream_shim) is first on the path: its `fastapi_users_db_sqlalchemy` only gives
 upstream's names to `projections.BaseUserTableUUID`, `projections.BaseOAuthAccountTableUUID`
 and `registry.EventSourcedUserDatabase`. Upstream's fixtures create the tables with
@@ -31,10 +31,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
-from test_upstream_support import cache_root, upstream_tests
 
 import registry
 from tests.conftest import PG_BASE_URL, TEST_MASTER_KEY
+from tests.support.upstream import cache_root, upstream_tests
 
 #: the pip download and the nested pytest run, on a loaded machine
 pytestmark = pytest.mark.timeout(900)

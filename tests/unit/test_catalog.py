@@ -92,7 +92,8 @@ def test_the_catalog_has_one_model_per_kind_of_change() -> None:
     for name, cls in EVENT_TYPES.items():
         assert cls.event_type == name == cls.__name__
         assert name.endswith(("ed", "Deleted")), "past tense"
-        assert isinstance(cls.schema_version, int) and cls.schema_version >= 1
+        assert isinstance(cls.schema_version, int)
+        assert cls.schema_version >= 1
         assert event_class(name) is cls
 
 
@@ -101,7 +102,7 @@ def test_events_are_frozen_and_strict_about_fields() -> None:
     with pytest.raises(ValidationError):
         event.email = "b@example.com"
     with pytest.raises(ValidationError, match="extra"):
-        UserVerified(colour="red")  # type: ignore[call-arg]
+        UserVerified(colour="red")  # type: ignore[call-arg]  # the unknown field under test
     with pytest.raises(ValidationError):
         UserRegistered(email="x", hashed_password=SECRET)
     with pytest.raises(ValidationError):
@@ -195,7 +196,7 @@ def test_redaction_hides_every_secret_and_nothing_else() -> None:
 def test_metadata_is_closed_and_bounded() -> None:
     assert Metadata(actor="ops", command_id="c").as_json() == {"actor": "ops", "command_id": "c"}
     with pytest.raises(ValidationError):
-        Metadata(colour="red")  # type: ignore[call-arg]
+        Metadata(colour="red")  # type: ignore[call-arg]  # the unknown field under test
     with pytest.raises(ValidationError):
         Metadata(command_id="x" * 201)
 
@@ -225,7 +226,8 @@ def test_shards_are_stable_and_in_range() -> None:
         metadata=Metadata(),
         recorded_at=datetime.now(UTC),
     )
-    assert recorded.cursor == Cursor(7, 3) and recorded.shard == shards[0]
+    assert recorded.cursor == Cursor(7, 3)
+    assert recorded.shard == shards[0]
 
 
 # ---------------------------------------------------------------- append checks
@@ -234,7 +236,8 @@ def test_validation_messages_never_repeat_the_input() -> None:
         UserPasswordChanged(hashed_password=SECRET * 100)
     assert "input_value='$argon2id" in str(caught.value)  # pydantic's own message leaks it
     message = checks.describe(caught.value)
-    assert "argon2id" not in message and "input" not in message
+    assert "argon2id" not in message
+    assert "input" not in message
     assert message == "hashed_password: String should have at most 1024 characters"
 
 

@@ -66,7 +66,9 @@ def test_stored_strings_refuse_nul_controls_and_surrogates(
     errors = refused(cls, payload)
     assert [loc for loc, _ in errors] == [field], errors
     text = " ".join(msg for _, msg in errors)
-    assert "\x00" not in text and "p\x00" not in text  # never the value itself
+    # never the value itself
+    assert "\x00" not in text
+    assert "p\x00" not in text
 
 
 def test_a_password_may_hold_anything_but_nul_and_surrogates() -> None:

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import SecretStr
 
 from events import (
     Event,
@@ -72,7 +73,9 @@ def registered(**kw: object) -> UserState:
 def test_fold_empty_and_registered() -> None:
     assert fold(UID, []) == UserState(user_id=UID)
     state = registered(profile={"first_name": "Ann"})
-    assert state.alive and state.version == 1 and state.email == "a@x.io"
+    assert state.alive
+    assert state.version == 1
+    assert state.email == "a@x.io"
     assert state.profile == {"first_name": "Ann"}
 
 
@@ -111,7 +114,8 @@ def test_fold_applies_every_change_in_order() -> None:
 def test_register_emits_one_event_and_refuses_a_taken_id() -> None:
     cmd = RegisterUser(user_id=UID, email="a@x.io", hashed_password="h", profile={"k": 1})
     (event,) = decide(UserState(user_id=UID), cmd)
-    assert isinstance(event, UserRegistered) and event.profile == {"k": 1}
+    assert isinstance(event, UserRegistered)
+    assert event.profile == {"k": 1}
     with pytest.raises(UserAlreadyExistsError):
         decide(registered(), cmd)
     with pytest.raises(InvalidCommandError):
@@ -120,7 +124,8 @@ def test_register_emits_one_event_and_refuses_a_taken_id() -> None:
 
 def test_update_email_and_password_are_two_events() -> None:
     events = decide(registered(), UpdateUser(user_id=UID, email="b@x.io", hashed_password="h2"))
-    assert [type(e) for e in events] == [UserEmailChanged, UserPasswordChanged]
+    expected: list[type] = [UserEmailChanged, UserPasswordChanged]
+    assert [type(e) for e in events] == expected
 
 
 def test_update_that_changes_nothing_emits_nothing() -> None:
@@ -168,16 +173,19 @@ def test_oauth_link_update_and_refusals() -> None:
         user_id=UID,
         oauth_account_id=aid,
         oauth_name="google",
-        access_token="tok",
+        access_token=SecretStr("tok"),
         account_id="g1",
         account_email="a@x.io",
     )
     (linked,) = decide(registered(), link)
-    assert isinstance(linked, OAuthAccountLinked) and linked.access_token == "tok"
+    assert isinstance(linked, OAuthAccountLinked)
+    assert linked.access_token == "tok"
     state = fold(UID, recorded(UserRegistered(email="a@x.io", hashed_password="h"), linked))
     with pytest.raises(OAuthAccountAlreadyLinkedError):
         decide(state, link.model_copy(update={"oauth_account_id": uuid.uuid4()}))
-    upd = UpdateOAuthAccount(user_id=UID, oauth_account_id=aid, access_token="tok", expires_at=5)
+    upd = UpdateOAuthAccount(
+        user_id=UID, oauth_account_id=aid, access_token=SecretStr("tok"), expires_at=5
+    )
     assert decide(state, upd) == [
         OAuthAccountUpdated(oauth_account_id=aid, changes={"expires_at": 5})
     ]
@@ -217,7 +225,9 @@ def test_erase_an_unknown_user_is_refused() -> None:
 def test_an_erased_user_is_not_alive_and_refuses_other_commands() -> None:
     stream = erased_copy(recorded(REG, UserEmailChanged(email="[erased]"), UserErased()))
     state = fold(UID, stream)
-    assert state.erased and not state.alive and state.version == 3
+    assert state.erased
+    assert not state.alive
+    assert state.version == 3
     for cmd in (
         UpdateUser(user_id=UID, is_verified=True),
         DeleteUser(user_id=UID),
@@ -247,5 +257,6 @@ def test_erasing_twice_changes_nothing() -> None:
 
 def test_a_destroyed_key_without_user_erased_is_erased_but_gets_the_event() -> None:
     state = fold(UID, erased_copy(recorded(REG)))
-    assert state.erased and not state.alive
+    assert state.erased
+    assert not state.alive
     assert decide(state, EraseUser(user_id=UID)) == [UserErased()]

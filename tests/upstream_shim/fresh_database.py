@@ -24,7 +24,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
     from registry import EventSourcedUserDatabase
 
-    if shim.SQLAlchemyUserDatabase is not EventSourcedUserDatabase:
+    # mypy reads upstream's installed package here; at run time the shim must have won
+    found: object = shim.SQLAlchemyUserDatabase
+    if found is not EventSourcedUserDatabase:
         raise pytest.UsageError(
             f"fastapi_users_db_sqlalchemy is {shim.__file__}, not the shim: fix PYTHONPATH"
         )

@@ -3,14 +3,19 @@ history written straight to the log (with the rows it must produce), and table s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Integer, String, Table, select
+from sqlalchemy import Integer, String, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import FromClause
 
 from events import (
     Event,
@@ -31,6 +36,7 @@ from events import (
 )
 from events.tables import metadata as events_metadata
 from projections import BaseOAuthAccountTableUUID, BaseUserTableUUID
+from projections.status import PartitionStatus, projection_status
 from projections.tables import (
     projection_checkpoints,
     projection_failures,
@@ -39,6 +45,8 @@ from projections.tables import (
     projection_tombstones,
     projection_workers,
 )
+from projections.worker import ProjectionWorker
+from tests.support.waiting import eventually
 
 
 class AppBase(DeclarativeBase):
@@ -69,7 +77,12 @@ TIMESTAMPS = {"created_at", "updated_at"}
 async def create_tables(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.run_sync(events_metadata.create_all)
-        await conn.run_sync(lambda c: [t.create(c, checkfirst=True) for t in BOOKKEEPING])
+
+        def create_bookkeeping(sync_conn: Connection) -> None:
+            for table in BOOKKEEPING:
+                table.create(sync_conn, checkfirst=True)
+
+        await conn.run_sync(create_bookkeeping)
         await conn.run_sync(AppBase.metadata.create_all)
 
 
@@ -171,7 +184,7 @@ class History:
             row["is_superuser"] = not row["is_superuser"]
             return UserSuperuserGranted() if row["is_superuser"] else UserSuperuserRevoked()
         if kind in (5, 6):
-            changes = {"loyalty": rng.randrange(1000)}
+            changes: dict[str, object] = {"loyalty": rng.randrange(1000)}
             if rng.random() < 0.5:
                 changes["first_name"] = f"F{rng.randrange(1000)}"
             row.update(changes)
@@ -196,7 +209,10 @@ class History:
             )
         if kind in (9, 10):
             oid = rng.choice(mine)
-            changes = {"access_token": f"tok2-{rng.random()}", "expires_at": rng.randrange(10**9)}
+            changes = {
+                "access_token": f"tok2-{rng.random()}",
+                "expires_at": rng.randrange(10**9),
+            }
             if rng.random() < 0.3:
                 changes["refresh_token"] = f"ref-{rng.random()}"
             m.oauth[oid].update(changes)
@@ -207,7 +223,9 @@ class History:
         return UserDeleted()
 
 
-async def snapshot(engine: AsyncEngine, user: Table, oauth: Table | None) -> dict[str, Any]:
+async def snapshot(
+    engine: AsyncEngine, user: FromClause, oauth: FromClause | None
+) -> dict[str, Any]:
     """Every row of the user (and OAuth) table, by id, as plain dicts."""
     async with engine.connect() as conn:
         users = {r["id"]: dict(r) for r in (await conn.execute(select(user))).mappings()}
@@ -225,3 +243,29 @@ def assert_matches_model(snap: dict[str, Any], model: Model) -> None:
     for sid, want in model.users.items():
         assert users[sid] == want, sid
     assert snap["oauth"] == model.oauth
+
+
+async def caught_up(engine: AsyncEngine, store: EventStore, timeout: float = 20) -> None:
+    """Wait until every partition of the users projection has applied the whole log."""
+
+    async def behind() -> list[PartitionStatus] | None:
+        statuses = [s for s in await projection_status(engine, store) if s.name == "users"]
+        return statuses if statuses and all(s.lag_events == 0 for s in statuses) else None
+
+    await eventually(behind, timeout=timeout, message="the users projection to catch up")
+
+
+@contextlib.asynccontextmanager
+async def running(worker: ProjectionWorker) -> AsyncIterator[ProjectionWorker]:
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def tombstones(engine: AsyncEngine) -> set[tuple[str, uuid.UUID, int]]:
+    async with engine.connect() as conn:
+        return {tuple(r) for r in await conn.execute(select(projection_tombstones))}

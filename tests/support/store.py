@@ -1,12 +1,9 @@
 """Helpers for the event store tests (no tests here): a store on empty tables, one sample of
-every event type, raw row access and a deadline-bound wait."""
+every event type, raw row access and the log as `read_after` releases it."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import func, insert, select
@@ -35,6 +32,7 @@ from events import (
 )
 from events.envelope import RecordedEvent
 from events.tables import events, metadata
+from tests.support.waiting import eventually
 
 HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
 ACCOUNT = uuid.UUID("00000000-0000-4000-8000-00000000a001")
@@ -119,17 +117,6 @@ async def insert_raw(
         )
 
 
-async def until(
-    check: Callable[[], Awaitable[bool]], *, timeout: float, what: str, every: float = 0.01
-) -> None:
-    """Poll `check` until it is true; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(every)
-
-
 async def read_log(store: EventStore, count: int, *, timeout: float = 15.0) -> list[RecordedEvent]:
     """The first `count` events of the log through `read_after`, waiting (with a deadline) for
     PostgreSQL to release them: any transaction still open on the server, in any database,
@@ -141,5 +128,15 @@ async def read_log(store: EventStore, count: int, *, timeout: float = 15.0) -> l
         found.extend(await store.read_after(cursor, limit=count - len(found)))
         return len(found) >= count
 
-    await until(more, timeout=timeout, what=f"{count} events from read_after")
+    await eventually(
+        more, timeout=timeout, interval=0.01, message=f"{count} events from read_after"
+    )
     return found
+
+
+async def count_events(engine: AsyncEngine, event_type: str | None = None) -> int:
+    stmt = select(func.count()).select_from(events)
+    if event_type:
+        stmt = stmt.where(events.c.event_type == event_type)
+    async with engine.connect() as conn:
+        return int(await conn.scalar(stmt) or 0)

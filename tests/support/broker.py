@@ -5,11 +5,12 @@ address."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from test_bus_helpers import BROKER_URLS, BusClient
+from redis.asyncio import Redis
 
 from registry.bus import Channels
+from tests.support.bus import BROKER_URLS, BusClient
 
 
 @dataclass
@@ -64,6 +65,7 @@ async def _rabbit_held(channels: Channels) -> Held:
         channel = await conn.channel()
         queue = await channel.declare_queue(channels.queue, passive=True)
         count = queue.declaration_result.message_count
+        assert count is not None, "a passive declaration reports the queue's length"
         bodies = []
         while (msg := await queue.get(no_ack=False, fail=False)) is not None:
             bodies.append(msg.body)
@@ -81,7 +83,7 @@ async def _redis_held(channels: Channels) -> Held:
         bodies: list[bytes] = []
         waiting = 0
         for channel in channels.commands.values():
-            for _id, fields in await client.xrange(channel):
+            for _id, fields in await stream_entries(client, channel):
                 bodies.append(b"".join(fields.values()))
             if await client.exists(channel):
                 pending = await client.xpending(channel, channels.durable)
@@ -127,3 +129,13 @@ async def close_connection(broker: Any) -> None:
         await (await broker.connect()).close()
     else:
         await broker.connection.aclose()
+
+
+#: an entry of a Redis stream read by a client that decodes nothing: its id and its fields
+StreamEntry = tuple[bytes, dict[bytes, bytes]]
+
+
+async def stream_entries(client: Redis, stream: str) -> list[StreamEntry]:
+    """Every entry of a Redis stream (redis-py types the reply for every protocol and decoding
+    at once; a client made without `decode_responses` gets bytes)."""
+    return cast("list[StreamEntry]", await client.xrange(stream))

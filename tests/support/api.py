@@ -100,7 +100,9 @@ class Api:
         **flags: bool,
     ) -> uuid.UUID:
         user_id = uuid.uuid4()
-        events: list[Event] = [UserRegistered(email=email, hashed_password=HASH, **flags)]
+        events: list[Event] = [
+            UserRegistered.model_validate({"email": email, "hashed_password": HASH, **flags})
+        ]
         if oauth:
             events.append(
                 OAuthAccountLinked(
