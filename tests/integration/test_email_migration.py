@@ -100,7 +100,10 @@ async def test_0006_rewrites_old_addresses_into_the_canonical_form(
     assert str(LEGACY["nfc"][0]) in warned[0], warned
 
     async with engine.connect() as conn:
-        stored = {row[0]: row[1] for row in await conn.execute(select(User.id, User.email))}
+        stored = {
+            row[0]: row[1]
+            for row in await conn.execute(select(User.__table__.c.id, User.__table__.c.email))
+        }
         keys = select(email_reservations.c.email, email_reservations.c.user_id)
         reserved = {row[0]: row[1] for row in await conn.execute(keys)}
         index_columns = await conn.run_sync(

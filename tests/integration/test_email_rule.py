@@ -137,7 +137,10 @@ async def test_hostile_addresses_are_refused_or_registered_and_found(
         for other in lookalikes:
             assert await world.find(other) == (None, set()), other
     async with engine.connect() as conn:
-        stored = {row[0]: row[1] for row in await conn.execute(select(User.email, User.id))}
+        stored = {
+            row[0]: row[1]
+            for row in await conn.execute(select(User.__table__.c.email, User.__table__.c.id))
+        }
         reservations = select(email_reservations.c.email, email_reservations.c.user_id)
         reserved = {row[0]: row[1] for row in await conn.execute(reservations)}
     # storage and reservation hold the same canonical string

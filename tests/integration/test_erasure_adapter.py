@@ -46,8 +46,7 @@ FAST_PASSWORDS = PasswordHelper(
 )
 
 
-# mypy checks the bound before it knows User's mapped columns; a User is a UserProtocol value
-class UserManager(UUIDIDMixin, BaseUserManager[User, uuid.UUID]):  # type: ignore[type-var]
+class UserManager(UUIDIDMixin, BaseUserManager[User, uuid.UUID]):
     reset_password_token_secret = verification_token_secret = "a test secret of 32+ bytes......"
 
 
