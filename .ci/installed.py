@@ -1,5 +1,5 @@
 """The installed package holds every file the checkout's packages ship (modules, py.typed,
-the migrations' *.py, *.mako and *.ini), and imports from there, not from the checkout.
+the migrations' *.py, *.mako and *.ini, the console's templates and static files), and imports from there, not from the checkout.
 
 Run from outside the checkout: python /path/to/.ci/installed.py /path/to/checkout
 """
@@ -10,7 +10,7 @@ import importlib
 import sys
 from pathlib import Path
 
-SHIPPED = {".py", ".typed", ".mako", ".ini"}
+SHIPPED = {".py", ".typed", ".mako", ".ini", ".html", ".js", ".css"}
 
 checkout = Path(sys.argv[1]).resolve()
 missing = []
