@@ -31,7 +31,7 @@ def describe(exc: ValidationError) -> str:
     )
 
 
-def stream_uuid(value: Any, what: str = "stream id") -> uuid.UUID:
+def stream_uuid(value: object, what: str = "stream id") -> uuid.UUID:
     if isinstance(value, uuid.UUID):
         return value
     try:
@@ -40,7 +40,7 @@ def stream_uuid(value: Any, what: str = "stream id") -> uuid.UUID:
         raise InvalidEventError(f"{what} must be a UUID, got {value!r:.60}") from None
 
 
-def expected_version(value: Any, count: int) -> int:
+def expected_version(value: object, count: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise InvalidEventError(f"expected version must be a whole number >= 0, got {value!r:.60}")
     if value + count > MAX_STREAM_VERSION:
@@ -51,7 +51,7 @@ def expected_version(value: Any, count: int) -> int:
     return value
 
 
-def metadata(value: Any) -> Metadata:
+def metadata(value: object) -> Metadata:
     if isinstance(value, Metadata):
         value = value.model_dump()  # re-check: model_construct() skips validation
     try:
@@ -60,7 +60,7 @@ def metadata(value: Any) -> Metadata:
         raise InvalidEventError(f"metadata: {describe(exc)}") from None
 
 
-def recorded_at(value: Any) -> datetime:
+def recorded_at(value: object) -> datetime:
     if not isinstance(value, datetime):
         raise InvalidEventError(f"recorded_at must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
@@ -68,7 +68,7 @@ def recorded_at(value: Any) -> datetime:
     return value
 
 
-def _fault(value: Any) -> str | None:
+def _fault(value: object) -> str | None:
     """Why a (python-mode) payload value cannot be stored faithfully as JSON, or None."""
     if isinstance(value, str):
         return "text may not contain NUL characters (\\u0000)" if "\x00" in value else None
@@ -103,7 +103,7 @@ def payload(item: Event) -> dict[str, Any]:
     return data
 
 
-def events_and_payloads(new_events: Any) -> list[tuple[Event, dict[str, Any]]]:
+def events_and_payloads(new_events: object) -> list[tuple[Event, dict[str, Any]]]:
     """The events of an append, each with its payload; refuses the whole batch on any fault."""
     if isinstance(new_events, (Event, str, bytes, Mapping)) or not isinstance(new_events, Iterable):
         raise InvalidEventError(

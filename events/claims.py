@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Insert, Table
+from sqlalchemy import ColumnElement, Insert, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 Taking = dict[str, Insert]
 
 
-def taking(table: Table, *returned: Any) -> Taking:
+def taking(table: Table, *returned: ColumnElement[Any]) -> Taking:
     """`INSERT ... ON CONFLICT DO NOTHING RETURNING returned` for each backend, built once (so
     compiled once)."""
     return {

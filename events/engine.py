@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from typing import Any
+from collections.abc import MutableMapping
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -35,13 +37,13 @@ def normalise_url(url: str | URL) -> URL:
     return parsed
 
 
-def _journal_mode(cur: Any) -> str:
+def _journal_mode(cur: DBAPICursor) -> str:
     cur.execute("PRAGMA journal_mode")
     row = cur.fetchone()
     return str(row[0]).lower() if row else ""
 
 
-def _use_wal(cur: Any) -> None:
+def _use_wal(cur: DBAPICursor) -> None:
     """Put the database file in WAL mode (it stays so: later connections find it there).
 
     Switching needs the file to itself, and SQLite answers "database is locked" at once,
@@ -61,18 +63,20 @@ def _use_wal(cur: Any) -> None:
     log.warning("the SQLite database is not in WAL mode: readers and writers will wait more")
 
 
-def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
+def create_engine(url: str | URL, **kwargs: object) -> AsyncEngine:
     """An async engine for the log. SQLite runs in WAL mode with a busy timeout so that a
     server and a worker process can share one file."""
     parsed = normalise_url(url)
     # driver errors must never carry SQL parameters (password hashes, tokens) into logs
     kwargs.setdefault("hide_parameters", True)
     if parsed.get_backend_name() == "sqlite":
-        kwargs.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
+        connect_args = kwargs.setdefault("connect_args", {})
+        if isinstance(connect_args, MutableMapping):
+            connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
         engine = create_async_engine(parsed, **kwargs)
 
         @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+        def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             _use_wal(cur)

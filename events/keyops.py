@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import ColumnElement, bindparam, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -51,7 +51,7 @@ class Rotation:
     total: int
 
 
-def _not_active(keyring: Keyring) -> Any:
+def _not_active(keyring: Keyring) -> ColumnElement[bool]:
     return data_keys.c.master_key_id.is_not(None) & (
         data_keys.c.master_key_id != keyring.active.key_id
     )

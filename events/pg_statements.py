@@ -5,10 +5,12 @@ Each statement is built (and so compiled) once."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    BindParameter,
     DateTime,
     Insert,
     Integer,
@@ -29,6 +31,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.types import TypeEngine
 
 from events.statements import (
     COLUMNS,
@@ -98,7 +101,7 @@ def pg_after_each(count: int) -> Select[Any]:
     )
 
 
-def _pg_array(name: str, item: Any) -> Any:
+def _pg_array(name: str, item: TypeEngine[Any]) -> BindParameter[Sequence[Any]]:
     return bindparam(name, type_=ARRAY(item))
 
 

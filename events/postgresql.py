@@ -155,42 +155,47 @@ class PostgresEventStore(EventStore):
 
     async def _flush(self, group: list[_Queued]) -> None:
         try:
-            if len(group) > 1:
-                keys = [g[2] for g in group if g[2] is not None]
-                stmt = PG_INSERT_ROWS_AND_KEYS if keys else PG_INSERT_ROWS
-                with contextlib.suppress(IntegrityError):
-                    async with self._autocommit.connect() as own:
-                        result = await own.execute(
-                            stmt, pg_columns([r for g in group for r in g[1]], keys)
-                        )
-                        found: dict[uuid.UUID, Returned] = {}
-                        for r in result:
-                            found.setdefault(r.stream_id, {})[r.stream_version] = (
-                                r.position,
-                                r.tx_id,
-                            )
-                    for sid, _, _, future in group:
-                        if not future.done():
-                            future.set_result(found[sid])
-                    return
+            if len(group) > 1 and await self._insert_group(group):
+                return
             # one append, or a group that tripped the unique index: one at a time
-            for sid, rows, key_row, future in group:
-                try:
-                    async with self._autocommit.connect() as own:
-                        returned = await self._insert(own, sid, 0, rows, key_row)
-                except Exception as exc:  # handed to that append's caller
-                    if not future.done():
-                        future.set_exception(exc)
-                else:
-                    if not future.done():
-                        future.set_result(returned)
-        except Exception as exc:  # e.g. the database is unreachable: every append fails
+            await self._insert_each(group)
+        except Exception as exc:  # noqa: BLE001 e.g. the database is unreachable: every append fails, each caller gets the error
             for *_, future in group:
                 if not future.done():
                     future.set_exception(exc)
         finally:  # cancelled (the loop is closing): nobody may wait forever
             for *_, future in group:
                 future.cancel()
+
+    async def _insert_group(self, group: list[_Queued]) -> bool:
+        """The whole group in one multi-row INSERT, its appends resolved; False (nothing
+        written, nothing resolved) when it tripped the unique index."""
+        keys = [g[2] for g in group if g[2] is not None]
+        stmt = PG_INSERT_ROWS_AND_KEYS if keys else PG_INSERT_ROWS
+        with contextlib.suppress(IntegrityError):
+            async with self._autocommit.connect() as own:
+                result = await own.execute(stmt, pg_columns([r for g in group for r in g[1]], keys))
+                found: dict[uuid.UUID, Returned] = {}
+                for r in result:
+                    found.setdefault(r.stream_id, {})[r.stream_version] = (r.position, r.tx_id)
+            for sid, _, _, future in group:
+                if not future.done():
+                    future.set_result(found[sid])
+            return True
+        return False
+
+    async def _insert_each(self, group: list[_Queued]) -> None:
+        """Each append of the group in its own INSERT, each resolved with its own outcome."""
+        for sid, rows, key_row, future in group:
+            try:
+                async with self._autocommit.connect() as own:
+                    returned = await self._insert(own, sid, 0, rows, key_row)
+            except Exception as exc:  # noqa: BLE001 any failure is this append's outcome, handed to its caller
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(returned)
 
     # ------------------------------------------------------------------ reading
     def _readable(self, stmt: Select[Any]) -> Select[Any]:

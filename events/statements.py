@@ -5,12 +5,16 @@ guarded append, and the decoding of a stored row. PostgreSQL's own statements ar
 from __future__ import annotations
 
 import functools
+import uuid
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
     Insert,
     Integer,
+    Row,
     Select,
     bindparam,
     func,
@@ -65,7 +69,7 @@ ROW_COLUMNS = (
 )
 
 
-def guarded_source(count: int, guard: Any) -> Select[Any]:
+def guarded_source(count: int, guard: ColumnElement[bool]) -> Select[Any]:
     """`count` rows of bound parameters (`<column>_<i>` for row i), selected only if `guard`."""
     rows = [
         select(*(bindparam(f"{c}_{i}", type_=events.c[c].type).label(c) for c in ROW_COLUMNS))
@@ -78,7 +82,7 @@ def guarded_source(count: int, guard: Any) -> Select[Any]:
 
 
 def guarded_params(
-    rows: list[dict[str, Any]], stream_id: Any, expected_version: int
+    rows: list[dict[str, Any]], stream_id: uuid.UUID, expected_version: int
 ) -> dict[str, Any]:
     """The parameters of `guarded_insert` / `sqlite_guarded_insert` for these rows."""
     params = {f"{c}_{i}": v for i, row in enumerate(rows) for c, v in row.items()}
@@ -87,7 +91,7 @@ def guarded_params(
     return params
 
 
-def guard_stream_id() -> Any:
+def guard_stream_id() -> BindParameter[uuid.UUID]:
     return bindparam("guard_stream_id", type_=events.c.stream_id.type)
 
 
@@ -131,7 +135,7 @@ def no_master_key(position: int) -> MasterKeyError:
     )
 
 
-def opened(row: Any, crypto: Crypto | None) -> tuple[Any, bool]:
+def opened(row: Row[Any], crypto: Crypto | None) -> tuple[Any, bool]:
     """A stored row's payload with its sealed values put back, and whether the stream was
     erased (then the payload keeps "[erased]" for them). Needs the row's `sealed` and key
     columns (`COLUMNS`)."""
@@ -147,7 +151,7 @@ def opened(row: Any, crypto: Crypto | None) -> tuple[Any, bool]:
     return crypto.open(key, row.stream_id, row.stream_version, row.data, row.sealed), False
 
 
-def decode(row: Any, crypto: Crypto | None = None) -> RecordedEvent:
+def decode(row: Row[Any], crypto: Crypto | None = None) -> RecordedEvent:
     """A stored row as a `RecordedEvent`, its payload opened and upcast to the current model."""
     data, erased = opened(row, crypto)
     data = upcast(row.event_type, row.schema_version, data)

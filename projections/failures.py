@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, delete, literal, select, tuple_
+from sqlalchemy import BigInteger, Row, delete, literal, select, tuple_
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -128,7 +128,7 @@ async def next_event(conn: AsyncConnection, after: Cursor, shards: list[int]) ->
     return EventRef(row.tx_id, row.position, row.stream_id, row.stream_version, row.event_type)
 
 
-def _failure(row: Any) -> Failure:
+def _failure(row: Row[Any]) -> Failure:
     return Failure(**{k: getattr(row, k) for k in Failure.__dataclass_fields__})
 
 

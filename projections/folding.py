@@ -41,7 +41,7 @@ OAUTH_FIELDS = frozenset(
 )
 
 
-def as_uuid(value: Any) -> uuid.UUID:
+def as_uuid(value: object) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     CheckConstraint,
     Column,
+    ColumnElement,
     Connection,
     ForeignKeyConstraint,
     Index,
@@ -29,7 +30,7 @@ from sqlalchemy.sql import visitors
 NEXT = "__next"
 
 
-def suffixed(name: Any) -> str | None:
+def suffixed(name: object) -> str | None:
     if name is None:
         return None
     return str(name) if NEXT in str(name) else f"{name}{NEXT}"
@@ -37,7 +38,9 @@ def suffixed(name: Any) -> str | None:
 
 def clone(table: Table, md: MetaData, renamed: dict[str, str]) -> Table:
     """`table` as `<name>__next` in `md`; foreign keys to tables in `renamed` follow them."""
-    columns = [c._copy() for c in table.columns]
+    # Column.copy() is deprecated, and Table.to_metadata() keeps the constraint and index
+    # names and the foreign keys' targets, which the clone must change
+    columns = [c._copy() for c in table.columns]  # noqa: SLF001 no public way to copy a Column
     for c in columns:  # their indexes and unique constraints are cloned below, renamed
         c.index = c.unique = None
     extra: list[Any] = []
@@ -69,16 +72,18 @@ def clone(table: Table, md: MetaData, renamed: dict[str, str]) -> Table:
     return new
 
 
-def _rebind(expr: Any, new: Table) -> Any:
+def _rebind(expr: str | ColumnElement[Any], new: Table) -> ColumnElement[Any]:
     if isinstance(expr, str):
         return new.c[expr]
 
-    def replace(element: Any) -> Any:
+    def replace(element: object, **_kw: object) -> Column[Any] | None:
         if isinstance(element, Column) and element.name in new.c:
             return new.c[element.name]
         return None
 
-    return visitors.replacement_traverse(expr, {}, replace)  # type: ignore[call-overload]
+    # an expression comes back as one (mypy cannot pick the overload for ColumnElement[Any])
+    rebound: ColumnElement[Any] = visitors.replacement_traverse(expr, {}, replace)
+    return rebound
 
 
 def foreign_referrers(sync_conn: Connection, table: str, ignore: set[str]) -> list[str]:

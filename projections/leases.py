@@ -10,11 +10,12 @@ writes, so a worker whose lease expired cannot commit.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Table,
     and_,
     delete,
     func,
@@ -56,7 +57,7 @@ def db_now(conn: AsyncConnection) -> ColumnElement[float]:
     return literal_column("((julianday('now') - 2440587.5) * 86400.0)")
 
 
-def _insert(conn: AsyncConnection) -> Any:
+def _insert(conn: AsyncConnection) -> Callable[[Table], postgresql.Insert | sqlite.Insert]:
     return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
 
 

@@ -78,7 +78,7 @@ class PoisonHandling:
             if s.due <= now and p in self.held and p not in self.failed
         )
 
-    def _extra(self, partition: int, **more: Any) -> dict[str, Any]:
+    def _extra(self, partition: int, **more: object) -> dict[str, object]:
         return {"projection": self.name, "partition": partition, "worker": self.worker_id, **more}
 
     # ------------------------------------------------------------------ a batch failed
@@ -94,7 +94,7 @@ class PoisonHandling:
                 # a batch of one partition failed whole already: start with half of it
                 first = self.batch_size if len(group) > 1 else self.batch_size // 2
                 await self._isolate(partition, first)
-        except Exception as err:  # our own bookkeeping failed, whatever the cause: pause
+        except Exception as err:  # noqa: BLE001 our own bookkeeping failed, whatever the cause: pause
             self._outage(err)
 
     async def _isolate(self, partition: int, limit: int) -> None:
@@ -182,13 +182,13 @@ class PoisonHandling:
         suspect = self._suspects.get(partition)
         try:
             await self.run_batches([partition], limit=1)
-        except Exception as exc:  # a subscriber may raise anything
+        except Exception as exc:  # noqa: BLE001 a subscriber may raise anything
             if connection_lost(exc):
                 self._outage(exc)
                 return
             try:
                 await self._suspect(partition, exc)
-            except Exception as err:  # our own bookkeeping failed, whatever the cause: pause
+            except Exception as err:  # noqa: BLE001 our own bookkeeping failed, whatever the cause: pause
                 self._outage(err)
             return
         self._back_online()

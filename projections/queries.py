@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, Select, false, select
+from sqlalchemy import ColumnElement, RowMapping, Select, false, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events.emails import lookup_key
@@ -75,24 +75,23 @@ class ReadModel:
         self._one = one
 
     # ------------------------------------------------------------------ shaping
-    def _user(self, row: Any) -> dict[str, Any]:
-        data = {c.name: row._mapping[c.name] for c in self.user_columns}
+    def _user(self, row: RowMapping) -> dict[str, Any]:
+        data = {c.name: row[c.name] for c in self.user_columns}
         out = {k: v for k, v in data.items() if k in BASE_USER_COLUMNS}
         out["profile"] = {name: data[name] for name in self.profile_columns}
         out["oauth_accounts"] = []
         return out
 
     @staticmethod
-    def _account(row: Any) -> dict[str, Any] | None:
-        m = row._mapping
-        if m["oauth__id"] is None:
+    def _account(row: RowMapping) -> dict[str, Any] | None:
+        if row["oauth__id"] is None:
             return None
-        return {name: m[f"oauth__{name}"] for name in OAUTH_PUBLIC_COLUMNS}
+        return {name: row[f"oauth__{name}"] for name in OAUTH_PUBLIC_COLUMNS}
 
     # ------------------------------------------------------------------ queries
     async def get_user(self, conn: AsyncConnection, user_id: UUID) -> dict[str, Any] | None:
         """The user with its linked accounts (link order), or None when there is no row."""
-        rows = (await conn.execute(self._one.where(self.users.c.id == user_id))).all()
+        rows = (await conn.execute(self._one.where(self.users.c.id == user_id))).mappings().all()
         if not rows:
             return None
         user = self._user(rows[0])
@@ -123,7 +122,7 @@ class ReadModel:
                 stmt = stmt.where(users.c[name] == value)
         if after is not None:
             stmt = stmt.where(users.c.id > after)
-        rows = (await conn.execute(stmt)).all()
+        rows = (await conn.execute(stmt)).mappings().all()
         more = len(rows) > limit
         items = [self._user(r) for r in rows[:limit]]
         if items and self.oauth is not None:
@@ -140,7 +139,7 @@ class ReadModel:
             .where(self.oauth.c.user_id.in_(list(by_id)))
             .order_by(*self.oauth_order)
         )
-        for row in await conn.execute(stmt):
+        for row in (await conn.execute(stmt)).mappings():
             account = self._account(row)
             if account is not None:
-                by_id[row.user_id]["oauth_accounts"].append(account)
+                by_id[row["user_id"]]["oauth_accounts"].append(account)

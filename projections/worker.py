@@ -156,9 +156,7 @@ class ProjectionWorker(PoisonHandling, PartitionSharing):
         while not self._stopping:
             now = time.monotonic()
             if now < self._resume_at:  # the database was lost: wait before trying again
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._resume_at - now):
-                        await self._stopped.wait()
+                await _wait(self._stopped, self._resume_at - now)
                 continue
             if now >= next_maintenance:
                 try:
@@ -167,39 +165,53 @@ class ProjectionWorker(PoisonHandling, PartitionSharing):
                     log.exception("lease maintenance failed", extra={"projection": self.name})
                 next_maintenance = now + interval
             self._dirty.clear()
-            progressed = False
-            # PostgreSQL: every held partition in one batch (one transaction); SQLite has one
-            # writer at a time anyway: a partition per batch keeps each write lock short.
-            # Failed and waiting partitions stay out: they must not hold the others back.
-            held = sorted(self.held - set(self.failed) - set(self._suspects))
-            groups = [held] if self._is_pg and held else [[p] for p in held]
-            for group in groups:
-                if self._stopping or time.monotonic() < self._resume_at:
-                    break
-                try:
-                    progressed = await self.run_batches(group) > 0 or progressed
-                except Exception as exc:  # a subscriber may raise anything: find the event
-                    await self._recover(group, exc)
-                    progressed = True
-                else:
-                    self._back_online()
-            for partition in self._due():
-                if self._stopping or time.monotonic() < self._resume_at:
-                    break
-                await self._try_again(partition)
-                progressed = True
+            progressed = await self._apply_held()
+            progressed = await self._try_due() or progressed
             if not progressed:
-                now = time.monotonic()
-                timeout = max(0.0, next_maintenance - now)
-                if self._suspects:
-                    due = min(s.due for s in self._suspects.values())
-                    timeout = min(timeout, max(0.0, due - now))
-                if now - self._woken_at < HORIZON_RECHECK_WINDOW:
-                    timeout = min(timeout, HORIZON_RECHECK_INTERVAL)
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await self._dirty.wait()
+                await _wait(self._dirty, self._idle_timeout(next_maintenance))
+
+    async def _apply_held(self) -> bool:
+        """A batch of each group of the held partitions; whether anything happened."""
+        progressed = False
+        # PostgreSQL: every held partition in one batch (one transaction); SQLite has one
+        # writer at a time anyway: a partition per batch keeps each write lock short.
+        # Failed and waiting partitions stay out: they must not hold the others back.
+        held = sorted(self.held - set(self.failed) - set(self._suspects))
+        groups = [held] if self._is_pg and held else [[p] for p in held]
+        for group in groups:
+            if self._stopping or time.monotonic() < self._resume_at:
+                break
+            try:
+                progressed = await self.run_batches(group) > 0 or progressed
+            except Exception as exc:  # noqa: BLE001 a subscriber may raise anything: find the event
+                await self._recover(group, exc)
+                progressed = True
+            else:
+                self._back_online()
+        return progressed
+
+    async def _try_due(self) -> bool:
+        """The next attempt at each waiting partition that is due; whether there was one."""
+        progressed = False
+        for partition in self._due():
+            if self._stopping or time.monotonic() < self._resume_at:
+                break
+            await self._try_again(partition)
+            progressed = True
+        return progressed
+
+    def _idle_timeout(self, next_maintenance: float) -> float:
+        """How long an idle round may wait for a wake-up: until the next maintenance, the
+        next due retry, or (shortly after a wake-up) the next look at the read horizon,
+        whichever comes first."""
+        now = time.monotonic()
+        timeout = max(0.0, next_maintenance - now)
+        if self._suspects:
+            due = min(s.due for s in self._suspects.values())
+            timeout = min(timeout, max(0.0, due - now))
+        if now - self._woken_at < HORIZON_RECHECK_WINDOW:
+            timeout = min(timeout, HORIZON_RECHECK_INTERVAL)
+        return timeout
 
     def stop(self) -> None:
         """Ask `run` to return after the batch in progress (then it releases its leases)."""
@@ -309,3 +321,11 @@ class ProjectionWorker(PoisonHandling, PartitionSharing):
         self._cursors.pop(partition, None)
         self._suspects.pop(partition, None)
         log.warning(why, extra={"projection": self.name, "partition": partition})
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Until `event` is set or `timeout` seconds have passed."""
+    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()

@@ -130,7 +130,7 @@ async def _insert_grouped(
 COPYABLE = frozenset({str, int, float, bool, uuid.UUID, datetime, type(None)})
 
 
-def _copyable(value: Any) -> bool:
+def _copyable(value: object) -> bool:
     # ids read back through asyncpg are its own uuid.UUID subclass, as good for COPY: an exact
     # type check would send every replayed row through INSERT
     return type(value) in COPYABLE or isinstance(value, uuid.UUID)
