@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from events import EventStore, create_engine
 from events.crypto import Crypto
 from projections import OAuthAccount, User
-from projections.users import UserProjection
+from projections.users import UserProjection, table_of
 from projections.worker import ProjectionWorker, Subscriber
 from registry.domain.commands import Command
 from registry.schema import OAuthModel, UserModel
@@ -78,7 +78,7 @@ def load_models(settings: Settings) -> tuple[UserModel, OAuthModel | None]:
 
 def custom_columns(user_table: UserModel) -> frozenset[str]:
     """The app's own columns on its user model (what `profile` may set)."""
-    return profile_fields_of(user_table, BUILTIN_COLUMNS)
+    return profile_fields_of(table_of(user_table), BUILTIN_COLUMNS)
 
 
 async def encrypt(

@@ -31,9 +31,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, MetaData, Table, inspect, text
+from sqlalchemy import Column, Connection, MetaData, Table, inspect, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.schema import SchemaItem
 
 from events.crypto import claim_master_key, crypto_of
 from events.tables import metadata as events_metadata
@@ -91,10 +92,15 @@ def registry_table_names() -> frozenset[str]:
 
 
 def include_object(
-    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+    obj: object,
+    name: str | None,
+    type_: str,
+    reflected: bool,
+    compare_to: SchemaItem | None,
 ) -> bool:
     """For an app's own Alembic `env.py` (`context.configure(include_object=...)`):
-    autogenerate leaves the registry's tables, and their indexes and constraints, alone."""
+    autogenerate leaves the registry's tables, and their indexes and constraints, alone.
+    Only `name`, `type_` and the `table` of `obj` (a `SchemaItem`) are looked at."""
     owned = registry_table_names()
     if type_ == "table":
         return name not in owned
@@ -179,7 +185,7 @@ def _made_without_alembic(sync_conn: Connection) -> bool:
 
 
 # ---------------------------------------------------------------------------- read model
-def _missing_column_error(table: Table, column: Any, ddl: str) -> SchemaError:
+def _missing_column_error(table: Table, column: Column[Any], ddl: str) -> SchemaError:
     return SchemaError(
         f"table {table.name!r} has no column {column.name!r} ({ddl} NOT NULL), which its "
         f"model declares: add it with a migration of the app's own (ALTER TABLE "

@@ -17,7 +17,7 @@ from fastapi_users.models import ID, OAP, UP
 from pydantic import ValidationError
 from sqlalchemy import bindparam, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import InstrumentedAttribute, joinedload
 from sqlalchemy.sql import Select
 
 from events.emails import lookup_key
@@ -196,8 +196,9 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
         return await self._reload(user_id)
 
     # ------------------------------------------------------------------ helpers
-    def _col(self, name: str) -> Any:
-        return getattr(self.user_table, name)
+    def _col(self, name: str) -> InstrumentedAttribute[Any]:
+        column: InstrumentedAttribute[Any] = getattr(self.user_table, name)
+        return column
 
     def _oauth_table(self) -> OAuthModel:
         if self.oauth_account_table is None:
@@ -219,7 +220,7 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
         return cast(uuid.UUID, identity[0] if identity else user.id)
 
     def _split(
-        self, values: dict[str, Any], *, creating: bool, user_id: Any = None
+        self, values: dict[str, Any], *, creating: bool, user_id: uuid.UUID | None = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Built-in fields and custom columns ("profile"); any other key is refused."""
         custom = custom_columns(cast(UserModel, self.user_table))
@@ -242,7 +243,7 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
         return data, profile
 
     def _oauth_fields(
-        self, values: dict[str, Any], user_id: Any, *, creating: bool
+        self, values: dict[str, Any], user_id: uuid.UUID, *, creating: bool
     ) -> dict[str, Any]:
         data: dict[str, Any] = {}
         for key, value in values.items():
@@ -293,8 +294,9 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
                 accounts.sort(key=lambda a: a.link_order)  # link order, whatever the mapping
         return user
 
-    async def _reload(self, user_id: Any) -> UP:
-        user = await self.get(user_id)
+    async def _reload(self, user_id: uuid.UUID) -> UP:
+        # the registry keys every user by a UUID: that is the ID of every model it accepts
+        user = await self.get(cast(ID, user_id))
         if user is None:  # deleted by someone else after our write
             raise UserNotExists()
         return user

@@ -134,11 +134,12 @@ def engine_of(session: AsyncSession, user_table: UserModel) -> AsyncEngine:
     # bound per model (`binds=`) or by a custom `get_bind`: the session resolves the sync
     # engine. SQLAlchemy (2.0 and 2.1) offers no public way from it back to the app's async
     # engine: constructing `AsyncEngine(core)` would make a second proxy and register it as
-    # the one `AsyncConnection.engine` returns for the app's engine, so the proxy registry
-    # is asked, read only
+    # the one `AsyncConnection.engine` returns for the app's engine, and
+    # `await session.connection()` would begin the session's transaction on a read; so the
+    # proxy registry is asked, read only
     sync = session.get_bind(mapper=_mapper(user_table))
     core = sync.engine if isinstance(sync, Connection) else sync
-    return AsyncEngine._retrieve_proxy_for_target(core)
+    return AsyncEngine._retrieve_proxy_for_target(core)  # noqa: SLF001 no public way, see above
 
 
 def _mapper(model: UserModel | Table) -> Mapper[Any] | None:

@@ -72,7 +72,7 @@ def consume(no_relay: bool) -> None:
     configure_logging(settings.log_level, settings.log_format)
     try:
         run(lambda: consume_commands(settings, relay=not no_relay))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 any failure ends as a message and exit 1
         fail(f"consumer failed: {exc}")
 
 
@@ -98,7 +98,7 @@ def send(command: str, payload: str, timeout: float | None) -> None:
         code, reply = run(lambda: send_command_and_wait(settings, command, payload, wait))
     except ReplyTimeoutError as exc:
         fail(f"{exc} (is `registry consume` running?)", EXIT_TIMEOUT)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 any failure ends as a message and exit 1
         fail(f"cannot send over {settings.broker_url.split('@')[-1]}: {exc}")
     emit_json(reply)
     sys.exit(code)

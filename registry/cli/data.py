@@ -27,7 +27,7 @@ def migrate(revision: str) -> None:
 
     try:
         current = run(go)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 any failure ends as a message and exit 1
         fail(f"migration failed: {exc}")
     click.echo(f"database at revision {current}")
 
@@ -41,7 +41,7 @@ def status(as_json: bool) -> None:
         report = run(lambda: gather_status(settings))
     except RegistryMissingError as exc:
         fail(str(exc))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 any failure ends as a message and exit 1
         fail(f"cannot read status from {settings.database_url}: {exc}")
     if as_json:
         emit_json(report)
@@ -103,7 +103,7 @@ def import_users(source: str, user_table: str, oauth_table: str, as_json: bool) 
         )
     except ImportSourceError as exc:
         fail(str(exc))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 any failure ends as a message and exit 1
         fail(f"import failed: {exc}")
     if as_json:
         emit_json(summary.as_dict())

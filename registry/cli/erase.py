@@ -82,7 +82,7 @@ def erase(user_id: str, yes: bool, as_json: bool) -> None:
             )
             sys.exit(EXIT_REJECTED)
         fail(exc.message, EXIT_REJECTED)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 any failure ends as a message and exit 1
         fail(f"erase failed: {exc}")
     status = "erased" if outcome.events else "already_erased"
     if as_json:

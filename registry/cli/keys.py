@@ -46,7 +46,7 @@ def _run_or_fail(what: str, go: Callable[[], Awaitable[T]]) -> T:
         return run(go)
     except MasterKeyError as exc:
         fail(str(exc))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 any failure ends as a message and exit 1
         fail(f"{what} failed: {exc}")
 
 

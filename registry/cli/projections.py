@@ -32,7 +32,7 @@ def retry(projection: str | None, partition: int | None, as_json: bool) -> None:
     settings = load_settings()
     try:
         cleared = run(lambda: retry_failed(settings, projection, partition))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 any failure ends as a message and exit 1
         fail(f"cannot retry: {exc}")
     if as_json:
         emit_json(cleared)
@@ -67,7 +67,7 @@ def skip(
             event = run(lambda: pending_event(settings, projection, partition))
         except ProjectionError as exc:
             fail(str(exc), EXIT_REFUSED)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 any failure ends as a message and exit 1
             fail(f"cannot read partition {partition} of {projection!r}: {exc}")
         failure = event["failure"]
         click.echo(
@@ -87,7 +87,7 @@ def skip(
         )
     except ProjectionError as exc:
         fail(str(exc), EXIT_REFUSED)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 any failure ends as a message and exit 1
         fail(f"cannot skip: {exc}")
     if as_json:
         emit_json(record)

@@ -27,6 +27,6 @@ def serve(host: str | None, port: int | None) -> None:
         settings = settings.model_copy(update=overrides)
     try:
         code = run_server(settings, echo_stdout)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 any failure ends as a message and exit 1
         fail(f"serve failed: {exc}")
     sys.exit(code)

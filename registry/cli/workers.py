@@ -110,7 +110,7 @@ def worker(user_model: str | None, oauth_model: str | None, no_migrate: bool) ->
     configure_logging(settings.log_level, settings.log_format)
     try:
         run(lambda: run_worker(settings, migrate=not no_migrate))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 any failure ends as a message and exit 1
         fail(f"worker failed: {exc}")
 
 
@@ -149,6 +149,6 @@ def replay(
                 settings, in_place=in_place, abandon=abandon, batch_size=batch_size, jobs=jobs
             )
         )
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 any failure ends as a message and exit 1
         fail(f"replay failed: {exc}")
     click.echo(message)

@@ -119,24 +119,33 @@ def evolve(state: UserState, event: Event) -> None:
         case UserProfileUpdated():
             state.profile.update(event.changes)
         case OAuthAccountLinked():
-            state.oauth_accounts[event.oauth_account_id] = OAuthAccountState(
-                id=event.oauth_account_id,
-                oauth_name=event.oauth_name,
-                access_token=event.access_token,
-                expires_at=event.expires_at,
-                refresh_token=event.refresh_token,
-                account_id=event.account_id,
-                account_email=event.account_email,
-            )
+            _link_account(state, event)
         case OAuthAccountUpdated():
-            old = state.oauth_accounts.get(event.oauth_account_id)
-            if old is not None:
-                changes = {k: v for k, v in event.changes.items() if k in OAUTH_FIELDS}
-                state.oauth_accounts[event.oauth_account_id] = replace(old, **changes)
+            _update_account(state, event)
         case UserDeleted():
             state.deleted = True
         case UserErased():
             state.erased = state.erasure_recorded = True
+
+
+def _link_account(state: UserState, event: OAuthAccountLinked) -> None:
+    state.oauth_accounts[event.oauth_account_id] = OAuthAccountState(
+        id=event.oauth_account_id,
+        oauth_name=event.oauth_name,
+        access_token=event.access_token,
+        expires_at=event.expires_at,
+        refresh_token=event.refresh_token,
+        account_id=event.account_id,
+        account_email=event.account_email,
+    )
+
+
+def _update_account(state: UserState, event: OAuthAccountUpdated) -> None:
+    """Apply the changes to the account's fields; an unknown account changes nothing."""
+    old = state.oauth_accounts.get(event.oauth_account_id)
+    if old is not None:
+        changes = {k: v for k, v in event.changes.items() if k in OAUTH_FIELDS}
+        state.oauth_accounts[event.oauth_account_id] = replace(old, **changes)
 
 
 def fold(user_id: UUID, stream: Iterable[RecordedEvent]) -> UserState:

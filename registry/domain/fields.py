@@ -59,7 +59,7 @@ def _email(value: str) -> str:
     return validate_email_address(value)  # InvalidEmailError is a ValueError
 
 
-def _profile_value(value: Any, where: str) -> None:
+def _profile_value(value: object, where: str) -> None:
     if isinstance(value, str):
         bad = _first_bad(value, controls=False)
         if bad:

@@ -17,8 +17,8 @@ import random
 import uuid
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
+from sqlalchemy import Table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -289,6 +289,6 @@ class CommandHandlers(BaseCommandHandlers):
         self.store = store
 
 
-def profile_fields_of(user_table: Any, builtin: frozenset[str]) -> frozenset[str]:
-    """The custom columns of a user model: its columns minus the built-in ones."""
-    return frozenset(c.key for c in user_table.__table__.columns) - builtin
+def profile_fields_of(user_table: Table, builtin: frozenset[str]) -> frozenset[str]:
+    """The custom columns of a user model's table: its columns minus the built-in ones."""
+    return frozenset(c.key for c in user_table.columns) - builtin

@@ -28,7 +28,7 @@ class ImportSourceError(RegistryError):
     code = "IMPORT_SOURCE_INVALID"
 
 
-def as_uuid(value: Any, table: str) -> uuid.UUID:
+def as_uuid(value: object, table: str) -> uuid.UUID:
     if isinstance(value, uuid.UUID):
         return value
     try:
@@ -40,7 +40,7 @@ def as_uuid(value: Any, table: str) -> uuid.UUID:
         ) from None
 
 
-def json_value(value: Any) -> Any:
+def json_value(value: object) -> object:
     """A custom column's value as JSON (the profile is stored in the event log)."""
     if isinstance(value, datetime | date):
         return value.isoformat()

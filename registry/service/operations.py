@@ -33,7 +33,9 @@ def operator() -> str:
     """Who is running this command, for the record of a skip: user@host."""
     try:
         user = getpass.getuser()
-    except Exception:  # no login name (a container without one)
+    # no login name: a uid without a passwd entry (a container's), or no `pwd` module; Python
+    # 3.13 raises OSError for both
+    except (KeyError, OSError, ImportError):
         user = "unknown"
     return f"{user}@{socket.gethostname()}"
 

@@ -32,7 +32,8 @@ def default_password_helper() -> PasswordHasher:
     """FastAPI Users' PasswordHelper (Argon2, verifies bcrypt too), built once."""
     global _default_helper
     if _default_helper is None:
-        from fastapi_users.password import PasswordHelper
+        # fastapi_users' package imports FastAPI: loaded only when a password is hashed
+        from fastapi_users.password import PasswordHelper  # noqa: PLC0415 heavy, see above
 
         _default_helper = PasswordHelper()
     return _default_helper

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from sqlalchemy import Executable
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -57,7 +58,7 @@ async def once_more(fn: Callable[[], Awaitable[T]], *, what: str, safe: bool = T
 
 
 async def session_read(
-    session: AsyncSession, stmt: Any, params: dict[str, Any] | None = None
+    session: AsyncSession, stmt: Executable, params: dict[str, Any] | None = None
 ) -> Result[Any]:
     """`session.execute(stmt, params)` for a read, tried once more after a lost connection
     when the read began the session's transaction with nothing of the app's to flush: then
