@@ -1,5 +1,6 @@
 """The installed package holds every file the checkout's packages ship (modules, py.typed,
-the migrations' *.py, *.mako and *.ini, the console's templates and static files), and imports from there, not from the checkout.
+the migrations' *.py, *.mako and *.ini, the console's templates and static files), and
+imports from there, not from the checkout.
 
 Run from outside the checkout: python /path/to/.ci/installed.py /path/to/checkout
 """

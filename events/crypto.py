@@ -16,13 +16,9 @@ makes every event of that stream read as erased (`RecordedEvent.erased`).
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
-import secrets
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -33,17 +29,17 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.catalog import EVENT_TYPES
-from events.claims import taking, took
 from events.envelope import shard_of
-from events.errors import EventStoreError, InvalidEventError
+from events.errors import InvalidEventError
+from events.keyring import NONCE_BYTES, Keyring, MasterKey, MasterKeyError
+from events.master_key import claim_master_key, record_master_key, recorded_master_key, verify
 from events.scope import scope_of
-from events.tables import data_keys, events, master_key_record
+from events.tables import data_keys, events
 
 #: what a personal field reads as once its key is gone (and what the stored payload holds)
 ERASED = "[erased]"
 #: the format byte that starts every sealed value
 SEAL_FORMAT = b"\x01"
-NONCE_BYTES = 12
 #: where the ciphertext starts in a sealed value (format byte, nonce)
 _SEALED_AT = 1 + NONCE_BYTES
 KEY_CACHE_SIZE = 50_000
@@ -53,93 +49,12 @@ LEGACY_PERSONAL: dict[str, frozenset[str]] = {"UserRegistered": frozenset({"pass
 PROFILE_EVENTS = frozenset({"UserRegistered", "UserProfileUpdated"})
 
 
-class MasterKeyError(EventStoreError):
-    """The master key is missing, malformed, or not the one that wrapped the data keys."""
-
-
 class StreamErasedError(InvalidEventError):
     """The stream's data key was destroyed: nothing more can be written to it."""
 
     def __init__(self, stream_id: UUID) -> None:
         self.stream_id = stream_id
         super().__init__(f"stream {stream_id} was erased: nothing can be appended to it")
-
-
-# ---------------------------------------------------------------------------- master keys
-@dataclass(frozen=True)
-class MasterKey:
-    """A 256-bit key-encryption key. `key_id` (a fingerprint) is all the database sees of it."""
-
-    secret: bytes
-    key_id: str = field(init=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if len(self.secret) != 32:
-            raise MasterKeyError("a master key is 32 bytes")
-        fingerprint = hashlib.sha256(b"registry-master-key\x00" + self.secret).hexdigest()[:16]
-        object.__setattr__(self, "key_id", fingerprint)
-
-    def __repr__(self) -> str:  # never print the secret
-        return f"MasterKey(key_id={self.key_id!r})"
-
-    @classmethod
-    def generate(cls) -> MasterKey:
-        return cls(secrets.token_bytes(32))
-
-    @classmethod
-    def parse(cls, text: str, *, source: str = "REGISTRY_MASTER_KEY") -> MasterKey:
-        """A key from its text form: 32 bytes in URL-safe base64 (what `encoded()` gives)."""
-        cleaned = text.strip()
-        try:
-            raw = base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
-        except (ValueError, TypeError):
-            raw = b""
-        if len(raw) != 32:
-            raise MasterKeyError(
-                f"{source} is not a master key: expected 32 bytes in URL-safe base64 "
-                "(make one with `registry keygen`)"
-            )
-        return cls(raw)
-
-    def encoded(self) -> str:
-        return base64.urlsafe_b64encode(self.secret).decode("ascii").rstrip("=")
-
-
-def _key_aad(stream_id: UUID) -> bytes:
-    return b"registry-data-key\x00" + stream_id.bytes
-
-
-class Keyring:
-    """The active master key (wraps new data keys) and previous ones (still unwrap, during a
-    rotation)."""
-
-    def __init__(self, active: MasterKey, previous: Iterable[MasterKey] = ()) -> None:
-        self.active = active
-        self.keys = {k.key_id: k for k in (*previous, active)}
-        self._aead = {k.key_id: AESGCM(k.secret) for k in self.keys.values()}
-
-    @property
-    def key_ids(self) -> frozenset[str]:
-        return frozenset(self.keys)
-
-    def wrap(self, stream_id: UUID, data_key: bytes) -> tuple[str, bytes]:
-        nonce = os.urandom(NONCE_BYTES)
-        wrapped = self._aead[self.active.key_id].encrypt(nonce, data_key, _key_aad(stream_id))
-        return self.active.key_id, nonce + wrapped
-
-    def unwrap(self, stream_id: UUID, key_id: str, wrapped: bytes) -> bytes:
-        aead = self._aead.get(key_id)
-        if aead is None:
-            raise MasterKeyError(
-                f"the data key of stream {stream_id} is wrapped by master key {key_id}, which "
-                "is not configured (REGISTRY_MASTER_KEY, REGISTRY_PREVIOUS_MASTER_KEYS)"
-            )
-        try:
-            return aead.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _key_aad(stream_id))
-        except InvalidTag:
-            raise MasterKeyError(
-                f"the data key of stream {stream_id} does not open with master key {key_id}"
-            ) from None
 
 
 # ---------------------------------------------------------------------------- sealing
@@ -384,83 +299,6 @@ async def shred(conn: AsyncConnection, crypto: Crypto | None, stream_id: UUID) -
             await conn.execute(
                 update(events).where(events.c.position == row.position).values(data=clear)
             )
-
-
-# ---------------------------------------------------------------------------- checks
-_RECORD_KEY = taking(master_key_record, master_key_record.c.id)
-
-
-def _wrong_key(recorded: str, keyring: Keyring) -> MasterKeyError:
-    return MasterKeyError(
-        f"this database belongs to master key {recorded}, this process has "
-        f"{', '.join(sorted(keyring.key_ids))}: nothing was written (check REGISTRY_MASTER_KEY "
-        "or the key file beside the SQLite database; during a rotation put the old key in "
-        "REGISTRY_PREVIOUS_MASTER_KEYS)"
-    )
-
-
-async def recorded_master_key(conn: AsyncConnection) -> str | None:
-    """The key_id of the master key the database belongs to, or None before it is recorded."""
-    found = await conn.scalar(select(master_key_record.c.key_id).where(master_key_record.c.id == 1))
-    return str(found) if found is not None else None
-
-
-async def claim_master_key(conn: AsyncConnection, keyring: Keyring) -> None:
-    """In `conn`'s transaction: record `keyring.active` as the database's master key when none
-    is recorded yet (the first process wins a race), then refuse (`MasterKeyError`) a keyring
-    that lacks the recorded key. The caller rolls back on the error: nothing is written."""
-    recorded = await recorded_master_key(conn)
-    if recorded is None:
-        row = {"id": 1, "key_id": keyring.active.key_id, "recorded_at": datetime.now(UTC)}
-        if not await took(conn, _RECORD_KEY, row):  # another process recorded one first
-            recorded = await recorded_master_key(conn)
-        else:
-            recorded = keyring.active.key_id
-    if recorded not in keyring.key_ids:
-        raise _wrong_key(str(recorded), keyring)
-
-
-async def record_master_key(conn: AsyncConnection, key_id: str) -> None:
-    """Move the database's recorded master key to `key_id` (a rotation has re-wrapped every
-    data key with it)."""
-    await conn.execute(
-        update(master_key_record)
-        .where(master_key_record.c.id == 1)
-        .values(key_id=key_id, recorded_at=datetime.now(UTC))
-    )
-
-
-async def verify(engine: AsyncEngine, keyring: Keyring) -> None:
-    """Refuse to start when the database belongs to another master key, or a stored data key is
-    wrapped by a master key this process does not have (a wrong or missing key): raises
-    `MasterKeyError`, writes nothing."""
-    async with engine.connect() as conn:
-        found = (
-            await conn.execute(
-                select(data_keys.c.master_key_id)
-                .where(data_keys.c.master_key_id.is_not(None))
-                .group_by(data_keys.c.master_key_id)
-            )
-        ).scalars()
-        unknown = sorted(set(found) - keyring.key_ids)
-        if unknown:
-            raise MasterKeyError(
-                "the configured master key does not match the data keys in the database: they "
-                f"are wrapped by master key {', '.join(unknown)}, this process has "
-                f"{', '.join(sorted(keyring.key_ids))} (check REGISTRY_MASTER_KEY; during a "
-                "rotation put the old key in REGISTRY_PREVIOUS_MASTER_KEYS)"
-            )
-        # a fingerprint match is a key match; open one key per master key to be sure
-        for key_id in keyring.key_ids:
-            row = (
-                await conn.execute(
-                    select(data_keys.c.stream_id, data_keys.c.wrapped_key)
-                    .where(data_keys.c.master_key_id == key_id)
-                    .limit(1)
-                )
-            ).first()
-            if row is not None:
-                keyring.unwrap(row.stream_id, key_id, bytes(row.wrapped_key))
 
 
 __all__ = [

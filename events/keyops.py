@@ -19,8 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.catalog import EVENT_TYPES
 from events.claims import taking
-from events.crypto import Crypto, Keyring, record_master_key, verify
+from events.crypto import Crypto
 from events.errors import EventStoreError
+from events.keyring import Keyring
+from events.master_key import record_master_key, verify
 from events.tables import data_keys, events
 
 #: called after each committed batch with (done, total)

@@ -25,9 +25,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from events import checks
 from events.catalog import event_class
-from events.crypto import Crypto, MasterKeyError
+from events.crypto import Crypto
 from events.envelope import Metadata, RecordedEvent
 from events.errors import CorruptEventError
+from events.keyring import MasterKeyError
 from events.tables import data_keys, events
 from events.upcasting import upcast
 

@@ -12,7 +12,8 @@ from sqlalchemy import CompoundSelect, Row, Table, bindparam, literal, select, u
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events import EVENT_TYPES, RecordedEvent
-from events.crypto import Crypto, MasterKeyError
+from events.crypto import Crypto
+from events.keyring import MasterKeyError
 from events.statements import no_master_key
 from events.upcasting import upcast
 from projections.folding import Folder, StreamChange

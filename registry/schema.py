@@ -36,7 +36,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.schema import SchemaItem
 
-from events.crypto import claim_master_key, crypto_of
+from events.crypto import crypto_of
+from events.master_key import claim_master_key
 from events.tables import metadata as events_metadata
 from projections.models import OAuthAccount, User
 from projections.tables import BaseOAuthAccountTableUUID, BaseUserTableUUID

@@ -14,8 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemaini
 from rich.progress import Progress as Bar
 
 from events import keyops
-from events.crypto import MasterKey, MasterKeyError
 from events.keyops import Migration, Rotation
+from events.keyring import MasterKey, MasterKeyError
 from registry.bootstrap import running
 from registry.cli.common import EXIT_USAGE, emit_json, fail, load_settings, run
 from registry.schema import ensure_schema

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import ConcurrencyError, EventStore, Metadata, RecordedEvent, UserErased
-from events.crypto import Keyring
+from events.keyring import Keyring
 from events.port import EventLog
 from registry.domain.commands import Command, LinkOAuthAccount, RegisterUser
 from registry.domain.decisions import UserState, decide, fold

@@ -38,7 +38,7 @@ from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events.claims import taking, took
-from events.crypto import Keyring, MasterKey
+from events.keyring import Keyring, MasterKey
 from registry.domain.commands import Command, UpdateOAuthAccount
 from registry.errors import IdempotencyKeyReusedError
 from registry.tables import processed_commands

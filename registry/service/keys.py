@@ -39,16 +39,9 @@ from sqlalchemy import Connection, Table, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from events.crypto import (
-    Crypto,
-    Keyring,
-    MasterKey,
-    MasterKeyError,
-    attach,
-    claim_master_key,
-    crypto_of,
-    verify,
-)
+from events.crypto import Crypto, attach, crypto_of
+from events.keyring import Keyring, MasterKey, MasterKeyError
+from events.master_key import claim_master_key, verify
 from events.scope import Slot, scope_of
 from events.tables import data_keys, master_key_record
 from registry.settings import Settings

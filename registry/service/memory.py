@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from events import Event, Metadata, RecordedEvent
-from events.crypto import Keyring
+from events.keyring import Keyring
 from events.memory import InMemoryEventStore, MemoryTransaction
 from registry.domain.commands import Command
 from registry.domain.decisions import UserState

@@ -20,7 +20,8 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events import Event, EventStore, Metadata, RecordedEvent
-from events.crypto import Keyring, shred
+from events.crypto import shred
+from events.keyring import Keyring
 from events.port import EventLog
 from events.scope import scope_of
 from registry.domain.commands import Command
