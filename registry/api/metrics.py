@@ -18,6 +18,7 @@ _lock = threading.Lock()
 _outcomes: Counter[tuple[str, str, str]] = Counter()
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 
 def record_command(command: str, outcome: str, code: str = "") -> None:
@@ -32,11 +33,11 @@ def command_outcomes() -> dict[tuple[str, str, str], int]:
 
 
 def counting(
-    name: Callable[[Any], str], handle: Callable[[Any], Awaitable[T]]
-) -> Callable[[Any], Awaitable[T]]:
+    name: Callable[[C], str], handle: Callable[[C], Awaitable[T]]
+) -> Callable[[C], Awaitable[T]]:
     """Wrap a command handler so that each call's outcome is counted (errors re-raised)."""
 
-    async def wrapped(command: Any) -> T:
+    async def wrapped(command: C) -> T:
         try:
             result = await handle(command)
         except Exception as exc:  # every failure is counted, then raised as it was

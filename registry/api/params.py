@@ -7,14 +7,14 @@ from __future__ import annotations
 import re
 import unicodedata
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator
 
 _DIGITS = re.compile(r"[0-9]{1,12}")
 
 
-def _strict_bool(value: Any) -> Any:
+def _strict_bool(value: object) -> bool:
     # pydantic's lax mode would take "yes", "on", "1", "t", "TRUE"...: only JSON's spellings
     if isinstance(value, bool):
         return value
@@ -23,7 +23,7 @@ def _strict_bool(value: Any) -> Any:
     raise ValueError("must be true or false")
 
 
-def _strict_int(value: Any) -> Any:
+def _strict_int(value: object) -> int:
     # lax mode would take "1.0", " 1 ", "1_000", "+1": only plain decimal digits
     if isinstance(value, int) and not isinstance(value, bool):
         return value

@@ -10,7 +10,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query
 
-from events import RecordedEvent
+from events import EventStore, RecordedEvent
 from events.crypto import ERASED
 from projections.errors import ProjectionTimeout
 from projections.queries import MAX_PAGE, ReadModel, UserFilter
@@ -94,6 +94,44 @@ def history_data(recorded: RecordedEvent) -> dict[str, Any]:
     return data
 
 
+async def history_page(
+    store: EventStore, user_id: UUID, after: int | None, limit: int
+) -> HistoryOut:
+    """Up to `limit` of the user's events after stream version `after` (from the start when
+    None), with the stream's current version; `UserNotFoundError` when it has none."""
+    stream = await store.read_stream(user_id, after_version=after, limit=limit + 1)
+    more = len(stream) > limit
+    stream = stream[:limit]
+    if more or not stream:  # the page does not end the stream: ask where it ends
+        head = await store.stream_version(user_id)
+    else:
+        head = stream[-1].stream_version
+    if head == 0:
+        raise not_found(user_id)
+    # an erased user's events all read as erased; a cursor at the end: ask the last one
+    shown = stream or await store.read_stream(user_id, after_version=head - 1)
+    erased = any(r.erased or r.event_type == "UserErased" for r in shown)
+    return HistoryOut(
+        user_id=user_id,
+        version=head,
+        erased=erased,
+        next_cursor=(encode_history_cursor(user_id, stream[-1].stream_version) if more else None),
+        events=[
+            HistoryEntry(
+                position=r.position,
+                stream_version=r.stream_version,
+                event_id=r.event_id,
+                event_type=r.event_type,
+                schema_version=r.schema_version,
+                recorded_at=r.recorded_at,
+                data=history_data(r),
+                metadata=r.metadata.as_json(),
+            )
+            for r in stream
+        ],
+    )
+
+
 def users_router(container: Container, read_model: ReadModel) -> APIRouter:
     router = APIRouter(prefix="/users", tags=["users"], route_class=ReadRoute)
     engine = container.engine
@@ -125,7 +163,7 @@ def users_router(container: Container, read_model: ReadModel) -> APIRouter:
             Instant | None,
             Query(description="ISO 8601 instant: the state folded from the log (naive = UTC)."),
         ] = None,
-    ) -> Any:
+    ) -> dict[str, Any]:
         if as_of is not None:
             when = as_of  # aware and in UTC (`Instant`)
             user = await user_as_of(container.store, read_model, user_id, when)
@@ -170,7 +208,7 @@ def users_router(container: Container, read_model: ReadModel) -> APIRouter:
         cursor: Annotated[
             str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
         ] = None,
-    ) -> Any:
+    ) -> dict[str, object]:
         after = decode_cursor(cursor) if cursor is not None else None
         flt = UserFilter(email, is_active, is_verified, is_superuser)
         async with engine.connect() as conn:
@@ -196,39 +234,6 @@ def users_router(container: Container, read_model: ReadModel) -> APIRouter:
         ] = None,
     ) -> HistoryOut:
         after = decode_history_cursor(cursor, user_id) if cursor is not None else None
-        store = container.store
-        stream = await store.read_stream(user_id, after_version=after, limit=limit + 1)
-        more = len(stream) > limit
-        stream = stream[:limit]
-        if more or not stream:  # the page does not end the stream: ask where it ends
-            head = await store.stream_version(user_id)
-        else:
-            head = stream[-1].stream_version
-        if head == 0:
-            raise not_found(user_id)
-        # an erased user's events all read as erased; a cursor at the end: ask the last one
-        shown = stream or await store.read_stream(user_id, after_version=head - 1)
-        erased = any(r.erased or r.event_type == "UserErased" for r in shown)
-        return HistoryOut(
-            user_id=user_id,
-            version=head,
-            erased=erased,
-            next_cursor=(
-                encode_history_cursor(user_id, stream[-1].stream_version) if more else None
-            ),
-            events=[
-                HistoryEntry(
-                    position=r.position,
-                    stream_version=r.stream_version,
-                    event_id=r.event_id,
-                    event_type=r.event_type,
-                    schema_version=r.schema_version,
-                    recorded_at=r.recorded_at,
-                    data=history_data(r),
-                    metadata=r.metadata.as_json(),
-                )
-                for r in stream
-            ],
-        )
+        return await history_page(container.store, user_id, after, limit)
 
     return router

@@ -7,10 +7,9 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from registry.bootstrap import Container
-from registry.bus.brokers import create_broker
+from registry.bus.brokers import Broker, create_broker
 from registry.bus.channels import Channels
 from registry.bus.consumer import CommandConsumer
 from registry.bus.relay import RELAY_NAME, EventPublisher, EventRelay
@@ -22,7 +21,7 @@ log = logging.getLogger("registry.bus")
 
 @dataclass
 class BusRuntime:
-    broker: Any
+    broker: Broker
     consumer: CommandConsumer
     publisher: EventPublisher
     relay: EventRelay | None
@@ -52,7 +51,7 @@ async def relaying(container: Container, relay: EventRelay) -> AsyncIterator[Non
 async def running_bus(
     container: Container,
     *,
-    broker: Any | None = None,
+    broker: Broker | None = None,
     handle: Handle | None = None,
     channels: Channels | None = None,
     relay: bool = True,

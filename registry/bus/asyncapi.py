@@ -21,7 +21,7 @@ from typing import Any, Literal
 from faststream import AsyncAPI
 
 from events import EVENT_TYPES
-from registry.bus.brokers import broker_kind, create_broker
+from registry.bus.brokers import Broker, broker_kind, create_broker, is_kafka, is_rabbit, is_redis
 from registry.bus.channels import Channels, CommandChannel
 from registry.bus.relay import PublishedEvent
 from registry.bus.replies import Reply
@@ -69,10 +69,10 @@ def _description(channel: CommandChannel, kind: str, ch: Channels) -> str:
     return text
 
 
-def build_spec_broker(url: str | None, channels: Channels | None = None) -> Any:
+def build_spec_broker(url: str | None, channels: Channels | None = None) -> Broker:
     """An unconnected broker of `url`'s kind that documents the bus (never started)."""
     ch = channels or Channels()
-    broker = create_broker(url or DEFAULT_URL)
+    broker: Broker = create_broker(url or DEFAULT_URL)
     kind = broker_kind(url or DEFAULT_URL)
     subscriptions = Subscriptions(kind, ch, DOCUMENTED_CONSUMER)
     for sub in subscriptions:
@@ -80,12 +80,9 @@ def build_spec_broker(url: str | None, channels: Channels | None = None) -> Any:
             continue
         for command in sub.channels:
             args, options = subscriptions.subscriber_args(sub, command.address)
-            broker.subscriber(
-                *args,
-                **options,
-                title=command.address,
-                description=_description(command, kind, ch),
-            )(_describer(command))
+            # in the keywords: NATS's subscriber takes `title` positionally too
+            options |= {"title": command.address, "description": _description(command, kind, ch)}
+            broker.subscriber(*args, **options)(_describer(command))
     for event_type in EVENT_TYPES:
         channel = ch.event(event_type)
         spec: dict[str, Any] = {
@@ -93,16 +90,19 @@ def build_spec_broker(url: str | None, channels: Channels | None = None) -> Any:
             "description": f"{event_type} {EVENT_NOTE}",
             "schema": PublishedEvent,
         }
-        if kind == "redis":
+        if is_redis(broker):
             broker.publisher(stream=channel, **spec)
-        elif kind == "rabbit":
-            from faststream.rabbit import ExchangeType, RabbitExchange
+        elif is_rabbit(broker):
+            from faststream.rabbit import (  # noqa: PLC0415 broker client, loaded on use
+                ExchangeType,
+                RabbitExchange,
+            )
 
             exchange = RabbitExchange(ch.event_exchange, type=ExchangeType.TOPIC, durable=True)
             broker.publisher(routing_key=channel, exchange=exchange, **spec)
         else:
             broker.publisher(channel, **spec)
-    if kind == "kafka":
+    if is_kafka(broker):
         broker.publisher(ch.replies, title=ch.replies, schema=Reply, description=REPLY_NOTE)
     return broker
 

@@ -10,12 +10,24 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from registry.bus.brokers import broker_kind, broker_kind_of, create_broker
+from registry.bus.brokers import (
+    Broker,
+    broker_kind,
+    broker_kind_of,
+    create_broker,
+    is_nats,
+    is_rabbit,
+    is_redis,
+)
 from registry.bus.channels import Channels
 from registry.bus.nats_commands import NatsRequester
 from registry.bus.replies import Reply
+
+if TYPE_CHECKING:
+    from faststream import StreamMessage
+    from faststream.kafka import KafkaBroker
 
 # A process talks to one broker: each broker's client library (FastStream's broker module,
 # nats-py, aiormq) is imported in the function that uses that broker, because importing them
@@ -43,7 +55,7 @@ def with_command_id(payload: str | bytes) -> tuple[bytes, str | None]:
 
 
 async def request(
-    broker: Any,
+    broker: Broker,
     name: str,
     body: bytes,
     *,
@@ -54,9 +66,9 @@ async def request(
     and return the reply; `ReplyTimeoutError` when none comes within `timeout` seconds."""
     ch = channels or Channels()
     channel = ch.command(name)
-    kind = broker_kind_of(broker)
+    broker_kind_of(broker)  # a TypeError for anything but a FastStream broker
     try:
-        if kind == "nats":
+        if is_nats(broker):
             raw = await NatsRequester.for_broker(broker).request(
                 channel,
                 body,
@@ -65,17 +77,20 @@ async def request(
                 correlation_id=str(uuid.uuid4()),
             )
             return Reply.model_validate_json(raw.data)
-        if kind == "rabbit":
-            from faststream.rabbit import ExchangeType, RabbitExchange
+        if is_rabbit(broker):
+            from faststream.rabbit import (  # noqa: PLC0415 broker client, loaded on use
+                ExchangeType,
+                RabbitExchange,
+            )
 
-            msg = await broker.request(
+            msg: StreamMessage[Any] = await broker.request(
                 body,
                 routing_key=channel,
                 exchange=RabbitExchange(ch.exchange, type=ExchangeType.TOPIC, durable=True),
                 timeout=timeout,
                 persist=True,
             )
-        elif kind == "redis":
+        elif is_redis(broker):
             msg = await broker.request(body, stream=channel, timeout=timeout)
         else:
             raise ValueError("Kafka has no request/reply: use send_command()")
@@ -85,7 +100,7 @@ async def request(
 
 
 async def _kafka_send(
-    broker: Any, name: str, body: bytes, command_id: str, timeout: float, ch: Channels
+    broker: KafkaBroker, name: str, body: bytes, command_id: str, timeout: float, ch: Channels
 ) -> Reply:
     loop = asyncio.get_running_loop()
     found: asyncio.Future[Reply] = loop.create_future()

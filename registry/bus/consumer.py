@@ -37,11 +37,12 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from faststream import StreamMessage
 
-from registry.bus.brokers import broker_kind_of
+from registry.bus.brokers import Broker, broker_kind_of, is_kafka, is_nats, is_rabbit, is_redis
 from registry.bus.channels import Channels
 from registry.bus.nats_commands import NatsCommandLoop
 from registry.bus.replies import Handle, Reply, bus_id, log_reply, process
@@ -54,6 +55,13 @@ from registry.bus.retention import (
 )
 from registry.bus.subscriptions import Subscriptions
 from registry.errors import InvalidCommandError
+
+if TYPE_CHECKING:
+    from faststream.kafka import KafkaBroker
+    from faststream.nats import NatsBroker
+    from faststream.rabbit import RabbitBroker
+    from faststream.redis import RedisBroker
+    from nats.aio.msg import Msg
 
 log = logging.getLogger("registry.bus")
 
@@ -75,7 +83,7 @@ class CommandConsumer:
 
     def __init__(
         self,
-        broker: Any,
+        broker: Broker,
         handle: Handle,
         *,
         channels: Channels | None = None,
@@ -96,22 +104,34 @@ class CommandConsumer:
         self.subscriptions = Subscriptions(self.kind, self.channels, self.consumer_name, ack_wait)
         self._nats: NatsCommandLoop | None = None
         self._trimmer: asyncio.Task[None] | None = None
-        getattr(self, f"_wire_{self.kind}")()
+        if is_nats(broker):
+            self._wire_nats(broker)
+        elif is_rabbit(broker):
+            self._wire_rabbit(broker)
+        elif is_redis(broker):
+            self._wire_redis(broker)
+        else:
+            self._wire_kafka(broker)
 
     # ------------------------------------------------------------------ lifecycle
     async def prepare(self) -> None:
         """RabbitMQ: the dead-letter exchange, and both queues with bounded retention
         (`registry.bus.retention.ensure_queue` migrates or keeps an older declaration)."""
-        if self.kind == "rabbit":
-            from faststream.rabbit import ExchangeType, RabbitExchange, RabbitQueue
+        broker = self.broker
+        if is_rabbit(broker):
+            from faststream.rabbit import (  # noqa: PLC0415 broker client, loaded on use
+                ExchangeType,
+                RabbitExchange,
+                RabbitQueue,
+            )
 
             ch = self.channels
-            connection = await self.broker.connect()
-            dlx = await self.broker.declare_exchange(
+            connection = await broker.connect()
+            dlx = await broker.declare_exchange(
                 RabbitExchange(ch.dead_letter_exchange, type=ExchangeType.FANOUT, durable=True)
             )
             await ensure_queue(connection, ch.dead_letter_queue, dead_letter_queue_arguments())
-            dead = await self.broker.declare_queue(
+            dead = await broker.declare_queue(
                 RabbitQueue(ch.dead_letter_queue, durable=True, declare=False)
             )
             await dead.bind(dlx, routing_key="#")
@@ -119,12 +139,10 @@ class CommandConsumer:
                 connection, ch.queue, command_queue_arguments(ch.dead_letter_exchange)
             )
             # FastStream binds only a queue it declares itself
-            commands = await self.broker.declare_exchange(
+            commands = await broker.declare_exchange(
                 RabbitExchange(ch.exchange, type=ExchangeType.TOPIC, durable=True)
             )
-            queue = await self.broker.declare_queue(
-                RabbitQueue(ch.queue, durable=True, declare=False)
-            )
+            queue = await broker.declare_queue(RabbitQueue(ch.queue, durable=True, declare=False))
             await queue.bind(commands, routing_key=ch.command_wildcard)
 
     async def begin(self) -> None:
@@ -132,7 +150,7 @@ class CommandConsumer:
         NATS command loop; on Redis, the trimming of commands older than `COMMAND_MAX_AGE`."""
         if self._nats is not None:
             await self._nats.start()
-        if self.kind == "redis":
+        if is_redis(self.broker):
             client = await self.broker.connect()
             streams = list(dict.fromkeys(sub.address for sub in self.subscriptions))
             self._trimmer = asyncio.create_task(trim_redis_streams(client, streams))
@@ -188,13 +206,13 @@ class CommandConsumer:
             return bus_id("redis", raw["channel"], entry.decode())
         return bus_id("kafka", raw.topic, raw.partition, raw.offset)
 
-    async def _reply(self, reply: Reply, publish: Any) -> None:
+    async def _reply(self, reply: Reply, publish: Callable[[], Awaitable[object]]) -> None:
         """Send `reply`; a failure is logged once and swallowed: the command has had its
         effect, and its message is acknowledged all the same (a redelivery would only answer
         again)."""
         try:
             await publish()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 whatever failed, the command has had its effect
             log.warning(
                 "reply not sent",
                 extra={
@@ -210,7 +228,7 @@ class CommandConsumer:
         if self.kind == "redis":
             try:
                 await message.delete()  # type: ignore[attr-defined]
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 the age trim removes it; it is acknowledged
                 log.warning("handled command not deleted", extra={"error": type(exc).__name__})
 
     async def _run(self, message: StreamMessage[Any], name: str, reply_topic: str = "") -> None:
@@ -226,30 +244,35 @@ class CommandConsumer:
             else:
                 await self._settle(message)
             _log_poison("dead-lettered" if self.kind == "rabbit" else "dropped", reply)
-        if reply_topic:
+        broker = self.broker
+        if reply_topic and is_kafka(broker):
             # real Kafka has no request/reply: the outcome goes to the replies topic
             key = (reply.command_id or message.correlation_id or "").encode()
-            await self._reply(reply, lambda: self.broker.publish(reply, reply_topic, key=key))
+            await self._reply(reply, lambda: broker.publish(reply, reply_topic, key=key))
         elif reply_to and not poison:
             await self._reply(reply, lambda: self._publish_reply(reply, message))
         if not poison:
             await self._settle(message)
 
-    def _publish_reply(self, reply: Reply, message: StreamMessage[Any]) -> Any:
+    def _publish_reply(self, reply: Reply, message: StreamMessage[Any]) -> Awaitable[object]:
         """What FastStream's own reply would be: JSON to the reply address, same correlation
-        id (a `queue|exchange` address on RabbitMQ names the exchange too)."""
+        id (a `queue|exchange` address on RabbitMQ names the exchange too). RabbitMQ and Redis
+        only: NATS replies in `_run_nats`, Kafka on the replies topic."""
         target = message.reply_to
-        if self.kind == "rabbit":
+        broker = self.broker
+        if is_rabbit(broker):
             queue, _, exchange = target.partition("|")
-            return self.broker.publish(
+            return broker.publish(
                 reply,
                 routing_key=queue,
                 exchange=exchange or None,
                 correlation_id=message.correlation_id,
             )
-        return self.broker.publish(reply, channel=target, correlation_id=message.correlation_id)
+        if is_redis(broker):
+            return broker.publish(reply, channel=target, correlation_id=message.correlation_id)
+        raise TypeError(f"no reply address on {self.kind}")
 
-    async def _run_nats(self, message: Any, identity: str) -> None:
+    async def _run_nats(self, message: Msg, identity: str) -> None:
         """One command from the NATS loop: reply, then acknowledge, also when the reply could
         not be sent (the command has had its effect; a redelivery would run it again)."""
         headers = message.headers or {}
@@ -260,7 +283,9 @@ class CommandConsumer:
             await message.term()
             _log_poison("terminated", reply)
             return
-        if reply_to:
+        broker = self.broker
+        if reply_to and is_nats(broker):
+            connection = broker.connection
             body = reply.model_dump_json().encode()
             reply_headers = {
                 "content-type": "application/json",
@@ -268,16 +293,16 @@ class CommandConsumer:
             }
             await self._reply(
                 reply,
-                lambda: self.broker.connection.publish(reply_to, body, headers=reply_headers),
+                lambda: connection.publish(reply_to, body, headers=reply_headers),
             )
         await message.ack()
 
     # ------------------------------------------------------------------ brokers
-    def _wire_nats(self) -> None:
+    def _wire_nats(self, broker: NatsBroker) -> None:
         ch = self.channels
         (sub,) = self.subscriptions
         self._nats = NatsCommandLoop(
-            self.broker,
+            broker,
             stream=command_stream_config(
                 ch.nats_command_stream, [sub.address], self.max_payload_bytes
             ),
@@ -288,18 +313,18 @@ class CommandConsumer:
             ack_wait=self.ack_wait,
         )
 
-    def _wire_rabbit(self) -> None:
-        from faststream.rabbit import Channel
+    def _wire_rabbit(self, broker: RabbitBroker) -> None:
+        from faststream.rabbit import Channel  # noqa: PLC0415 broker client, loaded on use
 
         ch = self.channels
 
-        async def on_command(_body: Any) -> None:
+        async def on_command(_body: object) -> None:
             message = self._message()
             await self._run(message, ch.command_name(message.raw_message.routing_key))
 
         (sub,) = self.subscriptions
         args, options = self.subscriptions.subscriber_args(sub)
-        self.broker.subscriber(
+        broker.subscriber(
             *args,
             **options,
             channel=Channel(prefetch_count=self.max_workers),
@@ -308,26 +333,28 @@ class CommandConsumer:
             include_in_schema=False,
         )(on_command)
 
-    def _wire_redis(self) -> None:
+    def _wire_redis(self, broker: RedisBroker) -> None:
         for sub in self.subscriptions:
             args, options = self.subscriptions.subscriber_args(sub)
             if not sub.reclaim:
                 options["max_workers"] = self.max_workers
             (command,) = sub.channels
-            self.broker.subscriber(
+            broker.subscriber(
                 *args, **options, decoder=_raw_body, no_reply=True, include_in_schema=False
             )(self._bound(command.name))
 
-    def _wire_kafka(self) -> None:
+    def _wire_kafka(self, broker: KafkaBroker) -> None:
         for sub in self.subscriptions:
             args, options = self.subscriptions.subscriber_args(sub)
             (command,) = sub.channels
-            self.broker.subscriber(
+            broker.subscriber(
                 *args, **options, decoder=_raw_body, no_reply=True, include_in_schema=False
             )(self._bound(command.name, reply_topic=self.channels.replies))
 
-    def _bound(self, name: str, reply_topic: str = "") -> Any:
-        async def on_command(_body: Any) -> None:
+    def _bound(self, name: str, reply_topic: str = "") -> Callable[[object], Awaitable[None]]:
+        # `object`: FastStream validates the body against this annotation, and the body is
+        # any bytes (`_raw_body`)
+        async def on_command(_body: object) -> None:
             await self._run(self._message(), name, reply_topic)
 
         on_command.__name__ = f"on_{name.replace('-', '_')}"

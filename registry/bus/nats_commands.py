@@ -22,10 +22,18 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from registry.bus.replies import bus_id
-from registry.bus.retention import declare_command_stream, unhandled
+from registry.bus.retention import declare_command_stream, stream_name, unhandled
+
+if TYPE_CHECKING:
+    from faststream.nats import NatsBroker
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+    from nats.js import JetStreamContext
+    from nats.js.api import StreamConfig, StreamInfo
 
 # A process talks to one broker: each broker's client library (FastStream's broker module,
 # nats-py, aiormq) is imported in the function that uses that broker, because importing them
@@ -39,9 +47,9 @@ FETCH_TIMEOUT = 5.0
 RETRY_PAUSE = 1.0
 
 
-async def declare_stream(broker: Any, config: Any) -> None:
+async def declare_stream(broker: NatsBroker, config: StreamConfig) -> None:
     """Create the JetStream stream of `config`, or bring an existing one to it."""
-    from nats.js.errors import BadRequestError
+    from nats.js.errors import BadRequestError  # noqa: PLC0415 broker client, loaded on use
 
     js = broker.connection.jetstream()
     try:
@@ -50,10 +58,10 @@ async def declare_stream(broker: Any, config: Any) -> None:
         await js.update_stream(config)
 
 
-Run = Callable[[Any, str], Awaitable[None]]
+Run = Callable[["Msg", str], Awaitable[None]]
 
 
-def _incarnation(info: Any) -> str:
+def _incarnation(info: StreamInfo) -> str:
     """When the stream was created: sequences start again at 1 in a stream created again, so
     a message's identity is its stream, this, and its sequence."""
     created = getattr(info, "created", None)
@@ -70,9 +78,9 @@ class NatsCommandLoop:
 
     def __init__(
         self,
-        broker: Any,
+        broker: NatsBroker,
         *,
-        stream: Any,
+        stream: StreamConfig,
         subject: str,
         durable: str,
         run: Run,
@@ -91,32 +99,35 @@ class NatsCommandLoop:
         self._free = asyncio.Semaphore(max_workers)
         self._running: set[asyncio.Task[None]] = set()
         self._fetcher: asyncio.Task[None] | None = None
-        self._sub: Any = None
+        self._sub: JetStreamContext.PullSubscription | None = None
         self._stopping = asyncio.Event()
         self.incarnation = "0"
 
     async def start(self) -> None:
-        from nats.js.api import ConsumerConfig
+        from nats.js.api import ConsumerConfig  # noqa: PLC0415 broker client, loaded on use
 
         js = self.broker.connection.jetstream()
         info = await declare_command_stream(js, self.stream, self.durable, self._drain)
         self.incarnation = _incarnation(info)
-        self._sub = await js.pull_subscribe(
+        self._sub = sub = await js.pull_subscribe(
             self.subject,
             durable=self.durable,
             stream=self.stream.name,
             config=ConsumerConfig(ack_wait=self.ack_wait, max_deliver=self.max_deliver),
         )
-        self._fetcher = self._fetching(f"{self.durable}-fetch")
+        self._fetcher = self._fetching(sub, f"{self.durable}-fetch")
 
-    async def _drain(self, old: Any) -> None:
-        """Handle what the old stream `old` (a StreamInfo, its subjects moved aside) still
-        holds, through the usual path, until nothing is left or a deadline passes."""
-        from nats.js.api import AckPolicy, ConsumerConfig
-        from nats.js.errors import NotFoundError
+    async def _drain(self, old: StreamInfo) -> None:
+        """Handle what the old stream `old` (its subjects moved aside) still holds, through
+        the usual path, until nothing is left or a deadline passes."""
+        from nats.js.api import (  # noqa: PLC0415 broker client, loaded on use
+            AckPolicy,
+            ConsumerConfig,
+        )
+        from nats.js.errors import NotFoundError  # noqa: PLC0415 broker client, loaded on use
 
         js = self.broker.connection.jetstream()
-        name = old.config.name
+        name = stream_name(old.config)
         try:
             ack_wait = (await js.consumer_info(name, self.durable)).config.ack_wait or 30.0
         except NotFoundError:
@@ -131,8 +142,8 @@ class NatsCommandLoop:
                 ),
             )
         self.incarnation = _incarnation(old)
-        self._sub = await js.pull_subscribe_bind(durable=self.durable, stream=name)
-        self._fetcher = self._fetching(f"{self.durable}-drain")
+        self._sub = sub = await js.pull_subscribe_bind(durable=self.durable, stream=name)
+        self._fetcher = self._fetching(sub, f"{self.durable}-drain")
         # a message a dead consumer took comes back after the old consumer's ack wait
         deadline = time.monotonic() + ack_wait + 15.0
         try:
@@ -163,12 +174,14 @@ class NatsCommandLoop:
                 await self._sub.unsubscribe()  # the durable consumer stays on the server
             self._sub = None
 
-    def _fetching(self, name: str) -> asyncio.Task[None]:
+    def _fetching(self, sub: JetStreamContext.PullSubscription, name: str) -> asyncio.Task[None]:
         self._stopping = asyncio.Event()
-        return asyncio.create_task(self._fetch_loop(self._sub, self._stopping), name=name)
+        return asyncio.create_task(self._fetch_loop(sub, self._stopping), name=name)
 
-    async def _fetch_loop(self, sub: Any, stopping: asyncio.Event) -> None:
-        from nats.errors import ConnectionClosedError
+    async def _fetch_loop(
+        self, sub: JetStreamContext.PullSubscription, stopping: asyncio.Event
+    ) -> None:
+        from nats.errors import ConnectionClosedError  # noqa: PLC0415 broker client, loaded on use
 
         # a stop flag as well as the cancellation: on Python 3.11 nats-py's fetch (an
         # asyncio.wait_for) can swallow a cancel that lands as a message arrives, and the
@@ -190,7 +203,7 @@ class NatsCommandLoop:
             except ConnectionClosedError:
                 self._release(taken)
                 return
-            except Exception as exc:  # the server refused or the connection is down
+            except Exception as exc:  # noqa: BLE001 refused, or connection down: fetch again
                 log.warning("command fetch failed", extra={"error": type(exc).__name__})
                 self._release(taken)
                 await asyncio.sleep(RETRY_PAUSE)
@@ -205,7 +218,7 @@ class NatsCommandLoop:
         for _ in range(n):
             self._free.release()
 
-    async def _run_one(self, message: Any) -> None:
+    async def _run_one(self, message: Msg) -> None:
         try:
             meta = message.metadata
             await self.run(
@@ -223,26 +236,26 @@ class NatsRequester:
     under a private inbox), where FastStream's request subscribes and unsubscribes once per
     request. Get it with `for_broker`."""
 
-    _by_connection: weakref.WeakKeyDictionary[Any, NatsRequester] = weakref.WeakKeyDictionary()
+    _by_connection: weakref.WeakKeyDictionary[Client, NatsRequester] = weakref.WeakKeyDictionary()
 
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Client) -> None:
         self.connection = connection
         self.prefix = connection.new_inbox()
         self._ids = itertools.count(1)
-        self._waiting: dict[str, asyncio.Future[Any]] = {}
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._js = connection.jetstream()
         self._subscribed = asyncio.Lock()
-        self._sub: Any = None
+        self._sub: Subscription | None = None
 
     @classmethod
-    def for_broker(cls, broker: Any) -> NatsRequester:
+    def for_broker(cls, broker: NatsBroker) -> NatsRequester:
         connection = broker.connection
         found = cls._by_connection.get(connection)
         if found is None:
             found = cls._by_connection[connection] = cls(connection)
         return found
 
-    async def _on_reply(self, message: Any) -> None:
+    async def _on_reply(self, message: Msg) -> None:
         waiter = self._waiting.pop(message.subject, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(message)
@@ -254,13 +267,13 @@ class NatsRequester:
 
     async def request(
         self, subject: str, body: bytes, *, stream: str, timeout: float, correlation_id: str
-    ) -> Any:
+    ) -> Msg:
         """Publish `body` to `stream` and return the raw reply message; `TimeoutError` when
         the stream does not confirm it or no reply comes within `timeout` seconds."""
         if self._sub is None:
             await self._subscribe()
         inbox = f"{self.prefix}.{next(self._ids)}"
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._waiting[inbox] = waiter
         try:
             async with asyncio.timeout(timeout):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 from itertools import accumulate
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -51,7 +50,7 @@ def too_deep(raw: bytes, limit: int = MAX_DEPTH) -> bool:
     return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0) > limit
 
 
-def _first_bad_char(value: Any, path: str = "payload") -> str | None:
+def _first_bad_char(value: object, path: str = "payload") -> str | None:
     """The path of the first string (key or value) holding NUL or an unpaired surrogate."""
     if isinstance(value, str):
         if "\x00" in value:
@@ -73,7 +72,7 @@ def _first_bad_char(value: Any, path: str = "payload") -> str | None:
     return None
 
 
-def _json(raw: bytes) -> Any:
+def _json(raw: bytes) -> object:
     if too_deep(raw):
         raise InvalidCommandError(f"payload nests deeper than {MAX_DEPTH} levels")
     try:
@@ -82,7 +81,7 @@ def _json(raw: bytes) -> Any:
         raise InvalidCommandError("payload is not valid UTF-8 JSON") from None
 
 
-def _loads(raw: bytes) -> Any:
+def _loads(raw: bytes) -> object:
     data = _json(raw)
     # only an escape can put NUL or a lone surrogate in a parsed string: skip the walk without
     if b"\\u" in raw and (bad := _first_bad_char(data)):

@@ -24,10 +24,11 @@ from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events import Event, EventStore, RecordedEvent
 from events.crypto import PROFILE_EVENTS
-from registry.bus.brokers import broker_kind_of
+from registry.bus.brokers import Broker, broker_kind_of, is_nats, is_rabbit, is_redis
 from registry.bus.channels import Channels
 from registry.bus.nats_commands import declare_stream
 
@@ -59,7 +60,7 @@ class PublishedEvent(BaseModel):
     data: dict[str, Any]
 
 
-def _hide(value: Any) -> Any:
+def _hide(value: object) -> object:
     return value if value is None or value == "[redacted]" else PERSONAL
 
 
@@ -104,7 +105,7 @@ class EventPublisher:
     (`Crypto.personal_profile`, read at each publish: the crypto may be attached later)."""
 
     def __init__(
-        self, broker: Any, channels: Channels | None = None, store: EventStore | None = None
+        self, broker: Broker, channels: Channels | None = None, store: EventStore | None = None
     ) -> None:
         self.broker = broker
         self.channels = channels or Channels()
@@ -118,21 +119,25 @@ class EventPublisher:
     async def prepare(self) -> None:
         """Declare where events go (call once the broker is connected)."""
         ch = self.channels
-        if self.kind == "nats":
-            from nats.js.api import StreamConfig
+        broker = self.broker
+        if is_nats(broker):
+            from nats.js.api import StreamConfig  # noqa: PLC0415 broker client, loaded on use
 
             await declare_stream(
-                self.broker,
+                broker,
                 StreamConfig(
                     name=ch.nats_event_stream,
                     subjects=[ch.event_wildcard],
                     duplicate_window=DUPLICATE_WINDOW_SECONDS,
                 ),
             )
-        elif self.kind == "rabbit":
-            from faststream.rabbit import ExchangeType, RabbitExchange
+        elif is_rabbit(broker):
+            from faststream.rabbit import (  # noqa: PLC0415 broker client, loaded on use
+                ExchangeType,
+                RabbitExchange,
+            )
 
-            await self.broker.declare_exchange(
+            await broker.declare_exchange(
                 RabbitExchange(ch.event_exchange, type=ExchangeType.TOPIC, durable=True)
             )
 
@@ -140,8 +145,9 @@ class EventPublisher:
         body = event_message(recorded, self.personal_profile())
         subject = self.channels.event(recorded.event_type)
         event_id = str(recorded.event_id)
-        if self.kind == "nats":
-            await self.broker.publish(
+        broker = self.broker
+        if is_nats(broker):
+            await broker.publish(
                 body,
                 subject,
                 headers={"Nats-Msg-Id": event_id},
@@ -149,10 +155,13 @@ class EventPublisher:
                 stream=self.channels.nats_event_stream,
                 timeout=5.0,
             )
-        elif self.kind == "rabbit":
-            from faststream.rabbit import ExchangeType, RabbitExchange
+        elif is_rabbit(broker):
+            from faststream.rabbit import (  # noqa: PLC0415 broker client, loaded on use
+                ExchangeType,
+                RabbitExchange,
+            )
 
-            await self.broker.publish(
+            await broker.publish(
                 body,
                 routing_key=subject,
                 exchange=RabbitExchange(
@@ -162,12 +171,12 @@ class EventPublisher:
                 correlation_id=event_id,
                 persist=True,
             )
-        elif self.kind == "redis":
-            await self.broker.publish(
+        elif is_redis(broker):
+            await broker.publish(
                 body, stream=subject, headers={"message_id": event_id}, correlation_id=event_id
             )
         else:
-            await self.broker.publish(
+            await broker.publish(
                 body,
                 subject,
                 key=str(recorded.stream_id).encode(),
@@ -185,7 +194,7 @@ class EventRelay:
         self.name = name
         self.published = 0
 
-    async def handle(self, conn: Any, batch: Sequence[RecordedEvent]) -> None:
+    async def handle(self, conn: AsyncConnection, batch: Sequence[RecordedEvent]) -> None:
         for recorded in batch:
             await self.publisher.publish(recorded)
             self.published += 1

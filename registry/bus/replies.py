@@ -162,7 +162,7 @@ async def process(
         outcome = await handle(command)
     except RegistryError as exc:
         return _reject(exc, name, command.command_id)
-    except Exception as exc:  # a reply goes out whatever the handler raised
+    except Exception as exc:  # noqa: BLE001 a reply goes out whatever the handler raised
         if _is_bad_input(exc):
             return Reply.rejected(
                 InvalidCommandError.code,

@@ -24,7 +24,14 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractRobustConnection
+    from nats.js import JetStreamContext
+    from nats.js.api import StreamConfig, StreamInfo
+    from pamqp.common import FieldTable
+    from redis.asyncio import Redis
 
 # A process talks to one broker: each broker's client library (FastStream's broker module,
 # nats-py, aiormq) is imported in the function that uses that broker, because importing them
@@ -53,8 +60,12 @@ def max_message_size(max_payload_bytes: int) -> int:
 # ---------------------------------------------------------------------------- NATS
 
 
-def command_stream_config(name: str, subjects: list[str], max_payload_bytes: int) -> Any:
-    from nats.js.api import DiscardPolicy, RetentionPolicy, StreamConfig
+def command_stream_config(name: str, subjects: list[str], max_payload_bytes: int) -> StreamConfig:
+    from nats.js.api import (  # noqa: PLC0415 broker client, loaded on use
+        DiscardPolicy,
+        RetentionPolicy,
+        StreamConfig,
+    )
 
     return StreamConfig(
         name=name,
@@ -67,21 +78,30 @@ def command_stream_config(name: str, subjects: list[str], max_payload_bytes: int
     )
 
 
-async def unhandled(js: Any, stream: Any, durable: str) -> int:
-    """Commands in `stream` (a StreamInfo) its durable consumer has not settled."""
-    from nats.js.errors import NotFoundError
+async def unhandled(js: JetStreamContext, stream: StreamInfo, durable: str) -> int:
+    """Commands in `stream` its durable consumer has not settled."""
+    from nats.js.errors import NotFoundError  # noqa: PLC0415 broker client, loaded on use
 
     try:
-        info = await js.consumer_info(stream.config.name, durable)
+        info = await js.consumer_info(stream_name(stream.config), durable)
     except NotFoundError:  # never consumed: everything in it is unhandled
         return int(stream.state.messages)
     return int(info.num_pending + info.num_ack_pending)
 
 
-Drain = Callable[[Any], Awaitable[None]]
+Drain = Callable[["StreamInfo"], Awaitable[None]]
 
 
-async def declare_command_stream(js: Any, config: Any, durable: str, drain: Drain) -> Any:
+def stream_name(config: StreamConfig) -> str:
+    """The name of a stream's `config` (optional in nats-py's type; a stream always has one)."""
+    if config.name is None:
+        raise ValueError("a JetStream stream config without a name")
+    return config.name
+
+
+async def declare_command_stream(
+    js: JetStreamContext, config: StreamConfig, durable: str, drain: Drain
+) -> StreamInfo:
     """Create the commands stream of `config` (work-queue retention), or bring an existing one
     to it; returns its StreamInfo.
 
@@ -90,16 +110,19 @@ async def declare_command_stream(js: Any, config: Any, durable: str, drain: Drai
     silently), `drain(stream_info)` handles what it still holds, then it is deleted and
     created again. If it cannot be drained, its subjects are put back and it keeps serving
     as it was (a warning says so); the next start tries again."""
-    from nats.js.errors import BadRequestError, NotFoundError
+    from nats.js.errors import (  # noqa: PLC0415 broker client, loaded on use
+        BadRequestError,
+        NotFoundError,
+    )
 
     try:
         return await js.add_stream(config)
     except BadRequestError:  # exists with another config
         pass
-    old = await js.stream_info(config.name)
+    name = stream_name(config)
+    old = await js.stream_info(name)
     if old.config.retention == config.retention:
         return await js.update_stream(config)
-    name = config.name
     log.warning(
         "command stream keeps handled commands (%s retention): migrating it to work-queue "
         "retention",
@@ -121,7 +144,7 @@ async def declare_command_stream(js: Any, config: Any, durable: str, drain: Drai
         if (await js.stream_info(name)).config.retention == old.config.retention:
             with contextlib.suppress(NotFoundError):
                 await js.delete_stream(name)
-    except Exception as exc:  # whatever failed, the old stream keeps serving
+    except Exception as exc:  # noqa: BLE001 whatever failed, the old stream keeps serving
         with contextlib.suppress(Exception):
             await js.update_stream(old.config)
         log.warning(
@@ -141,7 +164,7 @@ async def declare_command_stream(js: Any, config: Any, durable: str, drain: Drai
 # ---------------------------------------------------------------------------- RabbitMQ
 
 
-def command_queue_arguments(dead_letter_exchange: str) -> dict[str, Any]:
+def command_queue_arguments(dead_letter_exchange: str) -> FieldTable:
     return {
         "x-dead-letter-exchange": dead_letter_exchange,
         "x-max-length-bytes": COMMAND_STREAM_MAX_BYTES,
@@ -149,7 +172,7 @@ def command_queue_arguments(dead_letter_exchange: str) -> dict[str, Any]:
     }
 
 
-def dead_letter_queue_arguments() -> dict[str, Any]:
+def dead_letter_queue_arguments() -> FieldTable:
     return {
         "x-message-ttl": DEAD_LETTER_TTL_MS,
         "x-max-length-bytes": DEAD_LETTER_MAX_BYTES,
@@ -157,12 +180,16 @@ def dead_letter_queue_arguments() -> dict[str, Any]:
     }
 
 
-async def ensure_queue(connection: Any, name: str, arguments: dict[str, Any]) -> bool:
+async def ensure_queue(
+    connection: AbstractRobustConnection, name: str, arguments: FieldTable
+) -> bool:
     """Declare the durable queue `name` with `arguments` on a channel of its own. True when it
     has them; False when it exists with other arguments and still holds messages: it is kept
     as it is (RabbitMQ cannot change a queue's arguments) and a warning says so. An empty one
     is deleted and declared again."""
-    from aiormq.exceptions import ChannelPreconditionFailed
+    from aiormq.exceptions import (  # noqa: PLC0415 broker client, loaded on use
+        ChannelPreconditionFailed,
+    )
 
     try:
         async with connection.channel() as channel:
@@ -190,7 +217,7 @@ async def ensure_queue(connection: Any, name: str, arguments: dict[str, Any]) ->
 
 
 async def trim_redis_streams(
-    client: Any, streams: list[str], interval: float = TRIM_INTERVAL
+    client: Redis, streams: list[str], interval: float = TRIM_INTERVAL
 ) -> None:
     """Every `interval` seconds (and at once), remove the entries of `streams` older than
     `COMMAND_MAX_AGE` (an entry id starts with its time in milliseconds): the age bound NATS
@@ -200,7 +227,7 @@ async def trim_redis_streams(
         for stream in streams:
             try:
                 trimmed = await client.xtrim(stream, minid=f"{cutoff}-0", approximate=False)
-            except Exception as exc:  # the loop outlives any failure: tried again next time
+            except Exception as exc:  # noqa: BLE001 the loop outlives any failure: tried again
                 log.warning("command stream not trimmed", extra={"error": type(exc).__name__})
                 continue
             if trimmed:

@@ -70,14 +70,18 @@ class Subscriptions:
         ch = self.channels
         # only the broker in use is imported: the four clients together weigh on start-up
         if self.kind == "nats":
-            from faststream.nats import JStream
+            from faststream.nats import JStream  # noqa: PLC0415 broker client, loaded on use
 
             # the consumer reads `sub.address` with its own pull loop; these arguments say
             # the same to the document. The stream is declared by the loop, with its retention
             stream = JStream(ch.nats_command_stream, subjects=[sub.address], declare=False)
             return (address,), {"stream": stream, "durable": ch.durable, "pull_sub": True}
         if self.kind == "rabbit":
-            from faststream.rabbit import ExchangeType, RabbitExchange, RabbitQueue
+            from faststream.rabbit import (  # noqa: PLC0415 broker client, loaded on use
+                ExchangeType,
+                RabbitExchange,
+                RabbitQueue,
+            )
 
             exchange = RabbitExchange(ch.exchange, type=ExchangeType.TOPIC, durable=True)
             # declared and bound by the consumer's `prepare` (or kept, when it cannot be
@@ -85,7 +89,7 @@ class Subscriptions:
             queue = RabbitQueue(ch.queue, durable=True, routing_key=address, declare=False)
             return (queue, exchange), {}
         if self.kind == "redis":
-            from faststream.redis import StreamSub
+            from faststream.redis import StreamSub  # noqa: PLC0415 broker client, loaded on use
 
             if not sub.reclaim:
                 entries = StreamSub(address, group=ch.durable, consumer=self.consumer_name)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote, urlencode
 
 import jinja2
@@ -50,7 +49,7 @@ def when(value: datetime | None) -> str:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def link(path: str, **params: Any) -> str:
+def link(path: str, **params: object) -> str:
     """`path` with a query string of the params that are not None."""
     query = urlencode({k: v for k, v in params.items() if v is not None})
     return f"{path}?{query}" if query else path
@@ -92,7 +91,7 @@ class Console:
         *,
         status: int = 200,
         session: Session | None = None,
-        **context: Any,
+        **context: object,
     ) -> HTMLResponse:
         context.update(session=session, csrf=session.csrf if session else "", prefix=PREFIX)
         return self.templates.TemplateResponse(request, name, context, status_code=status)

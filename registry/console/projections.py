@@ -4,6 +4,7 @@ partition's event and reason, and the operator's retry and (confirmed, recorded)
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -36,13 +37,27 @@ async def overview(console: Console) -> ProjectionsOut:
     )
 
 
-def _partition_of(form: Any) -> tuple[str, int]:
+def _partition_of(form: Mapping[str, object]) -> tuple[str, int]:
     name, partition = form.get("projection"), form.get("partition")
     if not isinstance(name, str) or not name or len(name) > 200:
         raise Refused(400, "Bad request", "Which projection? The form named none.")
     if not isinstance(partition, str) or not partition.isdecimal() or len(partition) > 6:
         raise Refused(400, "Bad request", "Which partition? The form named none.")
     return name, int(partition)
+
+
+def _skip_of(form: Mapping[str, object]) -> tuple[str, int, str, str, str]:
+    """The skip form's projection, partition, position (as written), who and why; refused
+    unless all are there and the skip is confirmed."""
+    name, partition = _partition_of(form)
+    position, who, why = form.get("position"), form.get("who"), form.get("why")
+    if not isinstance(position, str) or not position.isdecimal() or len(position) > 19:
+        raise Refused(400, "Bad request", "Which event? The form named no position.")
+    if form.get("confirm") != "yes":
+        raise Refused(400, "Not confirmed", "Tick the confirmation to skip; nothing changed.")
+    if not isinstance(who, str) or not who.strip() or not isinstance(why, str) or not why.strip():
+        raise Refused(400, "Who and why", "A skip records who skipped and why: say both.")
+    return name, partition, position, who, why
 
 
 def projections_router(console: Console) -> APIRouter:
@@ -99,20 +114,7 @@ def projections_router(console: Console) -> APIRouter:
 
     @router.post(f"{PAGE}/skip")
     async def skip(request: Request, session: Session = Depends(console.checked)) -> Response:
-        form = await request.form()
-        name, partition = _partition_of(form)
-        position, who, why = form.get("position"), form.get("who"), form.get("why")
-        if not isinstance(position, str) or not position.isdecimal() or len(position) > 19:
-            raise Refused(400, "Bad request", "Which event? The form named no position.")
-        if form.get("confirm") != "yes":
-            raise Refused(400, "Not confirmed", "Tick the confirmation to skip; nothing changed.")
-        if (
-            not isinstance(who, str)
-            or not who.strip()
-            or not isinstance(why, str)
-            or not why.strip()
-        ):
-            raise Refused(400, "Who and why", "A skip records who skipped and why: say both.")
+        name, partition, position, who, why = _skip_of(await request.form())
         try:
             await skip_event(
                 settings,

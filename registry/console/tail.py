@@ -9,8 +9,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from events import EVENT_TYPES, Cursor, RecordedEvent
+from events import EVENT_TYPES, Cursor, EventStore, RecordedEvent
 from events.envelope import SHARDS
 from events.errors import EventStoreError
 from events.tables import events
@@ -69,6 +70,31 @@ def unreadable(ref: EventRef, reason: str) -> dict[str, Any]:
     }
 
 
+async def one_by_one(
+    store: EventStore, engine: AsyncEngine, cursor: Cursor
+) -> list[dict[str, Any]]:
+    """The next events after `cursor`, read singly: one that cannot be read (a data key this
+    deployment cannot open, a corrupt payload) is shown with the reason instead of its data,
+    and the tail goes on past it."""
+    found: list[dict[str, Any]] = []
+    for _ in range(UNREADABLE_BATCH):
+        try:
+            next_one = await store.read_after(cursor, limit=1)
+        except EventStoreError as exc:
+            async with engine.connect() as conn:
+                ref = await next_event(conn, cursor, list(range(SHARDS)))
+            if ref is None:
+                break
+            found.append(unreadable(ref, describe(exc)))
+            cursor = ref.cursor
+            continue
+        if not next_one:
+            break
+        found.append(row(next_one[0]))
+        cursor = next_one[0].cursor
+    return found
+
+
 def tail_router(console: Console) -> APIRouter:
     router = APIRouter(include_in_schema=False)
     store = console.container.store
@@ -97,33 +123,11 @@ def tail_router(console: Console) -> APIRouter:
                 row(r) for r in await store.read_after(cursor, limit=BATCH)
             ]
         except EventStoreError:
-            batch = await one_by_one(cursor)
+            batch = await one_by_one(store, engine, cursor)
         if batch:
             cursor = batch[-1]["cursor"]
         shown = [r for r in batch if event_type is None or r["event_type"] == event_type]
         return list(reversed(shown)), cursor
-
-    async def one_by_one(cursor: Cursor) -> list[dict[str, Any]]:
-        """The next events, read singly: one that cannot be read (a data key this deployment
-        cannot open, a corrupt payload) is shown with the reason instead of its data, and the
-        tail goes on past it."""
-        found: list[dict[str, Any]] = []
-        for _ in range(UNREADABLE_BATCH):
-            try:
-                next_one = await store.read_after(cursor, limit=1)
-            except EventStoreError as exc:
-                async with engine.connect() as conn:
-                    ref = await next_event(conn, cursor, list(range(SHARDS)))
-                if ref is None:
-                    break
-                found.append(unreadable(ref, describe(exc)))
-                cursor = ref.cursor
-                continue
-            if not next_one:
-                break
-            found.append(row(next_one[0]))
-            cursor = next_one[0].cursor
-        return found
 
     @router.get(PAGE)
     async def page(

@@ -12,9 +12,10 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
+from events import EventStore
 from events.errors import EventStoreError
 from projections.failures import describe
-from projections.queries import UserFilter
+from projections.queries import ReadModel, UserFilter
 from registry.api.responses import UserOut
 from registry.api.timetravel import user_as_of
 from registry.api.users import HISTORY_MAX_PAGE
@@ -42,6 +43,22 @@ def parse_instant(raw: str) -> datetime:
         return value.astimezone(UTC)
     except OverflowError:
         raise Refused(400, "Bad request", "That instant is out of range.") from None
+
+
+async def state_as_of(
+    store: EventStore, read_model: ReadModel, user_id: UUID, as_of: str
+) -> dict[str, Any]:
+    """The user's card as of the instant `as_of` (`user`: None before the registration or
+    after the deletion), or why there is none at any instant (`gone`: the user was erased)."""
+    when = parse_instant(as_of)
+    past: dict[str, Any] = {"when": when, "user": None, "gone": None}
+    try:
+        state = await user_as_of(store, read_model, user_id, when)
+    except UserNotFoundError as exc:
+        past["gone"] = exc.message
+    else:
+        past["user"] = UserOut.model_validate(state) if state is not None else None
+    return past
 
 
 def users_router(console: Console) -> APIRouter:
@@ -90,16 +107,7 @@ def users_router(console: Console) -> APIRouter:
             async with container.engine.connect() as conn:
                 found = await read_model.get_user(conn, uid)
             card = UserOut.model_validate(found) if found is not None else None
-        past: dict[str, Any] | None = None
-        if as_of:
-            when = parse_instant(as_of)
-            past = {"when": when, "user": None, "gone": None}
-            try:
-                state = await user_as_of(container.store, read_model, uid, when)
-            except UserNotFoundError as exc:
-                past["gone"] = exc.message
-            else:
-                past["user"] = UserOut.model_validate(state) if state is not None else None
+        past = await state_as_of(container.store, read_model, uid, as_of) if as_of else None
         timeline = [
             {**row(r), "as_of": link(f"{PAGE}/{uid}", as_of=r.recorded_at.isoformat())}
             for r in reversed(stream)
