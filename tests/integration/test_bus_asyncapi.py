@@ -15,11 +15,11 @@ from typing import Any, NoReturn
 import nats
 import pytest
 from pydantic import BaseModel
-from test_bus_helpers import BROKER_URLS, cleanup, unique_prefix
 
 from registry.bus import Channels, CommandConsumer, create_broker
 from registry.bus.asyncapi import asyncapi_document
 from registry.domain.commands import COMMANDS, Command
+from tests.support.bus import BROKER_URLS, cleanup, unique_prefix
 
 pytestmark = [pytest.mark.broker]
 
