@@ -19,6 +19,7 @@ import traceback
 from typing import Any
 
 from bench.common import DEFAULT_URL, Options, Row, server_version
+from events.crypto import MasterKey
 
 #: figure key → module (run in this order)
 FIGURES = {
@@ -128,7 +129,6 @@ async def main(argv: list[str] | None = None) -> int:
         # the registry encrypts personal data on PostgreSQL and refuses to start without a
         # master key: one for this run (every figure uses scratch databases), inherited by
         # the figures' child processes
-        from events.crypto import MasterKey
 
         os.environ["REGISTRY_MASTER_KEY"] = MasterKey.generate().encoded()
     events = args.events if args.events is not None else (20_000 if args.quick else 200_000)

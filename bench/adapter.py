@@ -12,15 +12,29 @@ only once the read model shows it. Baseline: fastapi-users-db-sqlalchemy's
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+
+from fastapi_users.db import BaseUserDatabase
+from fastapi_users.models import UP
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bench.common import Options, Row, create_schema, ratio_row, scratch_database, side_by_side
+from events import EventStore, create_engine
+from projections import OAuthAccount, User, UserProjection
+from registry.adapter import EventSourcedUserDatabase
+from registry.adapter.projector import run_projector
+from registry.adapter.runtime import EncryptingHandlers, custom_columns, use_handlers
+from registry.settings import Settings
 
 GOAL = 1.0
 FIGURE = "1 adapter create+get+update+get"
 
 
-def _cycle(session_maker: Any, make_db: Any) -> Any:
+def _cycle(
+    session_maker: async_sessionmaker[AsyncSession],
+    make_db: Callable[[AsyncSession], BaseUserDatabase[UP, uuid.UUID]],
+) -> Callable[[int], Awaitable[None]]:
     async def op(_: int) -> None:
         async with session_maker() as session:
             db = make_db(session)
@@ -39,7 +53,7 @@ def _cycle(session_maker: Any, make_db: Any) -> Any:
 
 async def run(opts: Options) -> list[Row]:
     try:
-        from bench.peer import (
+        from bench.peer import (  # noqa: PLC0415  # the `bench` extra's; a row says if missing
             BaselineBase,
             BaselineOAuthAccount,
             BaselineUser,
@@ -47,18 +61,6 @@ async def run(opts: Options) -> list[Row]:
         )
     except ImportError as exc:
         return [Row(FIGURE, goal=f">= {GOAL:g}x", note=f"not available: baseline: {exc}")]
-    try:
-        from registry.adapter import EventSourcedUserDatabase
-    except ImportError as exc:
-        return [Row(FIGURE, goal=f">= {GOAL:g}x", note=f"not available: adapter: {exc}")]
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import async_sessionmaker
-
-    from events import EventStore, create_engine
-    from projections import OAuthAccount, User, UserProjection
-    from registry.adapter.projector import run_projector
-    from registry.adapter.runtime import EncryptingHandlers, custom_columns, use_handlers
-    from registry.settings import Settings
 
     async with scratch_database(opts.database_url, "adapter") as url:
         engine = create_engine(url)

@@ -19,6 +19,9 @@ import statistics
 import sys
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
+
+import nats
 
 from bench.common import (
     CALLERS,
@@ -31,6 +34,11 @@ from bench.common import (
     throughput,
     unavailable,
 )
+from registry.bootstrap import build
+from registry.bus import Channels, create_broker, request, running_bus
+from registry.bus.app import command_handlers
+from registry.domain.commands import RegisterUser
+from registry.settings import Settings
 
 NATS_URL = os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222")
 GOAL = 0.8
@@ -42,8 +50,6 @@ def _payload() -> bytes:
 
 
 async def _sender(prefix: str) -> tuple[Any, Any]:
-    from registry.bus import Channels, create_broker, request
-
     channels = Channels(prefix)
     client = create_broker(NATS_URL)
     await client.connect()
@@ -78,7 +84,6 @@ async def _in_child(prefix: str, seconds: float) -> float:
 async def _reachable(url: str, timeout: float = 3.0) -> str | None:
     """Why the NATS server at `url` does not answer, or None (nats-py itself would keep
     reconnecting for minutes)."""
-    from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 4222
@@ -96,11 +101,6 @@ async def run(opts: Options) -> list[Row]:
         return [
             unavailable("5a commands over NATS vs in-process handlers", f">= {GOAL:g}x", problem)
         ]
-    from registry.bootstrap import build
-    from registry.bus import Channels, running_bus
-    from registry.bus.app import command_handlers
-    from registry.domain.commands import RegisterUser
-    from registry.settings import Settings
 
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     channels = Channels(prefix)
@@ -156,8 +156,6 @@ async def run(opts: Options) -> list[Row]:
 
 
 async def _delete_stream(name: str) -> None:
-    import nats
-
     with contextlib.suppress(Exception):
         nc = await nats.connect(NATS_URL)
         try:

@@ -15,6 +15,9 @@ import asyncpg
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from projections.tables import metadata as read_model_metadata
+from registry.schema import target_metadata
+
 DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 CALLERS = 8
 
@@ -59,16 +62,27 @@ def unavailable(figure: str, goal: str, reason: str) -> Row:
     return Row(figure, goal=goal, note=f"not available: {reason}")
 
 
-def ratio_row(figure: str, ours: float, baseline: float, goal_ratio: float, **kw: Any) -> Row:
+def ratio_row(
+    figure: str,
+    ours: float,
+    baseline: float,
+    goal_ratio: float,
+    *,
+    unit: str = "ops/s",
+    note: str = "",
+    extra: dict[str, Any] | None = None,
+) -> Row:
     ratio = ours / baseline if baseline else None
     return Row(
         figure,
         ours,
         baseline,
+        unit=unit,
         goal=f">= {goal_ratio:g}x",
-        ratio=ratio,
         ok=ratio is not None and ratio >= goal_ratio,
-        **kw,
+        ratio=ratio,
+        note=note,
+        extra=extra or {},
     )
 
 
@@ -104,8 +118,6 @@ def pg_dsn(url: str) -> str:
 async def create_schema(engine: AsyncEngine) -> None:
     """Every table the registry owns (log, write side, bookkeeping) and the default models'
     read model, as `create_all` would."""
-    from projections.tables import metadata as read_model_metadata
-    from registry.schema import target_metadata
 
     async with engine.begin() as conn:
         for md in [*target_metadata(), read_model_metadata]:

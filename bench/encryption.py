@@ -36,6 +36,10 @@ from bench.common import (
     throughput,
 )
 from bench.seed import PER_STREAM, seed
+from events import EventStore, UserEmailChanged, UserPasswordChanged, UserRegistered, create_engine
+from events.crypto import Crypto, Keyring, MasterKey, attach
+from projections import OAuthAccount, User, UserProjection
+from projections.replay import replay as replay_events
 
 GOAL = 0.8
 #: of the appends: new users registering; the rest change an existing user's email or password
@@ -61,7 +65,7 @@ class Mix:
     """One side's workload: writer i registers new users or changes one of its own users (so
     writers never race on a stream). Seeded, so both sides draw the same sequence."""
 
-    def __init__(self, store: Any, crypto: Any) -> None:
+    def __init__(self, store: EventStore, crypto: Crypto | None) -> None:
         self.store = store
         self.crypto = crypto
         self.users: list[list[list[Any]]] = [[] for _ in range(CALLERS)]
@@ -69,8 +73,6 @@ class Mix:
         self.counts = {"new": 0, "change": 0, "cold": 0}
 
     async def populate(self, per_writer: int) -> None:
-        from events import UserRegistered
-
         async with self.store.engine.begin() as conn:
             for i in range(CALLERS):
                 for n in range(per_writer):
@@ -87,8 +89,6 @@ class Mix:
                     self.crypto.forget(sid)
 
     async def op(self, i: int) -> None:
-        from events import UserEmailChanged, UserPasswordChanged, UserRegistered
-
         rng = self.rng[i]
         if rng.random() < NEW_SHARE:
             sid = uuid.uuid4()
@@ -112,16 +112,11 @@ class Mix:
         self.counts["change"] += 1
 
 
-def _crypto() -> Any:
-    from events.crypto import Crypto, Keyring, MasterKey
-
+def _crypto() -> Crypto:
     return Crypto(Keyring(MasterKey.generate()))
 
 
 async def appends(opts: Options) -> Row:
-    from events import EventStore, create_engine
-    from events.crypto import attach
-
     async with scratch_database(opts.database_url, "crypto_appends") as url:
         engine_on = create_engine(url, pool_size=CALLERS, max_overflow=0)
         engine_off = create_engine(url, pool_size=CALLERS, max_overflow=0)
@@ -162,16 +157,12 @@ async def appends(opts: Options) -> Row:
 
 async def child(url: str, key: str | None) -> dict[str, Any]:
     """Replay in this process (with the master key `key`, if given)."""
-    from events import create_engine
-    from events.crypto import Crypto, Keyring, MasterKey, attach
-    from projections import OAuthAccount, User, UserProjection
-    from projections.replay import replay
 
     engine = create_engine(url)
     if key is not None:
         attach(engine, Crypto(Keyring(MasterKey.parse(key))))
     try:
-        result = await replay(engine, UserProjection(User, OAuthAccount))
+        result = await replay_events(engine, UserProjection(User, OAuthAccount))
     finally:
         await engine.dispose()
     return {"events": result.events, "seconds": result.seconds, "rate": result.rate}
@@ -186,10 +177,7 @@ async def _replay_in_child(url: str, key: str | None) -> float:
     return float(json.loads(out.decode().strip().splitlines()[-1])["rate"])
 
 
-async def _seeded(url: str, crypto: Any, n: int) -> int:
-    from events import EventStore, create_engine
-    from events.crypto import attach
-
+async def _seeded(url: str, crypto: Crypto | None, n: int) -> int:
     engine = create_engine(url)
     try:
         attach(engine, crypto)

@@ -17,8 +17,13 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, HTTPException
+from sqlalchemy import select
 
 from bench.common import (
     CALLERS,
@@ -29,19 +34,20 @@ from bench.common import (
     scratch_database,
     side_by_side,
 )
+from bench.seed import PER_STREAM, seed
+from events import EventStore, create_engine
+from projections import OAuthAccount, User, UserProjection
+from projections.replay import replay
+from registry.api import create_app
+from registry.bootstrap import build
+from registry.settings import Settings
 
 TOKEN = "bench-token"
 USERS = 2_000
 GOAL = 0.8
 
 
-def bare_app(url: str) -> Any:
-    from fastapi import FastAPI, HTTPException
-    from sqlalchemy import select
-
-    from events import create_engine
-    from projections import User
-
+def bare_app(url: str) -> FastAPI:
     engine = create_engine(url)
     table = User.__table__
     columns = [c for c in table.c if c.key != "hashed_password"]
@@ -62,17 +68,11 @@ def bare_app(url: str) -> Any:
     return app
 
 
-def our_app(url: str) -> Any:
-    from registry.api import create_app
-    from registry.bootstrap import build
-    from registry.settings import Settings
-
+def our_app(url: str) -> FastAPI:
     return create_app(build(Settings(database_url=url, api_tokens=[TOKEN])))
 
 
 def serve(which: str, url: str, port: int) -> None:
-    import uvicorn
-
     app = our_app(url) if which == "ours" else bare_app(url)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -85,8 +85,6 @@ def _free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def server(which: str, url: str) -> AsyncIterator[str]:
-    import httpx
-
     port = _free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.http", which, url, str(port)
@@ -109,14 +107,6 @@ async def server(which: str, url: str) -> AsyncIterator[str]:
 
 
 async def run(opts: Options) -> list[Row]:
-    import httpx
-    from sqlalchemy import select
-
-    from bench.seed import PER_STREAM, seed
-    from events import EventStore, create_engine
-    from projections import OAuthAccount, User, UserProjection
-    from projections.replay import replay
-
     async with scratch_database(opts.database_url, "http") as url:
         engine = create_engine(url)
         try:
@@ -136,7 +126,7 @@ async def run(opts: Options) -> list[Row]:
             ) as client,
         ):
 
-            def getter(base: str) -> Any:
+            def getter(base: str) -> Callable[[int], Awaitable[None]]:
                 async def get(_: int) -> None:
                     r = await client.get(f"{base}/users/{random.choice(ids)}")
                     if r.status_code != 200:

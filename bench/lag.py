@@ -19,7 +19,14 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from bench.common import Options, Row, create_schema, percentile, scratch_database
+from events import EventStore, RecordedEvent, UserRegistered, create_engine
+from projections import OAuthAccount, User, UserProjection
+from projections.signals import projection_wakeup
+from projections.worker import ProjectionWorker
+from registry.settings import Settings
 
 RATE = 500.0
 GOAL_MS = 50.0
@@ -28,19 +35,18 @@ GOAL_MS = 50.0
 class Stamped:
     """The user projection, noting which streams each batch carried."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: UserProjection) -> None:
         self.inner = inner
         self.name = inner.name
         self.handled: list[uuid.UUID] = []
 
-    async def handle(self, conn: Any, batch: Sequence[Any]) -> None:
+    async def handle(self, conn: AsyncConnection, batch: Sequence[RecordedEvent]) -> None:
         await self.inner.handle(conn, batch)
         self.handled.extend(e.stream_id for e in batch)
 
 
 async def appender(url: str, rate: float, seconds: float) -> dict[str, Any]:
     """The child: append at `rate` for `seconds`; each stream id with its commit time."""
-    from events import EventStore, UserRegistered, create_engine
 
     engine = create_engine(url)
     store = EventStore(engine)
@@ -77,12 +83,6 @@ async def appender(url: str, rate: float, seconds: float) -> dict[str, Any]:
 
 
 async def run(opts: Options) -> list[Row]:
-    from events import EventStore, create_engine
-    from projections import OAuthAccount, User, UserProjection
-    from projections.signals import projection_wakeup
-    from projections.worker import ProjectionWorker
-    from registry.settings import Settings
-
     settings = Settings()
     seconds = 4.0 if opts.quick else 15.0
     async with scratch_database(opts.database_url, "lag") as url:
@@ -160,7 +160,7 @@ async def run(opts: Options) -> list[Row]:
     ]
 
 
-async def _until_leased(worker: Any) -> None:
+async def _until_leased(worker: ProjectionWorker) -> None:
     deadline = time.monotonic() + 30
     while len(worker.held) < worker.partitions:
         if time.monotonic() > deadline:

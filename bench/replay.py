@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import sys
 import time
 from typing import Any
@@ -20,6 +21,9 @@ import asyncpg
 
 from bench.common import Options, Row, create_schema, pg_dsn, scratch_database
 from bench.seed import PER_STREAM, seed
+from events import EventStore, create_engine
+from projections import OAuthAccount, User, UserProjection
+from projections.replay import replay
 
 RSS_LIMIT_MB = 300.0
 GOAL_RATIO = 0.3
@@ -28,11 +32,6 @@ GOAL_RATIO = 0.3
 async def child(url: str, jobs: int) -> dict[str, Any]:
     """Replay from this process (with `jobs` processes) and report the rate and the peak RSS
     of the largest process."""
-    import resource
-
-    from events import create_engine
-    from projections import OAuthAccount, User, UserProjection
-    from projections.replay import replay
 
     engine = create_engine(url)
     try:
@@ -53,8 +52,6 @@ async def child(url: str, jobs: int) -> dict[str, Any]:
 
 
 async def run(opts: Options) -> list[Row]:
-    from events import EventStore, create_engine
-
     async with scratch_database(opts.database_url, "replay") as url:
         engine = create_engine(url)
         try:

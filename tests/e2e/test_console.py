@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -38,6 +38,8 @@ from tests.support.console import (
 pytestmark = pytest.mark.e2e
 
 WAIT = 20.0
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,7 @@ class Page:
     def open(self, path: str) -> None:
         self.driver.get(self.served.base + path)
 
-    def wait(self, check: Callable[[WebDriver], Any], timeout: float = WAIT) -> Any:
+    def wait(self, check: Callable[[WebDriver], T], timeout: float = WAIT) -> T:
         return WebDriverWait(
             self.driver,
             timeout,
@@ -138,20 +140,27 @@ def test_sign_in_with_the_api_token_and_nothing_without_it(page: Page, served: S
             assert answer.status_code == 303, path
             assert answer.headers["location"].startswith("/console/sign-in?next=")
             csp = answer.headers["content-security-policy"]
-            assert "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
-            assert "script-src 'self'" in csp and "style-src 'self'" in csp
+            assert "unsafe-inline" not in csp
+            assert "frame-ancestors 'none'" in csp
+            assert "script-src 'self'" in csp
+            assert "style-src 'self'" in csp
         refused = client.post("/console/sign-in", data={"token": "wrong"})
-        assert refused.status_code == 401 and "set-cookie" not in refused.headers
+        assert refused.status_code == 401
+        assert "set-cookie" not in refused.headers
         signed = client.post(
             "/console/sign-in", data={"token": served.token, "next": "//evil.example"}
         )
-        assert signed.status_code == 303 and signed.headers["location"] == "/console"
+        assert signed.status_code == 303
+        assert signed.headers["location"] == "/console"
         cookie = signed.headers["set-cookie"].lower()
-        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
+        assert "httponly" in cookie
+        assert "samesite=strict" in cookie
+        assert "path=/console" in cookie
         # the JSON API is as it was: bearer tokens, no console headers
         assert client.get("/users").status_code == 401
         health = client.get("/healthz")
-        assert health.status_code == 200 and "content-security-policy" not in health.headers
+        assert health.status_code == 200
+        assert "content-security-policy" not in health.headers
 
 
 def test_live_tail_search_timeline_and_erasure(page: Page, served: Served) -> None:
@@ -169,8 +178,10 @@ def test_live_tail_search_timeline_and_erasure(page: Page, served: Served) -> No
     page.wait(lambda d: d.find_elements(By.CSS_SELECTOR, row), timeout=2.0)
     assert time.monotonic() - replied <= 2.0
     newest = page.driver.find_element(By.CSS_SELECTOR, "#tail-rows tr.event")
-    assert user_id in newest.text and "UserRegistered" in newest.text  # newest first
-    assert "[redacted]" in newest.text and f"pw-{tag}" not in page.driver.page_source
+    assert user_id in newest.text  # newest first
+    assert "UserRegistered" in newest.text
+    assert "[redacted]" in newest.text
+    assert f"pw-{tag}" not in page.driver.page_source
     page.shot("events")
 
     # filtered by type: only that type is listed
@@ -222,7 +233,8 @@ def test_live_tail_search_timeline_and_erasure(page: Page, served: Served) -> No
         page.open(path)
         source = page.driver.page_source.lower()
         assert user_id in source
-        assert first.lower() not in source and second not in source, path
+        assert first.lower() not in source, path
+        assert second not in source, path
     page.open(f"/console/users?q={first}")
     page.wait(lambda d: d.find_elements(By.ID, "no-match"))
 
@@ -240,7 +252,8 @@ def test_a_failed_partition_shows_its_reason_and_recovers_after_retry(
     page.wait(lambda d: d.find_elements(By.ID, "projections-table"))
     failure = page.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.failure"))[0]
     assert POISON_MESSAGE in failure.text
-    assert user_id in failure.text and "UserRegistered" in failure.text
+    assert user_id in failure.text
+    assert "UserRegistered" in failure.text
     row_id = str(failure.get_attribute("id"))  # failure-users-<partition>
     partition = row_id.removeprefix("failure-")
     assert page.text(f"#partition-{partition} td.state") == "failed"
@@ -253,7 +266,8 @@ def test_a_failed_partition_shows_its_reason_and_recovers_after_retry(
         f"#{row_id} form",
     )
     page.wait(lambda d: d.find_elements(By.ID, "message"))
-    assert "CSRF" in page.text("#message h1") and "nothing was changed" in page.text("#message")
+    assert "CSRF" in page.text("#message h1")
+    assert "nothing was changed" in page.text("#message")
     page.shot("csrf-refused")
     page.open("/console/projections")
     page.wait(lambda d: d.find_elements(By.ID, row_id))
@@ -303,7 +317,8 @@ def test_an_event_that_cannot_be_read_is_shown_with_its_reason(page: Page, serve
     bad = page.driver.find_element(
         By.CSS_SELECTOR, f'#tail-rows tr.event[data-position="{position}"]'
     )
-    assert "cannot be read: MasterKeyError" in bad.text and "UserRegistered" in bad.text
+    assert "cannot be read: MasterKeyError" in bad.text
+    assert "UserRegistered" in bad.text
     page.shot("events-unreadable")
     stream = bad.find_element(By.CSS_SELECTOR, "a.stream").get_attribute("href")
     page.driver.get(str(stream))

@@ -22,12 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
 import yaml
+from click.testing import CliRunner
 from pydantic import SecretStr
 
 from events import EventStore, create_engine
+from projections.status import projection_status
+from registry.bus.channels import Channels
+from registry.cli import main
 from registry.domain.commands import LinkOAuthAccount, RegisterUser, UpdateUser
+from registry.service.handlers import CommandHandlers
+from registry.service.keys import enable
+from registry.settings import Settings
 from tests.support.processes import ROOT, Server, clean_env, free_port
 
 pytestmark = pytest.mark.e2e
@@ -63,9 +71,6 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 async def write_users(db: Path, key_file: Path) -> list[tuple[str, int]]:
     """Register, update and link through the command handlers, on the server's SQLite file,
     sealed with the master key the server generated (as a second process would)."""
-    from registry.service.handlers import CommandHandlers
-    from registry.service.keys import enable
-    from registry.settings import Settings
 
     url = f"sqlite+aiosqlite:///{db}"
     engine = create_engine(url)
@@ -98,8 +103,6 @@ async def write_users(db: Path, key_file: Path) -> list[tuple[str, int]]:
 
 
 async def lag_after_exit(db: Path) -> list[int]:
-    from projections.status import projection_status
-
     engine = create_engine(f"sqlite+aiosqlite:///{db}")
     try:
         return [s.lag_events for s in await projection_status(engine, EventStore(engine))]
@@ -176,10 +179,6 @@ def send(prefix: str, command: str, payload: dict[str, object]) -> tuple[int, di
 
 
 async def drop_streams(prefix: str) -> None:
-    import nats
-
-    from registry.bus.channels import Channels
-
     ch = Channels(prefix)
     nc = await nats.connect(NATS_URL)
     try:
@@ -192,7 +191,7 @@ async def drop_streams(prefix: str) -> None:
 
 
 def test_serve_with_nats_consumes_commands_and_counts_outcomes(
-    start: Callable[..., Server], tmp_path: Path
+    start: Callable[..., Server],
 ) -> None:
     prefix = f"e2e{uuid.uuid4().hex[:8]}"  # private subjects and streams on the shared server
     server = start(
@@ -273,9 +272,6 @@ def test_serve_reports_a_bad_configuration(tmp_path: Path) -> None:
 
 def test_compose_runs_only_real_commands() -> None:
     """Every command docker-compose.yml runs is a `registry` command that exists."""
-    from click.testing import CliRunner
-
-    from registry.cli import main
 
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]

@@ -91,11 +91,12 @@ async def test_insert_existing_email_any_case(
 
 
 async def test_concurrent_creates_of_one_address(sessions: Sessions, engine: AsyncEngine) -> None:
-    async def create(i: int) -> Any:
+    async def create(i: int) -> User:
         async with sessions() as session:
             db = UserDatabase(session, User, OAuthAccount)
             email = "race@camelot.bt" if i % 2 else "RACE@Camelot.BT"
-            return await db.create({"email": email, "hashed_password": "h"})
+            created: User = await db.create({"email": email, "hashed_password": "h"})
+            return created
 
     results = await asyncio.gather(*(create(i) for i in range(50)), return_exceptions=True)
     assert sum(isinstance(r, User) for r in results) == 1, results
@@ -200,13 +201,14 @@ async def test_twenty_concurrent_updates_of_one_user(
 ) -> None:
     user = await db.create({"email": "patch@camelot.bt", "hashed_password": "h"})
 
-    async def patch(i: int) -> Any:
+    async def patch(i: int) -> User:
         # like a request: the session reads the user first (and holds a connection)
         async with sessions() as session:
             mine = UserDatabase(session, User, OAuthAccount)
             current = await mine.get(user.id)
             change = {"first_name": f"n{i}"} if i % 2 else {"email": f"p{i}@camelot.bt"}
-            return await mine.update(current, change)
+            updated: User = await mine.update(current, change)
+            return updated
 
     results = await asyncio.gather(*(patch(i) for i in range(20)))
     # each caller sees at least its own write (the projection may already show later ones)

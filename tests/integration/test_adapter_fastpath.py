@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import EventStore
@@ -21,10 +21,16 @@ from registry.settings import Settings
 from tests.support.adapter import OAuthAccount, User, projector_caught_up
 
 
-async def _row(engine: AsyncEngine, user_id: uuid.UUID) -> Any:
+async def _row_or_none(engine: AsyncEngine, user_id: uuid.UUID) -> Row[Any] | None:
     table = User.__table__
     async with engine.connect() as conn:
         return (await conn.execute(select(table).where(table.c.id == user_id))).first()
+
+
+async def _row(engine: AsyncEngine, user_id: uuid.UUID) -> Row[Any]:
+    row = await _row_or_none(engine, user_id)
+    assert row is not None, f"no read-model row for {user_id}"
+    return row
 
 
 async def test_fast_path_projects_own_events_and_never_over_a_gap(
@@ -56,7 +62,7 @@ async def test_fast_path_projects_own_events_and_never_over_a_gap(
     out = await fast.handle(UpdateUser(user_id=b, is_verified=True))
     assert not out.projected
     assert out.version == 3
-    assert await _row(engine, b) is None
+    assert await _row_or_none(engine, b) is None
 
     async with run_projector(
         engine, User, OAuthAccount, settings=Settings(database_url=database_url), migrate=False

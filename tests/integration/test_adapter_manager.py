@@ -6,20 +6,22 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from fastapi import Request
+from fastapi.security import OAuth2PasswordRequestForm
 from fastapi_users import BaseUserManager, UUIDIDMixin, exceptions, schemas
 from fastapi_users.password import PasswordHelper
 from pwdlib import PasswordHash
 from pwdlib.hashers.bcrypt import BcryptHasher
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from typing_extensions import override
 
 from events import EventStore
 from events.tables import metadata as events_metadata
-from projections import UserProjection
+from projections import UserProjection, leases
 from projections.tables import projection_checkpoints, projection_tombstones
 from registry import EventSourcedUserDatabase, run_projector
 from registry.adapter.runtime import custom_columns, use_handlers
@@ -42,15 +44,21 @@ class UserUpdate(schemas.BaseUserUpdate):
     first_name: str | None = None
 
 
-class Manager(UUIDIDMixin, BaseUserManager[Any, uuid.UUID]):
+class Manager(UUIDIDMixin, BaseUserManager[User, uuid.UUID]):
     reset_password_token_secret = "reset-secret-" + "r" * 32
     verification_token_secret = "verify-secret-" + "v" * 32
     tokens: dict[str, str]
 
-    async def on_after_forgot_password(self, user: Any, token: str, request: Any = None) -> None:
+    @override
+    async def on_after_forgot_password(
+        self, user: User, token: str, request: Request | None = None
+    ) -> None:
         self.tokens["reset"] = token
 
-    async def on_after_request_verify(self, user: Any, token: str, request: Any = None) -> None:
+    @override
+    async def on_after_request_verify(
+        self, user: User, token: str, request: Request | None = None
+    ) -> None:
         self.tokens["verify"] = token
 
 
@@ -62,8 +70,8 @@ async def sessions(engine: AsyncEngine, database_url: str) -> AsyncIterator[Sess
         yield async_sessionmaker(engine, expire_on_commit=False)
 
 
-def creds(username: str, password: str) -> Any:
-    return SimpleNamespace(username=username, password=password)
+def creds(username: str, password: str) -> OAuth2PasswordRequestForm:
+    return OAuth2PasswordRequestForm(username=username, password=password)
 
 
 async def test_user_manager_end_to_end(sessions: Sessions) -> None:
@@ -173,7 +181,6 @@ async def test_with_no_projector_the_writer_projects_its_own_writes(engine: Asyn
 async def test_timeout_says_the_projector_is_behind(engine: AsyncEngine) -> None:
     """A projector holds the user's partition but does not project: the write fails with a
     clear timeout instead of waiting for ever (and is not projected by the writer)."""
-    from projections import leases
 
     await ensure_schema(engine, User, OAuthAccount)
     async with engine.begin() as conn:  # a live "worker" that never runs a batch

@@ -6,11 +6,21 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from events import UserDeactivated, UserDeleted, UserEmailChanged, UserVerified
+from events import (
+    UserDeactivated,
+    UserDeleted,
+    UserEmailChanged,
+    UserRegistered,
+    UserVerified,
+    create_engine,
+)
+from registry.adapter.projector import run_projector
 from registry.api import create_app
+from registry.api.metrics import record_command
 from registry.api.monitoring import stalled
 from tests.support.api import (
     OTHER_TOKEN,
@@ -73,8 +83,6 @@ async def test_each_configured_token_is_accepted_and_health_is_open(api: Api) ->
 
 
 async def test_no_configured_token_refuses_everyone(engine: AsyncEngine) -> None:
-    import httpx
-
     await create_tables(engine)
     app = create_app(make_container(engine, api_tokens=[]))
     transport = httpx.ASGITransport(app=app)
@@ -144,14 +152,11 @@ async def test_min_version_beyond_the_log_is_refused_at_once(api: Api) -> None:
 
 
 async def test_min_version_waits_for_the_running_projector(api: Api) -> None:
-    from registry.adapter.projector import run_projector
-
     c = api.container
     async with run_projector(
         c.engine, c.user_table, c.oauth_table, migrate=False, settings=c.settings
     ):
         user_id = uuid.uuid4()
-        from events import UserRegistered
 
         recorded = await api.store.append(
             user_id,
@@ -235,7 +240,6 @@ async def test_projections_and_metrics(api: Api) -> None:
     assert body["events"] == 3
     assert body["head_position"] >= 3
     assert isinstance(body["partitions"], list)
-    from registry.api.metrics import record_command
 
     record_command("register", "rejected", "EMAIL_ALREADY_REGISTERED")
     response = await api.client.get("/metrics")
@@ -251,11 +255,7 @@ async def test_projections_and_metrics(api: Api) -> None:
     ) in text
 
 
-async def test_readyz_fails_when_the_database_is_unreachable(tmp_path: object) -> None:
-    import httpx
-
-    from events import create_engine
-
+async def test_readyz_fails_when_the_database_is_unreachable() -> None:
     engine = create_engine("sqlite+aiosqlite:////nonexistent-dir/x/registry.db")
     try:
         app = create_app(make_container(engine))

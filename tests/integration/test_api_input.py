@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,7 +27,7 @@ async def api(engine: AsyncEngine) -> AsyncIterator[Api]:
         await harness.client.aclose()
 
 
-def refused(response: Any, *words: str) -> None:
+def refused(response: httpx.Response, *words: str) -> None:
     assert response.status_code == 422, response.text
     body = response.json()
     assert body["code"] == "INVALID_REQUEST"

@@ -16,7 +16,7 @@ import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
-from schemathesis import GenerationMode
+from schemathesis import APIOperation, Case, GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
 from schemathesis.python import asgi
@@ -76,7 +76,7 @@ CHECKS = [
 
 
 def exercise(
-    operation: Any,
+    operation: APIOperation[Any, Any, Any, Any],
     mode: GenerationMode,
     client: asgi.ASGIClient,
     ids: list[uuid.UUID],
@@ -93,7 +93,7 @@ def exercise(
         database=None,
         suppress_health_check=list(HealthCheck),
     )
-    def check(case: Any) -> None:
+    def check(case: Case[Any]) -> None:
         if case.path_parameters and "user_id" in case.path_parameters:
             # every other case asks for a seeded user (random ids are only ever 404)
             n = next(turn)

@@ -10,22 +10,23 @@ the durable consumers it creates on the server."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NoReturn
 
+import nats
 import pytest
 from pydantic import BaseModel
-from test_bus_helpers import BROKER_URLS, cleanup, unique_prefix
 
 from registry.bus import Channels, CommandConsumer, create_broker
 from registry.bus.asyncapi import asyncapi_document
 from registry.domain.commands import COMMANDS, Command
+from tests.support.bus import BROKER_URLS, cleanup, unique_prefix
 
 pytestmark = [pytest.mark.broker]
 
 URLS = {**BROKER_URLS, "kafka": "kafka://localhost:9092"}
 
 
-async def never_called(command: Command) -> Any:
+async def never_called(_command: Command) -> NoReturn:
     raise AssertionError("the consumer under inspection ran a command")
 
 
@@ -54,7 +55,6 @@ def commands_matching(prefix: str, patterns: list[str]) -> set[str]:
 async def consumed_on_nats(prefix: str) -> tuple[set[str], dict[str, Any]]:
     """Start the consumer on the real server and read back the filter subjects of the durable
     consumers it made on streams over the prefix's subjects."""
-    import nats
 
     broker = create_broker(URLS["nats"])
     consumer = CommandConsumer(broker, never_called, channels=Channels(prefix))

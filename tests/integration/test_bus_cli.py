@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -157,8 +158,6 @@ async def test_consume_serves_until_sigterm(
         channels = Channels(env["REGISTRY_BUS_PREFIX"])
 
         async def subscribed() -> bool:
-            import nats
-
             assert proc.returncode is None, log_path.read_text()
             nc = await nats.connect(BROKER_URLS["nats"])
             try:

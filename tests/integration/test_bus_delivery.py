@@ -12,13 +12,20 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+import aio_pika
+import nats
 import pytest
+from faststream.redis.parser.binary import BinaryMessageFormatV1
+from nats.js.api import ConsumerInfo
+from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events.tables import events as events_table
 from registry.bootstrap import Container
-from registry.bus import Channels, command_handlers, create_broker, process
+from registry.bus import Channels, command_handlers, create_broker, process, running_bus
+from registry.domain.commands import Command, RegisterUser
+from registry.service.handlers import Outcome
 from tests.support.broker import StreamEntry
 from tests.support.bus import (
     BROKER_URLS,
@@ -48,8 +55,6 @@ async def setup(engine: AsyncEngine) -> AsyncIterator[tuple[Container, Channels]
 
 
 async def _dead_letter_bodies(channels: Channels) -> list[bytes]:
-    import aio_pika
-
     conn = await aio_pika.connect(BROKER_URLS["rabbit"])
     try:
         channel = await conn.channel()
@@ -62,12 +67,13 @@ async def _dead_letter_bodies(channels: Channels) -> list[bytes]:
         await conn.close()
 
 
-async def _nats_consumer_info(channels: Channels) -> Any:
-    import nats
-
+async def _nats_consumer_info(channels: Channels) -> ConsumerInfo:
     nc = await nats.connect(BROKER_URLS["nats"])
     try:
-        return await nc.jetstream().consumer_info(channels.nats_command_stream, channels.durable)
+        info: ConsumerInfo = await nc.jetstream().consumer_info(
+            channels.nats_command_stream, channels.durable
+        )
+        return info
     finally:
         await nc.close()
 
@@ -137,7 +143,6 @@ async def test_poison_without_reply_address_is_dead_lettered_or_dropped_once(
 @contextlib.asynccontextmanager
 async def _nats_take_one(channels: Channels) -> AsyncIterator[Any]:
     """Fetch one command as the durable consumer would, then vanish without acking."""
-    import nats
 
     nc = await nats.connect(BROKER_URLS["nats"])
     try:
@@ -152,8 +157,6 @@ async def _nats_take_one(channels: Channels) -> AsyncIterator[Any]:
 
 @contextlib.asynccontextmanager
 async def _rabbit_take_one(channels: Channels) -> AsyncIterator[Any]:
-    import aio_pika
-
     conn = await aio_pika.connect(BROKER_URLS["rabbit"])
     try:
         channel = await conn.channel()
@@ -171,8 +174,6 @@ async def _rabbit_take_one(channels: Channels) -> AsyncIterator[Any]:
 @contextlib.asynccontextmanager
 async def _redis_take_one(channels: Channels) -> AsyncIterator[Any]:
     """Read one entry as another member of the consumer group, and never acknowledge it."""
-    from faststream.redis.parser.binary import BinaryMessageFormatV1
-    from redis.asyncio import Redis
 
     client = Redis.from_url(BROKER_URLS["redis"])
     try:
@@ -231,7 +232,6 @@ async def _drained(kind: str, channels: Channels) -> bool:
     if kind == "nats":
         info = await _nats_consumer_info(channels)
         return bool(info.num_pending == 0 and info.num_ack_pending == 0)
-    import aio_pika
 
     conn = await aio_pika.connect(BROKER_URLS["rabbit"])
     try:
@@ -298,13 +298,12 @@ async def test_an_unexpected_failure_replies_internal_error_without_secrets(
     container, channels = setup
     real = command_handlers(container).handle
 
-    async def handle(command: Any) -> Any:
-        if getattr(command, "email", "").startswith("boom"):
+    async def handle(command: Command) -> Outcome:
+        if isinstance(command, RegisterUser) and command.email.startswith("boom"):
             raise RuntimeError(f"database on fire, hash={command.hashed_password}")
         return await real(command)
 
     caplog.set_level(logging.INFO, logger="registry.bus")
-    from registry.bus import running_bus
 
     async with (
         running_bus(

@@ -43,7 +43,7 @@ async def bus(request: pytest.FixtureRequest, engine: AsyncEngine) -> AsyncItera
         await cleanup(kind, channels)
 
 
-def link(user_id: str, **extra: Any) -> dict[str, Any]:
+def link(user_id: str, **extra: object) -> dict[str, object]:
     return {
         "user_id": user_id,
         "oauth_name": "github",

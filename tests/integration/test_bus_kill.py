@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aio_pika
+import nats
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -42,8 +44,6 @@ async def subscribed(kind: str, channels: Channels) -> bool:
     """The consumer process is attached to the durable stream consumer / queue."""
     try:
         if kind == "nats":
-            import nats
-
             nc = await nats.connect(BROKER_URLS["nats"])
             try:
                 info = await nc.jetstream().consumer_info(
@@ -52,7 +52,6 @@ async def subscribed(kind: str, channels: Channels) -> bool:
                 return bool(info.num_waiting)  # a pull request is outstanding
             finally:
                 await nc.close()
-        import aio_pika
 
         conn = await aio_pika.connect(BROKER_URLS["rabbit"])
         try:
@@ -158,8 +157,6 @@ async def test_sigkill_mid_stream_then_restart_applies_every_command_once(
     # let redeliveries (ack wait 2 s on NATS) come in: they must change nothing
     async def drained() -> bool:
         if kind == "nats":
-            import nats
-
             nc = await nats.connect(BROKER_URLS["nats"])
             try:
                 info: Any = await nc.jetstream().consumer_info(
@@ -168,7 +165,6 @@ async def test_sigkill_mid_stream_then_restart_applies_every_command_once(
             finally:
                 await nc.close()
             return bool(info.num_pending == 0 and info.num_ack_pending == 0)
-        import aio_pika
 
         conn = await aio_pika.connect(BROKER_URLS["rabbit"])
         try:

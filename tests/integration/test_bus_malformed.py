@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -18,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from events import UserRegistered
 from registry.bootstrap import Container
 from registry.bus import Channels, command_handlers, create_broker, running_bus
+from registry.domain.commands import Command
+from registry.service.handlers import Outcome
 from tests.support.broker import held
 from tests.support.bus import (
     BROKER_URLS,
@@ -61,8 +62,8 @@ def _nested(depth: int) -> bytes:
     return body + b"}}"
 
 
-def _with(**fields: Any) -> bytes:
-    return json.dumps(register_payload(**fields)).encode()
+def _with(**fields: object) -> bytes:
+    return json.dumps({**register_payload(), **fields}).encode()
 
 
 MALFORMED: list[tuple[str, str, bytes]] = [
@@ -137,7 +138,7 @@ async def test_bad_input_found_past_parsing_is_invalid_command_not_internal_erro
     container, channels = setup
     real = command_handlers(container).handle
 
-    async def handle(command: Any) -> Any:
+    async def handle(command: Command) -> Outcome:
         if getattr(command, "email", "").startswith("refused"):
             UserRegistered.model_validate({"email": None})  # raises ValidationError
         if getattr(command, "email", "").startswith("fault"):

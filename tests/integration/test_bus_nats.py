@@ -9,14 +9,16 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
+import nats
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.bootstrap import Container
 from registry.bus import Channels, ReplyTimeoutError, command_handlers, create_broker, running_bus
 from registry.bus.nats_commands import NatsRequester
+from registry.domain.commands import Command
+from registry.service.handlers import Outcome
 from tests.support.bus import (
     BROKER_URLS,
     TIMEOUT,
@@ -104,7 +106,7 @@ async def test_at_most_max_workers_commands_run_at_once(
     real = command_handlers(container).handle
     running = peak = 0
 
-    async def handle(command: Any) -> Any:
+    async def handle(command: Command) -> Outcome:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
@@ -139,7 +141,7 @@ async def test_stopping_lets_running_commands_reply_and_ack(
     real = command_handlers(container).handle
     entered = asyncio.Event()
 
-    async def slow(command: Any) -> Any:
+    async def slow(command: Command) -> Outcome:
         entered.set()
         await asyncio.sleep(0.5)
         return await real(command)
@@ -158,8 +160,6 @@ async def test_stopping_lets_running_commands_reply_and_ack(
         reply = await asyncio.wait_for(waiting, 5)
     assert reply.accepted, reply
     assert await event_count(engine) == 1
-
-    import nats
 
     nc = await nats.connect(BROKER_URLS["nats"])
     try:

@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -20,9 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from events.tables import events as events_table
 from registry.bootstrap import Container
 from registry.bus import Channels, command_handlers, create_broker, running_bus
+from registry.domain.commands import Command
+from registry.service.handlers import Outcome
 from tests.support.broker import close_connection, held, publish_with_reply
 from tests.support.bus import (
     BROKER_URLS,
+    Broker,
     BusClient,
     bus_setup,
     consumer,
@@ -102,13 +104,13 @@ async def test_unusable_reply_address_one_effect_and_acknowledged(
 @contextlib.asynccontextmanager
 async def _stalling_consumer(
     container: Container, kind: str, channels: Channels
-) -> AsyncIterator[tuple[asyncio.Event, asyncio.Event, Any]]:
+) -> AsyncIterator[tuple[asyncio.Event, asyncio.Event, Broker]]:
     """A consumer whose first command commits and then stalls before its reply and its
     acknowledgement: (committed, release, broker)."""
     real = command_handlers(container).handle
     committed, release = asyncio.Event(), asyncio.Event()
 
-    async def handle(command: Any) -> Any:
+    async def handle(command: Command) -> Outcome:
         outcome = await real(command)
         if not committed.is_set():
             committed.set()

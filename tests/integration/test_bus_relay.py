@@ -12,11 +12,17 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import aio_pika
 import pytest
+from faststream.redis.parser.binary import BinaryMessageFormatV1
 from pydantic import SecretStr
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import Cursor, RecordedEvent
+from projections import OAuthAccount, User, UserProjection
+from projections.replay import replay
+from projections.status import projection_status
 from projections.worker import ProjectionWorker
 from registry.bootstrap import Container
 from registry.bus import Channels, EventPublisher, EventRelay, command_handlers, create_broker
@@ -26,6 +32,7 @@ from registry.service.handlers import CommandHandlers
 from tests.support.broker import stream_entries
 from tests.support.bus import (
     BROKER_URLS,
+    Broker,
     NatsEvents,
     cleanup,
     consumer,
@@ -87,8 +94,6 @@ async def stored(container: Container) -> list[RecordedEvent]:
 
 
 async def relay_checkpoint_at(container: Container, last: RecordedEvent) -> bool:
-    from projections.status import projection_status
-
     for status in await projection_status(container.engine, container.store):
         if status.name == "relay":
             return (status.tx_id, status.position) >= (last.tx_id, last.position)
@@ -167,8 +172,6 @@ async def test_relay_publishes_every_event_in_order_redacted_and_resumes(
         await eventually(caught_up, timeout=15, message="the restarted relay to catch up")
         assert runtime.relay.published == len(events) - before
         # a replay of the user projection reads the whole log again, but not for the relay
-        from projections import OAuthAccount, User, UserProjection
-        from projections.replay import replay
 
         await replay(container.engine, UserProjection(User, OAuthAccount), in_place=True)
         await write_history(container)
@@ -183,7 +186,7 @@ async def test_relay_publishes_every_event_in_order_redacted_and_resumes(
 class FlakyPublisher(EventPublisher):
     """Fails once in the middle of the first batch, after some events went out."""
 
-    def __init__(self, broker: Any, channels: Channels, fail_after: int) -> None:
+    def __init__(self, broker: Broker, channels: Channels, fail_after: int) -> None:
         super().__init__(broker, channels)
         self.fail_after = fail_after
         self.calls = 0
@@ -232,8 +235,6 @@ async def test_a_failed_batch_is_republished_and_jetstream_drops_the_duplicates(
 async def test_rabbitmq_relay_sets_message_id_and_keeps_order(
     relay_env: tuple[Container, Channels],
 ) -> None:
-    import aio_pika
-
     container, channels = relay_env
     conn = await aio_pika.connect(BROKER_URLS["rabbit"])
     try:
@@ -266,9 +267,6 @@ async def test_rabbitmq_relay_sets_message_id_and_keeps_order(
 async def test_redis_relay_appends_to_one_stream_per_event_type(
     relay_env: tuple[Container, Channels],
 ) -> None:
-    from faststream.redis.parser.binary import BinaryMessageFormatV1
-    from redis.asyncio import Redis
-
     container, channels = relay_env
     client = Redis.from_url(BROKER_URLS["redis"])
     try:

@@ -19,6 +19,7 @@ from tests.support.bus import (
     FAKE_HASH,
     MAX_PAYLOAD,
     BusClient,
+    Payload,
     cleanup,
     consumer,
     create_tables,
@@ -36,7 +37,7 @@ class Bus:
         self.client = client
         self.engine = engine
 
-    async def send(self, name: str, payload: Any) -> Reply:
+    async def send(self, name: str, payload: Payload) -> Reply:
         return await self.client.send(name, payload)
 
     async def events(self) -> int:

@@ -9,8 +9,13 @@ import json
 import logging
 from collections.abc import AsyncIterator
 
+import aio_pika
+import nats
 import pytest
+from aiormq.exceptions import ChannelPreconditionFailed
+from nats.js.api import ConsumerConfig, DiscardPolicy, RetentionPolicy, StreamConfig
 from pamqp.common import FieldTable
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.bootstrap import Container
@@ -83,9 +88,6 @@ async def test_no_secret_stays_on_the_broker_once_handled(
 async def test_nats_commands_stream_is_a_bounded_work_queue(
     setup: tuple[Container, Channels],
 ) -> None:
-    import nats
-    from nats.js.api import DiscardPolicy, RetentionPolicy
-
     container, channels = setup
     async with consumer(container, "nats"):
         pass
@@ -109,8 +111,6 @@ async def test_a_limits_retention_stream_is_migrated_at_start_up(
 ) -> None:
     """As an older version declared it: limits retention, 24 h, no size bound; two commands
     handled (acknowledged, still stored), one not yet delivered."""
-    import nats
-    from nats.js.api import ConsumerConfig, RetentionPolicy, StreamConfig
 
     container, channels = setup
     stream = channels.nats_command_stream
@@ -155,8 +155,6 @@ async def test_a_limits_retention_stream_is_migrated_at_start_up(
 
 
 async def _declare_old_rabbit_queues(channels: Channels, message: bytes | None) -> None:
-    import aio_pika
-
     conn = await aio_pika.connect(BROKER_URLS["rabbit"])
     try:
         channel = await conn.channel()
@@ -179,8 +177,6 @@ async def _declare_old_rabbit_queues(channels: Channels, message: bytes | None) 
 async def _has_new_arguments(channels: Channels) -> bool:
     """Whether declaring the queues with the bounded arguments is accepted (RabbitMQ refuses
     a declaration whose arguments differ from the queue's)."""
-    import aio_pika
-    from aiormq.exceptions import ChannelPreconditionFailed
 
     conn = await aio_pika.connect(BROKER_URLS["rabbit"])
     try:
@@ -225,7 +221,6 @@ async def test_redis_commands_older_than_the_maximum_age_are_trimmed(
 ) -> None:
     """An entry from before the consumer group existed is never delivered to it: without the
     age bound it would keep its password for ever."""
-    from redis.asyncio import Redis
 
     container, channels = setup
     stream = channels.command("register")

@@ -23,17 +23,20 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.pool import NullPool
 
-from events import EventStore, create_engine
+from events import EventStore, UserRegistered, create_engine
 from events.tables import events
 from projections import OAuthAccount, User, UserProjection
+from projections.status import projection_status
+from projections.worker import ProjectionWorker
 from registry.api import create_app
 from registry.domain.commands import RegisterUser, UpdateUser
 from registry.service.handlers import CommandHandlers
 from registry.tables import metadata as registry_metadata
 from tests.support.adapter import UserDatabase
-from tests.support.api import Api, auth, make_container, open_api
+from tests.support.api import Api, auth, create_tables, make_container, open_api
 from tests.support.waiting import eventually
 
 TERMINATIONS = 10
@@ -198,13 +201,6 @@ async def test_the_projector_pauses_for_a_lost_connection_and_counts_no_attempt(
 ) -> None:
     """With max_attempts=1 any failure counted against an event fails its partition at once:
     terminated backends must count as none, and the projector catches up by itself."""
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from sqlalchemy.pool import NullPool
-
-    from events import UserRegistered
-    from projections.status import projection_status
-    from projections.worker import ProjectionWorker
-    from tests.support.api import create_tables
 
     engine = create_engine(pg_url)
     # the test's own writer never meets a dead connection (a new one each time)

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 from fastapi_users.exceptions import UserAlreadyExists
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from events import UserEmailChanged, UserRegistered
+from events.tables import events
 from projections import OAuthAccount, User, UserProjection
 from registry import EventSourcedUserDatabase
 from registry.adapter.runtime import use_handlers
@@ -115,10 +116,6 @@ async def world(engine: AsyncEngine) -> AsyncIterator[World]:
 
 
 async def log_size(engine: AsyncEngine) -> int:
-    from sqlalchemy import func
-
-    from events.tables import events
-
     async with engine.connect() as conn:
         return int(await conn.scalar(select(func.count()).select_from(events)) or 0)
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Table, func, select
+from sqlalchemy import ColumnElement, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import EventStore, UserEmailChanged, UserErased, UserRegistered
@@ -78,7 +78,7 @@ def without(snap: dict[str, Any], user_id: uuid.UUID) -> dict[str, Any]:
     }
 
 
-async def count(engine: AsyncEngine, table: Table, *where: Any) -> int:
+async def count(engine: AsyncEngine, table: Table, *where: ColumnElement[bool]) -> int:
     async with engine.connect() as conn:
         return int(await conn.scalar(select(func.count()).select_from(table).where(*where)) or 0)
 

@@ -102,7 +102,7 @@ CAUSES: dict[str, tuple[Callable[[str], str], tuple[str, ...], str]] = {
     # one of the registry's own tables already there, in another shape: its migration fails
     # (one that nothing reads before the schema is made, so that it fails in the making)
     "registry table in the way": (
-        lambda backend: "CREATE TABLE registry_processed_commands (bogus integer)",
+        lambda _backend: "CREATE TABLE registry_processed_commands (bogus integer)",
         ("registry_processed_commands",),
         "DROP TABLE registry_processed_commands",
     ),

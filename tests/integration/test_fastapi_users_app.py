@@ -10,7 +10,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import pytest
@@ -56,7 +55,9 @@ class Harness:
     client: httpx.AsyncClient
     outbox: Outbox
 
-    async def register(self, email: str, password: str = PASSWORD, **extra: Any) -> httpx.Response:
+    async def register(
+        self, email: str, password: str = PASSWORD, **extra: object
+    ) -> httpx.Response:
         return await self.client.post(
             "/auth/register", json={"email": email, "password": password, **extra}
         )

@@ -138,9 +138,7 @@ async def test_fifty_concurrent_registrations_of_one_address(
     assert await count_events(engine, "UserRegistered") == 1
 
 
-async def test_twenty_concurrent_updates_lose_nothing(
-    handlers: CommandHandlers, engine: AsyncEngine
-) -> None:
+async def test_twenty_concurrent_updates_lose_nothing(handlers: CommandHandlers) -> None:
     uid = await register(handlers)
     outs = await asyncio.gather(
         *(

@@ -10,16 +10,18 @@ from typing import Any
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from events import EventStore, RecordedEvent, create_engine
 from events.tables import metadata as events_metadata
 from projections import BaseUserTableUUID, UserProjection
 from projections.tables import metadata as projections_metadata
+from registry import EventSourcedUserDatabase, run_projector
 from registry.domain.commands import RegisterUser, UpdateUser
 from registry.service.handlers import CommandHandlers
 from registry.service.retry import retryable_sqlstate, sqlstate
+from registry.settings import Settings
 from registry.tables import metadata as registry_metadata
 from tests.support.store import count_events
 
@@ -79,7 +81,9 @@ async def test_an_unexpected_integrity_error_is_not_retried(engine: AsyncEngine)
     attempts = 0
 
     class Failing:
-        async def apply_own(self, conn: AsyncConnection, *args: Any) -> bool:
+        async def apply_own(
+            self, conn: AsyncConnection, _recorded: Sequence[RecordedEvent], _after_version: int
+        ) -> bool:
             nonlocal attempts
             attempts += 1
             await conn.execute(insert(side).values(v=None))
@@ -100,7 +104,7 @@ class RaisesOnce:
         self.n = 0
 
     async def apply_own(
-        self, conn: AsyncConnection, recorded: Sequence[RecordedEvent], after_version: int
+        self, conn: AsyncConnection, _recorded: Sequence[RecordedEvent], _after_version: int
     ) -> bool:
         self.n += 1
         if self.n == 1:
@@ -189,10 +193,6 @@ async def test_through_the_adapter_the_missing_column_names_itself(
 ) -> None:
     """FastAPI Users' create without the app's NOT NULL column: the adapter's own write (the
     fast path projects it in the append's transaction) fails at once, naming the column."""
-    from sqlalchemy.ext.asyncio import async_sessionmaker
-
-    from registry import EventSourcedUserDatabase, run_projector
-    from registry.settings import Settings
 
     settings = Settings(database_url=database_url)
     async with (

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from pydantic import SecretStr
 from sqlalchemy import String, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -24,6 +25,7 @@ from events.tables import events
 from projections import BaseUserTableUUID, OAuthAccount, User
 from registry.adapter.projector import run_projector
 from registry.bootstrap import build
+from registry.cli import main
 from registry.domain.commands import RegisterUser
 from registry.schema import ensure_schema
 from registry.service.handlers import CommandHandlers
@@ -216,9 +218,6 @@ def test_key_files_are_created_owner_only_never_replaced_and_checked(tmp_path: P
 
 def test_keygen_into_a_file_keeps_an_existing_one_only_when_asked(tmp_path: Path) -> None:
     """What the docker-compose `keys` one-shot runs on every `up`."""
-    from click.testing import CliRunner
-
-    from registry.cli import main
 
     path = tmp_path / "registry.key"
     runner = CliRunner()
@@ -290,7 +289,7 @@ async def test_an_attached_crypto_is_kept_but_checked(
 
 
 async def test_the_adapter_seals_with_the_configured_key(
-    database_url: str, engine: AsyncEngine, fresh_settings: pytest.MonkeyPatch
+    engine: AsyncEngine, fresh_settings: pytest.MonkeyPatch
 ) -> None:
     key = MasterKey.generate()
     fresh_settings.setenv("REGISTRY_MASTER_KEY", key.encoded())

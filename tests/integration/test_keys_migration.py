@@ -109,7 +109,7 @@ async def test_encrypt_events_seals_the_old_log_resumably_and_changes_nothing_vi
     assert to_seal > 15
 
     # a run that stops after its first batch of 10 events keeps that batch
-    def crash(done: int, total: int) -> None:
+    def crash(_done: int, _total: int) -> None:
         raise KeyboardInterrupt
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -8,7 +8,6 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -36,7 +35,7 @@ OLD, NEW = MasterKey.generate(), MasterKey.generate()
 
 
 @pytest.fixture
-async def other_engines(database_url: str) -> AsyncIterator[list[AsyncEngine]]:
+async def other_engines() -> AsyncIterator[list[AsyncEngine]]:
     """Engines of other processes (each has its own keys attached)."""
     made: list[AsyncEngine] = []
     yield made
@@ -61,7 +60,7 @@ async def wrapped_by(engine: AsyncEngine) -> dict[str | None, int]:
 
 
 async def test_rotation_resumes_runs_online_and_retires_the_old_key(
-    database_url: str, engine: AsyncEngine, other_engines: list[AsyncEngine], tmp_path: Path
+    database_url: str, engine: AsyncEngine, other_engines: list[AsyncEngine]
 ) -> None:
     await enable(engine, settings_for(database_url, OLD))
     pop = await populate(engine, 7)

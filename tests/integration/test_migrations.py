@@ -9,14 +9,27 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import Column, Integer, MetaData, Table, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import projections  # noqa: F401  (registers the default read-model tables)
-from registry.schema import current_revision, head_revision, migrate, target_metadata
+from registry.schema import (
+    RegistryMissingError,
+    alembic_config,
+    current_revision,
+    head_revision,
+    include_object,
+    migrate,
+    registry_table_names,
+    target_metadata,
+)
+from registry.service.operations import gather_status
+from registry.settings import Settings
 
 
 async def test_migrations_match_the_models(engine: AsyncEngine) -> None:
@@ -41,10 +54,6 @@ async def test_migrations_match_the_models(engine: AsyncEngine) -> None:
 
 
 def test_include_object_keeps_an_apps_autogenerate_off_the_registrys_tables() -> None:
-    from sqlalchemy import Column, Integer, MetaData, Table
-
-    from registry.schema import include_object, registry_table_names
-
     owned = registry_table_names()
     assert {"events", "event_data_keys", "registry_processed_commands"} <= owned
     assert "projection_checkpoints" in owned
@@ -63,9 +72,6 @@ async def test_migrate_twice_is_a_no_op_and_downgrade_works(engine: AsyncEngine)
     await migrate(engine)
     await migrate(engine)
     assert await current_revision(engine) == head_revision()
-    from alembic import command
-
-    from registry.schema import alembic_config
 
     def down(sync_conn: Connection) -> None:
         cfg = alembic_config()
@@ -125,11 +131,5 @@ def test_status_where_there_is_no_registry_says_what_to_run_and_creates_nothing(
 
 
 async def test_status_of_a_postgresql_database_without_a_registry(pg_url: str) -> None:
-    import pytest
-
-    from registry.schema import RegistryMissingError
-    from registry.service.operations import gather_status
-    from registry.settings import Settings
-
     with pytest.raises(RegistryMissingError, match=r"no events table.*registry migrate"):
         await gather_status(Settings(database_url=pg_url))

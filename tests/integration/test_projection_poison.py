@@ -17,7 +17,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import insert, select
@@ -104,17 +104,20 @@ async def api(engine: AsyncEngine) -> AsyncIterator[Api]:
         attach(engine, None)
 
 
-def new_worker(engine: AsyncEngine, store: EventStore, **kw: Any) -> ProjectionWorker:
-    options: dict[str, Any] = {
-        "partitions": PARTITIONS,
-        "batch_size": 50,
-        "lease_ttl": 1.5,
-        "max_attempts": ATTEMPTS,
-        "retry_backoff": 0.02,
-        "retry_backoff_max": 0.1,
-    }
-    options.update(kw)
-    return ProjectionWorker(engine, store, UserProjection(User, OAuthAccount), **options)
+def new_worker(
+    engine: AsyncEngine, store: EventStore, *, batch_size: int = 50, max_attempts: int = ATTEMPTS
+) -> ProjectionWorker:
+    return ProjectionWorker(
+        engine,
+        store,
+        UserProjection(User, OAuthAccount),
+        partitions=PARTITIONS,
+        batch_size=batch_size,
+        lease_ttl=1.5,
+        max_attempts=max_attempts,
+        retry_backoff=0.02,
+        retry_backoff_max=0.1,
+    )
 
 
 @contextlib.asynccontextmanager

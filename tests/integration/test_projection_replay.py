@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import event, func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from events import EventStore, UserRegistered
+from events import Cursor, EventStore, UserRegistered, create_engine
 from projections import UserProjection
 from projections import replay as replay_module
 from projections.errors import ReplayError
@@ -155,15 +155,12 @@ async def test_an_interrupted_replay_resumes_or_is_abandoned(
 async def test_replay_writes_new_rows_with_copy_on_postgresql(pg_url: str) -> None:
     """The bulk phase COPYs its rows: ids read back through asyncpg (its own UUID subclass)
     once sent every row through INSERT instead, a fifth of the replay's time."""
-    from sqlalchemy import event
-
-    from events import create_engine
 
     engine = create_engine(pg_url)
     inserts: list[str] = []
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
-    def seen(conn: object, cursor: object, stmt: str, *_: object) -> None:
+    def seen(_conn: object, _cursor: object, stmt: str, *_: object) -> None:
         if stmt.lstrip().upper().startswith("INSERT INTO") and "__next" in stmt:
             inserts.append(stmt)
 
@@ -189,7 +186,9 @@ async def test_replay_in_several_processes_matches_the_log(
     workers = tmp_path / "pids"
     real = Replay.bulk_shards
 
-    async def noted(self: Replay, shards: list[int], head: Any, count: Any) -> None:
+    async def noted(
+        self: Replay, shards: list[int], head: Cursor, count: Callable[[int], None]
+    ) -> None:
         with workers.open("a") as f:  # children write here too
             f.write(f"{os.getpid()}\n")
         await real(self, shards, head, count)
@@ -207,8 +206,6 @@ async def test_replay_in_several_processes_matches_the_log(
 async def test_a_failed_replay_process_is_reported_and_the_next_run_resumes(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from events import create_engine
-
     engine = create_engine(pg_url)
     try:
         await create_tables(engine)
@@ -217,7 +214,9 @@ async def test_a_failed_replay_process_is_reported_and_the_next_run_resumes(
         parent = os.getpid()
         real = Replay.bulk_shards
 
-        async def fails_in_children(self: Replay, shards: list[int], head: Any, count: Any) -> None:
+        async def fails_in_children(
+            self: Replay, shards: list[int], head: Cursor, count: Callable[[int], None]
+        ) -> None:
             if os.getpid() != parent:
                 raise RuntimeError("disk on fire")
             await real(self, shards, head, count)

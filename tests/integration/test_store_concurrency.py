@@ -9,6 +9,7 @@ import uuid
 from collections import defaultdict
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import (
@@ -99,7 +100,7 @@ async def test_concurrent_appenders_on_one_stream(store: EventStore, retry: bool
 
 @pytest.mark.parametrize("appenders", [15, APPENDERS])
 async def test_concurrent_read_decide_append_transactions(
-    store: EventStore, backend: str, appenders: int
+    store: EventStore, appenders: int
 ) -> None:
     """The command handlers' shape: read the stream and append in one transaction
     (`conn=`), retrying on `ConcurrencyError`. No barrier: the pool bounds the concurrency.
@@ -257,13 +258,12 @@ async def test_writers_released_together_commit_together(pg_url: str) -> None:
     again before the next flush starts, and the two flights share them (two groups of four;
     before: every released group sent its first append alone, then the others: 1, 6, 1, 6,
     60 INSERTs for these 160 appends)."""
-    from sqlalchemy import event
 
     engine = create_engine(pg_url)
     inserts: list[int] = []
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
-    def count(conn: object, cursor: object, stmt: str, params: object, *_: object) -> None:
+    def count(_conn: object, _cursor: object, stmt: str, _params: object, *_: object) -> None:
         if stmt.lstrip().startswith(("INSERT INTO events", "WITH")) and "unnest" in stmt:
             inserts.append(1)
 

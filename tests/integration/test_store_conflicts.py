@@ -84,7 +84,7 @@ async def test_stale_appends_fail_no_statement_on_sqlite(
 
 
 async def test_a_refused_append_leaves_no_unstored_data_key_in_use(
-    handlers: CommandHandlers, engine: AsyncEngine
+    handlers: CommandHandlers,
 ) -> None:
     """A stale append to a "new" stream made a data key for it and kept it cached although it
     was never stored: the stream's next events were sealed with it and could not be read

@@ -7,7 +7,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text, update
@@ -16,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from events import (
     Cursor,
     EventStore,
+    RecordedEvent,
     UserEmailChanged,
     UserErased,
     UserPasswordChanged,
@@ -233,7 +233,7 @@ async def test_concurrent_first_sealed_appends_to_a_legacy_stream_leave_one_key(
     sid = uuid.uuid4()
     await insert_raw(engine, sid, 1, "UserVerified", 1, {}, datetime.now(UTC))
 
-    async def change(i: int) -> Any:
+    async def change(i: int) -> list[RecordedEvent] | Exception:
         own = EventStore(engine, crypto=Crypto(store.crypto.keyring))  # type: ignore[union-attr]  # the store was made with a Crypto
         try:
             return await own.append(

@@ -8,11 +8,13 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.engine import AdaptedConnection, Connection
+from sqlalchemy.engine.interfaces import DBAPICursor
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from events import EventStore, UserRegistered, UserVerified, create_engine
 from tests.support.store import HASH, open_store
@@ -109,11 +111,11 @@ async def counted(database_url: str) -> AsyncIterator[tuple[EventStore, list[str
     engine = create_engine(database_url, pool_pre_ping=False)
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
-    def statement(_c: Any, _cur: Any, sql: str, *_a: Any) -> None:
+    def statement(_c: Connection, _cur: DBAPICursor, sql: str, *_a: object) -> None:
         sent.append(sql.split()[0].upper())
 
     @event.listens_for(engine.sync_engine, "connect")
-    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+    def on_connect(dbapi_conn: AdaptedConnection, _record: ConnectionPoolEntry) -> None:
         if engine.dialect.name == "postgresql":  # asyncpg logs BEGIN/COMMIT/ROLLBACK
             dbapi_conn.driver_connection.add_query_logger(
                 lambda q: sent.append(q.query.strip(" ;").upper())

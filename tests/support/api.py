@@ -20,6 +20,8 @@ from events import (
     UserRegistered,
 )
 from events.tables import metadata as events_metadata
+from projections import OAuthAccount, User, UserProjection
+from projections.tables import metadata as projections_metadata
 from registry.api import create_app
 from registry.bootstrap import Container
 from registry.settings import Settings
@@ -34,16 +36,12 @@ SECRETS = (HASH, ACCESS, REFRESH, "SECRETHASH", "TOKEN-secret")
 
 
 async def create_tables(engine: AsyncEngine) -> None:
-    from projections.tables import metadata as projections_metadata
-
     async with engine.begin() as conn:
         await conn.run_sync(events_metadata.create_all)
         await conn.run_sync(projections_metadata.create_all)
 
 
-def make_container(engine: AsyncEngine, **settings: Any) -> Container:
-    from projections import OAuthAccount, User
-
+def make_container(engine: AsyncEngine, **settings: object) -> Container:
     values: dict[str, Any] = {
         "database_url": str(engine.url),
         "api_tokens": [TOKEN, OTHER_TOKEN],
@@ -126,9 +124,7 @@ def auth(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def open_api(engine: AsyncEngine, **settings: Any) -> Api:
-    from projections import UserProjection
-
+async def open_api(engine: AsyncEngine, **settings: object) -> Api:
     await create_tables(engine)
     container = make_container(engine, **settings)
     app = create_app(container)

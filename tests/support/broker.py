@@ -5,12 +5,17 @@ address."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
+import aio_pika
+import nats
+from faststream.nats import NatsBroker
+from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange
+from nats.js.errors import NotFoundError
 from redis.asyncio import Redis
 
 from registry.bus import Channels
-from tests.support.bus import BROKER_URLS, BusClient
+from tests.support.bus import BROKER_URLS, Broker, BusClient
 
 
 @dataclass
@@ -32,9 +37,6 @@ async def held(kind: str, channels: Channels) -> Held:
 
 
 async def _nats_held(channels: Channels) -> Held:
-    import nats
-    from nats.js.errors import NotFoundError
-
     nc = await nats.connect(BROKER_URLS["nats"])
     try:
         js = nc.jetstream()
@@ -58,7 +60,6 @@ async def _nats_held(channels: Channels) -> Held:
 async def _rabbit_held(channels: Channels) -> Held:
     """Ready messages only: call with no consumer attached (unacknowledged ones are requeued
     when a consumer's connection closes)."""
-    import aio_pika
 
     conn = await aio_pika.connect(BROKER_URLS["rabbit"])
     try:
@@ -76,8 +77,6 @@ async def _rabbit_held(channels: Channels) -> Held:
 
 
 async def _redis_held(channels: Channels) -> Held:
-    from redis.asyncio import Redis
-
     client = Redis.from_url(BROKER_URLS["redis"])
     try:
         bodies: list[bytes] = []
@@ -105,8 +104,6 @@ async def publish_with_reply(client: BusClient, name: str, body: bytes, reply_to
             headers={"reply_to": reply_to, "correlation_id": "c-1"},
         )
     elif client.kind == "rabbit":
-        from faststream.rabbit import ExchangeType, RabbitExchange
-
         exchange = RabbitExchange(ch.exchange, type=ExchangeType.TOPIC, durable=True)
         await client.broker.publish(
             body, routing_key=ch.command(name), exchange=exchange, persist=True, reply_to=reply_to
@@ -119,16 +116,15 @@ def secret_in(bodies: list[bytes], *secrets: str) -> list[bytes]:
     return [b for b in bodies if any(s.encode() in b for s in secrets)]
 
 
-async def close_connection(broker: Any) -> None:
+async def close_connection(broker: Broker) -> None:
     """Cut a consumer's broker connection for good (a crash or a blip between its commit and
     its acknowledgement): what it had not acknowledged is redelivered to another."""
-    kind = type(broker).__module__
-    if "nats" in kind:
+    if isinstance(broker, NatsBroker):
         await broker.connection.close()
-    elif "rabbit" in kind:
+    elif isinstance(broker, RabbitBroker):
         await (await broker.connect()).close()
     else:
-        await broker.connection.aclose()
+        await (await broker.connect()).aclose()
 
 
 #: an entry of a Redis stream read by a client that decodes nothing: its id and its fields

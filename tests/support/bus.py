@@ -12,19 +12,33 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
+import aio_pika
+import nats
+from faststream.nats import NatsBroker
+from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange
+from faststream.redis import RedisBroker
+from nats.js import JetStreamContext
+from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import EventStore
 from events.tables import events as events_table
 from events.tables import metadata as events_metadata
+from projections.tables import metadata as projections_metadata
 from registry.bootstrap import Container
 from registry.bus import Channels, Reply, create_broker, request, running_bus
 from registry.settings import Settings
+from registry.tables import metadata as registry_metadata
+
+#: the brokers these tests run on, as `create_broker` builds them from a URL
+Broker: TypeAlias = NatsBroker | RabbitBroker | RedisBroker
+#: a command as sent: raw bytes, or a JSON object to encode
+Payload: TypeAlias = bytes | Mapping[str, object]
 
 BROKER_URLS = {
     "nats": "nats://127.0.0.1:4222",
@@ -41,9 +55,6 @@ def unique_prefix() -> str:
 
 
 async def create_tables(engine: AsyncEngine) -> None:
-    from projections.tables import metadata as projections_metadata
-    from registry.tables import metadata as registry_metadata
-
     async with engine.begin() as conn:
         await conn.run_sync(events_metadata.create_all)
         await conn.run_sync(registry_metadata.create_all)
@@ -89,19 +100,17 @@ class BusClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.broker.stop()
 
-    async def send(self, name: str, payload: Any, timeout: float = TIMEOUT) -> Reply:
+    async def send(self, name: str, payload: Payload, timeout: float = TIMEOUT) -> Reply:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         return await request(self.broker, name, body, timeout=timeout, channels=self.channels)
 
-    async def publish(self, name: str, payload: Any) -> None:
+    async def publish(self, name: str, payload: Payload) -> None:
         """Publish without a reply address (what a fire-and-forget sender does)."""
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         ch = self.channels
         if self.kind == "nats":
             await self.broker.publish(body, ch.command(name), stream=ch.nats_command_stream)
         elif self.kind == "rabbit":
-            from faststream.rabbit import ExchangeType, RabbitExchange
-
             exchange = RabbitExchange(ch.exchange, type=ExchangeType.TOPIC, durable=True)
             await self.broker.publish(
                 body, routing_key=ch.command(name), exchange=exchange, persist=True
@@ -143,8 +152,6 @@ async def bus_setup(
 async def cleanup(kind: str, channels: Channels) -> None:
     """Remove what a test declared on the broker."""
     if kind == "nats":
-        import nats
-
         nc = await nats.connect(BROKER_URLS["nats"])
         try:
             js = nc.jetstream()
@@ -154,8 +161,6 @@ async def cleanup(kind: str, channels: Channels) -> None:
         finally:
             await nc.close()
     elif kind == "rabbit":
-        import aio_pika
-
         conn = await aio_pika.connect(BROKER_URLS["rabbit"])
         try:
             for queue in (channels.queue, channels.dead_letter_queue):
@@ -173,8 +178,6 @@ async def cleanup(kind: str, channels: Channels) -> None:
         finally:
             await conn.close()
     else:
-        from redis.asyncio import Redis
-
         client = Redis.from_url(BROKER_URLS["redis"])
         try:
             keys = [k async for k in client.scan_iter(match=f"{channels.prefix}.*")]
@@ -190,7 +193,7 @@ FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2VjcmV0LWhhc2g$not-a-real-hash-but-
 
 
 def register_payload(
-    email: str | None = None, *, password: str | None = None, **extra: Any
+    email: str | None = None, *, password: str | None = None, **extra: object
 ) -> dict[str, Any]:
     secret = {"password": password} if password else {"hashed_password": FAKE_HASH}
     return {"email": email or f"u{uuid.uuid4().hex[:8]}@example.com", **secret, **extra}
@@ -228,8 +231,6 @@ class NatsEvents:
         self.messages: list[Any] = []
 
     async def count(self) -> int:
-        import nats
-
         nc = await nats.connect(BROKER_URLS["nats"])
         try:
             info = await nc.jetstream().stream_info(self.channels.nats_event_stream)
@@ -238,8 +239,6 @@ class NatsEvents:
             await nc.close()
 
     async def read_all(self) -> list[Any]:
-        import nats
-
         nc = await nats.connect(BROKER_URLS["nats"])
         try:
             js = nc.jetstream()
@@ -256,6 +255,6 @@ class NatsEvents:
         finally:
             await nc.close()
 
-    async def count_with(self, js: Any) -> int:
+    async def count_with(self, js: JetStreamContext) -> int:
         info = await js.stream_info(self.channels.nats_event_stream)
         return int(info.state.messages)

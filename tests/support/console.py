@@ -5,6 +5,7 @@ a poisoned read-model row, and the system's headless chromium."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -15,14 +16,19 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
 from sqlalchemy.engine import make_url
+
+from events import EventStore, UserRegistered, create_engine
+from events.crypto import Crypto, Keyring, MasterKey, attach
 
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = Path(sys.executable).with_name("registry")
@@ -84,7 +90,7 @@ class Served:
         for stream in (self.proc.stdout, self.proc.stderr):
             threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
 
-    def _pump(self, stream: Any) -> None:
+    def _pump(self, stream: Iterable[str]) -> None:
         for line in stream:
             self.lines.append(line)
 
@@ -103,7 +109,6 @@ class Served:
 
     def send(self, command: str, payload: str) -> dict[str, Any]:
         """`registry send COMMAND PAYLOAD` over this server's bus; the accepted reply."""
-        import json
 
         done = subprocess.run(
             [str(REGISTRY), "send", command, payload],
@@ -207,15 +212,15 @@ def cure(database_url: str) -> None:
         )
 
 
-def browser() -> Any:
+def browser() -> webdriver.Chrome:
     """Headless chromium from the system packages, driven by its chromedriver."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
 
-    assert CHROMIUM.exists() and CHROMEDRIVER.exists(), (
+    missing = (
         f"needs {CHROMIUM} and {CHROMEDRIVER} (Debian: apt-get install chromium "
         "chromium-driver; .ci/browser.sh does it)"
     )
+    assert CHROMIUM.exists(), missing
+    assert CHROMEDRIVER.exists(), missing
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for arg in (
@@ -232,8 +237,6 @@ def browser() -> Any:
 async def append_unreadable(database_url: str) -> int:
     """Append a registration sealed by a master key this deployment never had (an event
     restored from elsewhere): nobody here can read it. Its position."""
-    from events import EventStore, UserRegistered, create_engine
-    from events.crypto import Crypto, Keyring, MasterKey, attach
 
     engine = create_engine(database_url)
     try:

@@ -6,7 +6,6 @@ import json
 import uuid
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import MetaData, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -94,7 +93,7 @@ async def full_life(h: CommandHandlers, tag: str) -> Victim:
     )
 
 
-def _text(value: Any) -> str:
+def _text(value: object) -> str:
     if isinstance(value, bytes | bytearray | memoryview):
         raw = bytes(value)
         return raw.decode("latin-1")  # a clear value in bytes shows up byte for byte

@@ -31,14 +31,15 @@ USERS, ACCOUNTS = User.__table__, OAuthAccount.__table__
 
 
 def settings_for(
-    url: str, key: MasterKey | None, previous: tuple[MasterKey, ...] = (), **more: Any
+    url: str, key: MasterKey | None, previous: tuple[MasterKey, ...] = (), **more: object
 ) -> Settings:
-    return Settings(
-        database_url=url,
-        master_key=SecretStr(key.encoded()) if key is not None else None,
-        previous_master_keys=[SecretStr(k.encoded()) for k in previous],
+    values: dict[str, Any] = {
+        "database_url": url,
+        "master_key": SecretStr(key.encoded()) if key is not None else None,
+        "previous_master_keys": [SecretStr(k.encoded()) for k in previous],
         **more,
-    )
+    }
+    return Settings(**values)
 
 
 @dataclass
@@ -159,7 +160,7 @@ async def read_model(engine: AsyncEngine) -> dict[str, Any]:
 async def read_streams(store: EventStore, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
     """Each stream's events as (version, type, payload), opened."""
 
-    def shape(r: RecordedEvent) -> Any:
+    def shape(r: RecordedEvent) -> tuple[int, str, dict[str, Any], bool]:
         return (r.stream_version, r.event_type, r.event.model_dump(mode="json"), r.erased)
 
     return {sid: [shape(r) for r in await store.read_stream(sid)] for sid in ids}

@@ -4,6 +4,7 @@ every event type, raw row access and the log as `read_after` releases it."""
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select
@@ -98,7 +99,7 @@ async def insert_raw(
     event_type: str,
     schema_version: int,
     data: dict[str, Any],
-    recorded_at: Any,
+    recorded_at: datetime,
 ) -> None:
     """A row written the way an older release (or another program) would have written it."""
     async with engine.begin() as conn:

@@ -4,8 +4,8 @@ checks an append request goes through before anything is written."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -279,7 +279,9 @@ def test_payloads_that_do_not_match_their_model_are_refused(event: Event) -> Non
         (checks.events_and_payloads, [UserVerified(), "x"], "a str"),
     ],
 )
-def test_append_checks_refuse_precisely(fn: Any, value: Any, message: str) -> None:
+def test_append_checks_refuse_precisely(
+    fn: Callable[..., object], value: object, message: str
+) -> None:
     with pytest.raises(InvalidEventError) as caught:
         fn(value)
     assert message in str(caught.value)

@@ -77,7 +77,7 @@ def test_a_password_may_hold_anything_but_nul_and_surrogates() -> None:
 
 
 @pytest.mark.parametrize("value", ["yes", "true", 1, 0, "1", 1.0, None])
-def test_booleans_are_strict(value: Any) -> None:
+def test_booleans_are_strict(value: object) -> None:
     if value is None:  # explicit null: "not given" on update, refused on register
         assert refused(RegisterUser, {**REGISTER, "is_active": None})
         assert UpdateUser.model_validate({"user_id": USER, "is_active": None}).is_active is None
@@ -88,7 +88,7 @@ def test_booleans_are_strict(value: Any) -> None:
 
 
 @pytest.mark.parametrize("value", ["5", 5.0, True, "1e3"])
-def test_integers_are_strict(value: Any) -> None:
+def test_integers_are_strict(value: object) -> None:
     assert refused(RegisterUser, {**REGISTER, "expected_version": value})[0][0] == (
         "expected_version"
     )

@@ -57,9 +57,8 @@ async def test_a_registration_appends_one_event(
     assert (out.version, out.duplicate, out.projected) == (1, False, False)
     (recorded,) = await store.read_stream(out.user_id)
     assert isinstance(recorded.event, UserRegistered)
-    assert recorded.event.email == "ada@example.com" and recorded.event.profile == {
-        "first_name": "Ada"
-    }
+    assert recorded.event.email == "ada@example.com"
+    assert recorded.event.profile == {"first_name": "Ada"}
     assert list(out.events) == [recorded]
 
 
@@ -112,7 +111,8 @@ async def test_a_deleted_users_address_can_be_registered_again(
     first = await register(handlers, "ada@example.com")
     await handlers.handle(DeleteUser(user_id=first.user_id))
     again = await register(handlers, "Ada@example.com")
-    assert again.user_id != first.user_id and again.version == 1
+    assert again.user_id != first.user_id
+    assert again.version == 1
     with pytest.raises(UserNotFoundError):
         await handlers.handle(UpdateUser(user_id=first.user_id, is_verified=True))
 
@@ -123,7 +123,8 @@ async def test_a_repeated_command_id_returns_the_first_outcome(
     command = RegisterUser(email="ada@example.com", hashed_password=HASH, command_id="c-1")
     first = await handlers.handle(command)
     again = await handlers.handle(command)
-    assert again.duplicate and not first.duplicate
+    assert again.duplicate
+    assert not first.duplicate
     assert (again.user_id, again.version, again.events) == (
         first.user_id,
         first.version,
@@ -176,7 +177,8 @@ async def test_erasure_frees_the_address_and_forgets_fingerprints(
     out = await handlers.handle(EraseUser(user_id=ada.user_id))
     assert [type(r.event) for r in out.events] == [UserErased]
     stream = await store.read_stream(ada.user_id)
-    assert len(stream) == 2 and all(r.erased for r in stream)
+    assert len(stream) == 2
+    assert all(r.erased for r in stream)
     assert "ada@example.com" not in repr([r.event for r in stream])
     assert uow.kept.processed["c-ada"].fingerprint is None
     await register(handlers, "ada@example.com")
@@ -186,7 +188,7 @@ async def test_erasure_frees_the_address_and_forgets_fingerprints(
 
 async def test_projections_need_a_database(uow: InMemoryUnitOfWork) -> None:
     class Projection:
-        async def apply_own(self, conn: object, recorded: object, after_version: int) -> bool:
+        async def apply_own(self, _conn: object, _recorded: object, _after_version: int) -> bool:
             raise AssertionError("never called")
 
     handlers = BaseCommandHandlers(uow, own_projection=Projection())

@@ -15,15 +15,14 @@ import shutil
 from pathlib import Path
 
 import asyncpg
+import fastapi_users_db_sqlalchemy as shim
 import pytest
 from sqlalchemy.engine import URL, make_url
 
+from registry import EventSourcedUserDatabase
 
-def pytest_configure(config: pytest.Config) -> None:
-    import fastapi_users_db_sqlalchemy as shim
 
-    from registry import EventSourcedUserDatabase
-
+def pytest_configure() -> None:
     # mypy reads upstream's installed package here; at run time the shim must have won
     found: object = shim.SQLAlchemyUserDatabase
     if found is not EventSourcedUserDatabase:
