@@ -135,6 +135,9 @@ class Container:
     oauth_table: OAuthModel | None
     #: dispose the engine on `aclose` (False for an engine the app made and keeps)
     owns_engine: bool = True
+    #: set when the process begins to shut down: requests that wait for something (the
+    #: console's live tail) answer at once instead of holding the shutdown up
+    stopping: bool = field(default=False, init=False)
     _handlers: CommandHandlers | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> Container:

@@ -71,11 +71,27 @@ def with_token(settings: Settings, echo: Echo) -> Settings:
 class _Stop:
     requested: bool = False
     server: uvicorn.Server | None = None
+    container: Container | None = None
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
+        if self.container is not None:
+            self.container.stopping = True
         if self.server is not None:
             self.server.should_exit = True
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the container when a signal starts the shutdown (uvicorn
+    handles SIGTERM/SIGINT itself while serving, through `handle_exit`)."""
+
+    def __init__(self, config: uvicorn.Config, container: Container) -> None:
+        super().__init__(config)
+        self.container = container
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.container.stopping = True
+        super().handle_exit(sig, frame)
 
 
 async def _announce(server: uvicorn.Server, settings: Settings, echo: Echo) -> None:
@@ -111,8 +127,8 @@ async def serve(settings: Settings, stop: _Stop, echo: Echo) -> int:
             lifespan="on",
             timeout_graceful_shutdown=10,
         )
-        server = uvicorn.Server(config)
-        stop.server = server
+        server = _Server(config, container)
+        stop.server, stop.container = server, container
         if stop.requested:
             return 0
         announcer = asyncio.create_task(_announce(server, settings, echo))

@@ -4,6 +4,7 @@ payloads redacted by the history route's own function; filtered by event type.""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -29,6 +30,11 @@ BATCH = 500
 CURSOR_HEADER = "X-Console-Cursor"
 #: events read one at a time per poll after a batch that could not be read
 UNREADABLE_BATCH = 50
+#: how long a poll with nothing new waits for the next commit before answering empty
+LONG_POLL = 10.0
+#: re-read at least this often while waiting: a commit signalled between the last read and the
+#: wait is then seen this late at worst
+RECHECK = 0.5
 
 
 def parse_cursor(raw: str) -> Cursor:
@@ -152,8 +158,14 @@ def tail_router(console: Console) -> APIRouter:
         type: str | None = None,
         session: Session = Depends(console.signed_in),
     ) -> Response:
-        """The events after `after` as table rows, newest first; the new cursor in a header."""
+        """The events after `after` as table rows, newest first; the new cursor in a header.
+        With nothing new it waits for the next commit (up to LONG_POLL), so a new event shows
+        as soon as it is committed rather than at the page's next poll."""
         found, cursor = await read(after or None, type or None)
+        deadline = time.monotonic() + LONG_POLL
+        while not found and time.monotonic() < deadline and not console.container.stopping:
+            await store.wait_for_events(min(RECHECK, deadline - time.monotonic()))
+            found, cursor = await read(format_cursor(cursor), type or None)
         response = console.page(request, "_event_rows.html", session=session, rows=found)
         response.headers[CURSOR_HEADER] = format_cursor(cursor)
         return response
