@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -29,6 +29,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.catalog import EVENT_TYPES
+from events.codec import loads
 from events.envelope import shard_of
 from events.errors import InvalidEventError
 from events.keyring import NONCE_BYTES, Keyring, MasterKey, MasterKeyError
@@ -58,10 +59,9 @@ class StreamErasedError(InvalidEventError):
 
 
 # ---------------------------------------------------------------------------- sealing
-#: the JSON codec of sealed values, bound once (json.loads/dumps re-create these per call:
-#: half the cost of opening an event during a replay)
+#: the JSON encoder of sealed values, bound once (json.dumps re-creates it per call); they
+#: are decoded with `events.codec.loads`
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _event_aad(stream_id: UUID, stream_version: int) -> bytes:
@@ -181,7 +181,7 @@ class Crypto:
                 f"stream {stream_id} v{version}: sealed data does not open with its data key"
             ) from None
         out = data if in_place and type(data) is dict else dict(data)
-        for name, value in _scan(plain.decode(), 0)[0].items():
+        for name, value in loads(plain).items():
             if type(value) is dict and type(out.get(name)) is dict:
                 out[name] = {**out[name], **value}
             else:

@@ -119,7 +119,7 @@ async def _insert_grouped(
     """Multi-row INSERTs, one per distinct column set (executemany needs uniform keys)."""
     copy = copy and conn.dialect.name == "postgresql"
     for cols, items in _by_columns(rows).items():
-        if copy and all(_copyable(v) for r in items for v in r.values()):
+        if copy and all(_copyable(t) for t in {type(v) for r in items for v in r.values()}):
             await _copy(conn, table, cols, items)
             continue
         for part in chunks(items, 5000):
@@ -130,10 +130,11 @@ async def _insert_grouped(
 COPYABLE = frozenset({str, int, float, bool, uuid.UUID, datetime, type(None)})
 
 
-def _copyable(value: object) -> bool:
+def _copyable(kind: type) -> bool:
+    """Values of this type go into COPY as they are."""
     # ids read back through asyncpg are its own uuid.UUID subclass, as good for COPY: an exact
     # type check would send every replayed row through INSERT
-    return type(value) in COPYABLE or isinstance(value, uuid.UUID)
+    return kind in COPYABLE or issubclass(kind, uuid.UUID)
 
 
 async def _copy(
