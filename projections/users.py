@@ -171,7 +171,9 @@ class UserProjection:
                     if row is None:
                         raise MasterKeyError(f"the event at position {position} has no data key")
                     # a key row not erased holds its key's id and the wrapped key
-                    key = crypto.key_from_row(sid, cast(str, row[0]), cast(bytes, row[1]))
+                    key = crypto.key_from_row(
+                        sid, cast(str, row[0]), cast(bytes, row[1]), remember=False
+                    )
                     found = opened[sid] = (key, sid.bytes)
                 data = crypto.open(
                     found[0], sid, version, data, sealed, stream_bytes=found[1], in_place=True
