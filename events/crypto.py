@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -29,6 +30,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.catalog import EVENT_TYPES
+from events.codec import loads
 from events.envelope import shard_of
 from events.errors import InvalidEventError
 from events.keyring import NONCE_BYTES, Keyring, MasterKey, MasterKeyError
@@ -58,10 +60,9 @@ class StreamErasedError(InvalidEventError):
 
 
 # ---------------------------------------------------------------------------- sealing
-#: the JSON codec of sealed values, bound once (json.loads/dumps re-create these per call:
-#: half the cost of opening an event during a replay)
+#: the JSON encoder of sealed values, bound once (json.dumps re-creates it per call); they
+#: are decoded with `events.codec.loads`
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _event_aad(stream_id: UUID, stream_version: int) -> bytes:
@@ -122,8 +123,10 @@ class Crypto:
         self.personal_profile = frozenset(personal_profile)
         #: unwrapped keys by stream, with the wrapped bytes they came from (a re-wrapped or
         #: destroyed key row never matches a stale entry)
-        #: (first in, first out: a hit costs one dict lookup, no reordering)
-        self._keys: dict[UUID, tuple[bytes, AESGCM]] = {}
+        #: (first in, first out: a hit costs one lookup, no reordering; an OrderedDict drops
+        #: its oldest entry in constant time, where a dict's first entry is found by skipping
+        #: every slot deleted before it)
+        self._keys: OrderedDict[UUID, tuple[bytes, AESGCM]] = OrderedDict()
         self._spec = personal_spec(self.personal_profile)
 
     def mark_personal(self, columns: Iterable[str]) -> None:
@@ -181,7 +184,7 @@ class Crypto:
                 f"stream {stream_id} v{version}: sealed data does not open with its data key"
             ) from None
         out = data if in_place and type(data) is dict else dict(data)
-        for name, value in _scan(plain.decode(), 0)[0].items():
+        for name, value in loads(plain).items():
             if type(value) is dict and type(out.get(name)) is dict:
                 out[name] = {**out[name], **value}
             else:
@@ -189,22 +192,27 @@ class Crypto:
         return out
 
     # ------------------------------------------------------------------ data keys
-    def key_from_row(self, stream_id: UUID, key_id: str, wrapped: bytes) -> AESGCM:
-        """The stream's data key from its stored row (unwrapped once, then cached)."""
+    def key_from_row(
+        self, stream_id: UUID, key_id: str, wrapped: bytes, *, remember: bool = True
+    ) -> AESGCM:
+        """The stream's data key from its stored row (unwrapped once, then cached). A reader
+        passing over every stream once (a replay) keeps its keys itself: `remember=False`
+        leaves the cache to the streams being written."""
         if not isinstance(wrapped, bytes):
             wrapped = bytes(wrapped)
         found = self._keys.get(stream_id)
         if found is not None and found[0] == wrapped:
             return found[1]
         key = AESGCM(self.keyring.unwrap(stream_id, key_id, wrapped))
-        self._remember(stream_id, wrapped, key)
+        if remember:
+            self._remember(stream_id, wrapped, key)
         return key
 
     def _remember(self, stream_id: UUID, wrapped: bytes, key: AESGCM) -> None:
         self._keys.pop(stream_id, None)
         self._keys[stream_id] = (wrapped, key)
         if len(self._keys) > KEY_CACHE_SIZE:
-            del self._keys[next(iter(self._keys))]
+            self._keys.popitem(last=False)
 
     def cached(self, stream_id: UUID) -> AESGCM | None:
         found = self._keys.get(stream_id)

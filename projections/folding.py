@@ -77,6 +77,13 @@ class StreamChange:
         else:
             self.update.update(values)
 
+    def put(self, name: str, value: object) -> None:
+        """`set` of one column (no dict built per event)."""
+        if self.insert is not None:
+            self.insert[name] = value
+        else:
+            self.update[name] = value
+
 
 Handler = Callable[[StreamChange, Mapping[str, Any], int], None]
 
@@ -94,18 +101,18 @@ class Folder:
             UserRegistered.event_type: self.registered,
             # addresses in the canonical form whatever rule stored them (a replay brings
             # rows written under an older rule to the current one)
-            UserEmailChanged.event_type: lambda s, e, v: s.set(
-                {"email": normalise_email(e["email"])}
+            UserEmailChanged.event_type: lambda s, e, v: s.put(
+                "email", normalise_email(e["email"])
             ),
-            UserPasswordChanged.event_type: lambda s, e, v: s.set(
-                {"hashed_password": e["hashed_password"]}
+            UserPasswordChanged.event_type: lambda s, e, v: s.put(
+                "hashed_password", e["hashed_password"]
             ),
-            UserVerified.event_type: lambda s, e, v: s.set({"is_verified": True}),
-            UserUnverified.event_type: lambda s, e, v: s.set({"is_verified": False}),
-            UserActivated.event_type: lambda s, e, v: s.set({"is_active": True}),
-            UserDeactivated.event_type: lambda s, e, v: s.set({"is_active": False}),
-            UserSuperuserGranted.event_type: lambda s, e, v: s.set({"is_superuser": True}),
-            UserSuperuserRevoked.event_type: lambda s, e, v: s.set({"is_superuser": False}),
+            UserVerified.event_type: lambda s, e, v: s.put("is_verified", True),
+            UserUnverified.event_type: lambda s, e, v: s.put("is_verified", False),
+            UserActivated.event_type: lambda s, e, v: s.put("is_active", True),
+            UserDeactivated.event_type: lambda s, e, v: s.put("is_active", False),
+            UserSuperuserGranted.event_type: lambda s, e, v: s.put("is_superuser", True),
+            UserSuperuserRevoked.event_type: lambda s, e, v: s.put("is_superuser", False),
             UserProfileUpdated.event_type: self.profile_updated,
             OAuthAccountLinked.event_type: self.oauth_linked,
             OAuthAccountUpdated.event_type: self.oauth_updated,
@@ -145,7 +152,9 @@ class Folder:
         elif change.live:
             self.handlers[event_type](change, data, version)
         if change.live:
-            change.set({"version": version, "updated_at": recorded_at})
+            row = change.insert if change.insert is not None else change.update
+            row["version"] = version
+            row["updated_at"] = recorded_at
         elif change.deleted:
             # events on a deleted stream change nothing but its version
             change.tombstone_dirty = True

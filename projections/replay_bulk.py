@@ -50,7 +50,7 @@ async def bulk_shards(job: BulkJob, shards: list[int], count: Callable[[int], No
     try:
         changes: dict[uuid.UUID, StreamChange] = {}
         pending: list[int] = []
-        while (item := await queue.get()) is not None:
+        while (item := await _next(queue, reader)) is not None:
             shard, chunk, keys = item
             if chunk is not None:
                 job.target.fold_rows(changes, chunk, crypto_of(job.engine), keys)
@@ -71,6 +71,20 @@ async def bulk_shards(job: BulkJob, shards: list[int], count: Callable[[int], No
         reader.cancel()
         if writing is not None:
             writing.cancel()
+
+
+async def _next(
+    queue: asyncio.Queue[ShardBatch | None], reader: asyncio.Task[None]
+) -> ShardBatch | None:
+    """The reader's next batch; the reader's error if it failed (instead of waiting on)."""
+    if not queue.empty() or not reader.done():
+        getting = asyncio.ensure_future(queue.get())
+        await asyncio.wait({getting, reader}, return_when=asyncio.FIRST_COMPLETED)
+        if getting.done():
+            return getting.result()
+        getting.cancel()
+    reader.result()  # raises the reader's error
+    return queue.get_nowait() if not queue.empty() else None
 
 
 async def _flush(job: BulkJob, changes: dict[uuid.UUID, StreamChange], shards: list[int]) -> None:

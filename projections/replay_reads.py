@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     DateTime,
-    Row,
+    Select,
+    Text,
     Tuple,
+    bindparam,
+    cast,
     literal,
     literal_column,
     select,
@@ -21,6 +24,7 @@ from sqlalchemy import (
     type_coerce,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.compiler import Compiled
 from sqlalchemy.types import NullType
 
 from events import Cursor
@@ -29,6 +33,9 @@ from events.tables import data_keys, events
 #: what a replay reads of each event (no metadata, no event id: the projection needs neither);
 #: the drivers return bytes already: skip LargeBinary's per-value result processing
 _SEALED = type_coerce(events.c.sealed, NullType()).label("sealed")
+#: the payload as its JSON text, decoded by the folder (`events.codec`), not by the driver's
+#: codec with `json.loads`
+_DATA = cast(events.c.data, Text).label("data")
 REPLAY_COLUMNS = (
     events.c.position,
     events.c.tx_id,
@@ -36,7 +43,7 @@ REPLAY_COLUMNS = (
     events.c.stream_version,
     events.c.event_type,
     events.c.schema_version,
-    events.c.data,
+    _DATA,
     events.c.recorded_at,
     _SEALED,
 )
@@ -62,7 +69,7 @@ KeyRow = tuple[str | None, bytes | None, datetime | None]
 Keys = dict[uuid.UUID, KeyRow]
 #: what the shard reader hands the folder: shard, a batch of rows (None: the shard is done),
 #: the shard's data key rows
-ShardBatch = tuple[int, Sequence[Row[Any]] | None, Keys]
+ShardBatch = tuple[int, Sequence[Sequence[Any]] | None, Keys]
 
 
 async def keys_of(conn: AsyncConnection, where: ColumnElement[bool]) -> Keys:
@@ -94,30 +101,82 @@ async def read_shards(
     """Each shard's events up to `head` in batches with the shard's data keys, then
     `(shard, None, {})`; `None` at the end. The keys are read first: a stream's key row
     commits with (or before) its first sealed event, so every event up to `head` finds
-    its key."""
+    its key. Each read is a statement of its own: no long-lived snapshot."""
     pos = tuple_(events.c.tx_id, events.c.position)
     columns = PG_REPLAY_COLUMNS if engine.dialect.name == "postgresql" else REPLAY_COLUMNS
+    shard = bindparam("shard", type_=events.c.shard.type)
+    after = tuple_(
+        bindparam("tx_id", type_=events.c.tx_id.type),
+        bindparam("position", type_=events.c.position.type),
+    )
+    batch = (
+        select(*columns)
+        .where(events.c.shard == shard, pos > after)
+        .where(pos <= at(head))
+        .order_by(events.c.tx_id, events.c.position)
+        .limit(batch_size)
+    )
+    keys_stmt = select(*KEY_COLUMNS).where(
+        data_keys.c.shard == bindparam("shard", type_=data_keys.c.shard.type)
+    )
     async with engine.connect() as conn:
-        for shard in shards:
+        fetch = await Fetcher.on(conn)
+        for number in shards:
             cursor = Cursor.start()
-            keys = await keys_of(conn, data_keys.c.shard == shard)
+            keys = {r[0]: (r[1], r[2], r[3]) for r in await fetch(keys_stmt, shard=number)}
             while True:
-                stmt = (
-                    select(*columns)
-                    .where(events.c.shard == shard, pos > at(cursor))
-                    .where(pos <= at(head))
-                    .order_by(events.c.tx_id, events.c.position)
-                    .limit(batch_size)
+                rows = await fetch(
+                    batch, shard=number, tx_id=cursor.tx_id, position=cursor.position
                 )
-                rows = (await conn.execute(stmt)).all()
-                await conn.rollback()  # no long-lived snapshot
                 if rows:
-                    await queue.put((shard, rows, keys))
-                    cursor = Cursor(rows[-1].tx_id, rows[-1].position)
+                    await queue.put((number, rows, keys))
+                    last = rows[-1]  # (position, tx_id, ...): REPLAY_COLUMNS
+                    cursor = Cursor(last[1], last[0])
                 if len(rows) < batch_size:
                     break
-            await queue.put((shard, None, {}))
+            await queue.put((number, None, {}))
     await queue.put(None)
+
+
+class Fetcher:
+    """Runs a replay's reads on one connection, each on its own (no transaction kept open),
+    and returns their rows as tuples.
+
+    On PostgreSQL a statement is compiled once and run on the connection's asyncpg driver,
+    outside any transaction: its records go to the folder as they come, without a row object
+    of SQLAlchemy's around each (and without a BEGIN and a ROLLBACK around each read)."""
+
+    def __init__(self, conn: AsyncConnection, raw_fetch: RawFetch | None) -> None:
+        self.conn = conn
+        self.raw_fetch = raw_fetch
+        #: by statement: its compiled form, its SQL and its parameters' names in order
+        self.compiled: dict[Select[Any], tuple[Compiled, str, tuple[str, ...]]] = {}
+
+    @classmethod
+    async def on(cls, conn: AsyncConnection) -> Fetcher:
+        raw_fetch = None
+        if conn.dialect.name == "postgresql":
+            driver: Any = (await conn.get_raw_connection()).driver_connection
+            raw_fetch = driver.fetch
+        return cls(conn, raw_fetch)
+
+    async def __call__(self, stmt: Select[Any], **params: object) -> Sequence[Sequence[Any]]:
+        if self.raw_fetch is None:
+            rows = (await self.conn.execute(stmt, params)).all()
+            await self.conn.rollback()
+            return rows
+        found = self.compiled.get(stmt)
+        if found is None:
+            made = stmt.compile(dialect=self.conn.dialect)
+            order = tuple(getattr(made, "positiontup", None) or ())
+            found = self.compiled[stmt] = (made, str(made), order)
+        compiled, sql, names = found
+        values: dict[str, Any] = dict(compiled.construct_params(params) or {})
+        return await self.raw_fetch(sql, *(values[name] for name in names))
+
+
+#: asyncpg's `Connection.fetch`: (sql, *args) -> records
+RawFetch = Callable[..., Awaitable[Sequence[Sequence[Any]]]]
 
 
 def at(cursor: Cursor) -> Tuple:

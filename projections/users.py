@@ -12,6 +12,7 @@ from sqlalchemy import CompoundSelect, Row, Table, bindparam, literal, select, u
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events import EVENT_TYPES, RecordedEvent
+from events.codec import loads
 from events.crypto import Crypto
 from events.keyring import MasterKeyError
 from events.statements import no_master_key
@@ -129,14 +130,15 @@ class UserProjection:
     def fold_rows(
         self,
         changes: dict[uuid.UUID, StreamChange],
-        rows: Iterable[Row[Any]],
+        rows: Iterable[Sequence[Any]],
         crypto: Crypto | None = None,
         keys: Mapping[uuid.UUID, KeyRow] | None = None,
     ) -> int:
         """Fold stored rows without building event models: the replay's fast path. Each row is
         `(position, tx_id, stream_id, stream_version, event_type, schema_version, data,
         recorded_at, sealed)`, the order of `projections.replay_reads.REPLAY_COLUMNS` (unpacked
-        once: a named attribute of a row costs as much as opening a sealed event); `keys` maps
+        once: a named attribute of a row costs as much as opening a sealed event), `data` the
+        payload's JSON text (`events.codec.loads` decodes it here, once); `keys` maps
         the streams that have a data key row to its `(master_key_id, wrapped_key, erased_at)`.
         Returns the count."""
         apply = self.folder.apply
@@ -158,6 +160,7 @@ class UserProjection:
             change = changes.get(sid)
             if change is None:
                 change = changes[sid] = StreamChange(sid)
+            data = loads(data)
             row = stored.get(sid)
             erased = row is not None and row[2] is not None
             if sealed is not None and not erased:
@@ -168,7 +171,9 @@ class UserProjection:
                     if row is None:
                         raise MasterKeyError(f"the event at position {position} has no data key")
                     # a key row not erased holds its key's id and the wrapped key
-                    key = crypto.key_from_row(sid, cast(str, row[0]), cast(bytes, row[1]))
+                    key = crypto.key_from_row(
+                        sid, cast(str, row[0]), cast(bytes, row[1]), remember=False
+                    )
                     found = opened[sid] = (key, sid.bytes)
                 data = crypto.open(
                     found[0], sid, version, data, sealed, stream_bytes=found[1], in_place=True

@@ -119,9 +119,12 @@ async def _insert_grouped(
     """Multi-row INSERTs, one per distinct column set (executemany needs uniform keys)."""
     copy = copy and conn.dialect.name == "postgresql"
     for cols, items in _by_columns(rows).items():
-        if copy and all(_copyable(v) for r in items for v in r.values()):
-            await _copy(conn, table, cols, items)
-            continue
+        if copy:
+            # every row of a group has its keys in the order of `cols` (`_by_columns`)
+            values = [tuple(r.values()) for r in items]
+            if all(_copyable(t) for t in set(map(type, itertools.chain.from_iterable(values)))):
+                await _copy(conn, table, cols, values)
+                continue
         for part in chunks(items, 5000):
             await conn.execute(insert(table), list(part))
 
@@ -130,28 +133,29 @@ async def _insert_grouped(
 COPYABLE = frozenset({str, int, float, bool, uuid.UUID, datetime, type(None)})
 
 
-def _copyable(value: object) -> bool:
+def _copyable(kind: type) -> bool:
+    """Values of this type go into COPY as they are."""
     # ids read back through asyncpg are its own uuid.UUID subclass, as good for COPY: an exact
     # type check would send every replayed row through INSERT
-    return type(value) in COPYABLE or isinstance(value, uuid.UUID)
+    return kind in COPYABLE or issubclass(kind, uuid.UUID)
 
 
 async def _copy(
-    conn: AsyncConnection, table: Table, cols: tuple[str, ...], rows: list[dict[str, Any]]
+    conn: AsyncConnection, table: Table, cols: tuple[str, ...], rows: list[tuple[Any, ...]]
 ) -> None:
-    """COPY rows into `table` on the connection's asyncpg driver, inside its transaction."""
+    """COPY rows (values in the order of `cols`) into `table` on the connection's asyncpg
+    driver, inside its transaction."""
     defaults = {
         c.key: cast(Any, c.default).arg
         for c in table.columns
         if c.key not in cols and c.default is not None and c.default.is_scalar
     }
     keys = [*cols, *defaults]
-    # every row of a group has its keys in the order of `cols` (`_by_columns`)
     if defaults:
         tail = tuple(defaults.values())
-        records = [(*r.values(), *tail) for r in rows]
+        records = [(*r, *tail) for r in rows]
     else:
-        records = [tuple(r.values()) for r in rows]
+        records = rows
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection
     await driver.copy_records_to_table(
