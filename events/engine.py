@@ -8,10 +8,12 @@ import time
 from collections.abc import MutableMapping
 
 from sqlalchemy import event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+
+from events.connectivity import connection_lost
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -87,9 +89,21 @@ def create_engine(url: str | URL, **kwargs: object) -> AsyncEngine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    # no pool_pre_ping: it costs a round trip per checkout, and SQLAlchemy already
-    # invalidates the pool when a statement fails with a disconnect error
-    return create_async_engine(parsed, **kwargs)
+    # no pool_pre_ping: it costs a round trip per checkout, and SQLAlchemy invalidates the pool
+    # when a statement fails with a disconnect error (see _disconnects)
+    engine = create_async_engine(parsed, **kwargs)
+    event.listen(engine.sync_engine, "handle_error", _disconnects)
+    return engine
+
+
+def _disconnects(context: ExceptionContext) -> None:
+    """Count every lost connection as a disconnect. SQLAlchemy's asyncpg dialect asks the driver
+    whether the connection is closed, and right after a backend was terminated it may not be
+    yet: the error then passes as an ordinary one, the pool keeps its other dead connections,
+    and a retry checks one of them out. Flagging it (the event's documented `is_disconnect`)
+    makes SQLAlchemy invalidate the pool, so the next checkout connects anew."""
+    if not context.is_disconnect and connection_lost(context.original_exception):
+        context.is_disconnect = True
 
 
 def asyncpg_dsn(url: str | URL) -> str:

@@ -100,6 +100,9 @@ class Page:
         field.clear()
         field.send_keys(token)
         self.driver.find_element(By.CSS_SELECTOR, "#sign-in button").click()
+        # signed in once a page with the session's sign-out form has loaded: a navigation
+        # started before the sign-in answer set the cookie would be sent to sign-in again
+        self.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "form.sign-out"))
 
 
 @pytest.fixture
