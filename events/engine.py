@@ -103,7 +103,8 @@ def _disconnects(context: ExceptionContext) -> None:
     and a retry checks one of them out. Flagging it (the event's documented `is_disconnect`)
     makes SQLAlchemy invalidate the pool, so the next checkout connects anew."""
     if not context.is_disconnect and connection_lost(context.original_exception):
-        context.is_disconnect = True
+        # documented as settable; SQLAlchemy 2.0.50's typing declares it read-only (slots)
+        context.is_disconnect = True  # type: ignore[misc,unused-ignore]
 
 
 def asyncpg_dsn(url: str | URL) -> str:
