@@ -237,6 +237,6 @@ class InMemoryEventStore:
         return await self.wakeup.wait(min(timeout, self.slow_poll))
 
     @contextlib.asynccontextmanager
-    async def listening(self) -> AsyncIterator[None]:
+    async def listening(self, heard: Wakeup | None = None) -> AsyncIterator[bool]:
         """No other process writes to this log: the in-process signal is enough."""
-        yield
+        yield False

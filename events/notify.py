@@ -37,6 +37,18 @@ class Wakeup:
         return True
 
 
+class Fanout(Wakeup):
+    """A signal that wakes other signals (nobody waits on it)."""
+
+    def __init__(self, *also: Wakeup) -> None:
+        super().__init__()
+        self.also = also
+
+    def notify(self) -> None:
+        for wakeup in self.also:
+            wakeup.notify()
+
+
 class PgListener:
     """LISTEN on some channels over one asyncpg connection kept out of the pool.
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from events.catalog import Event
 from events.crypto import Crypto
 from events.envelope import Cursor, Metadata, RecordedEvent
+from events.notify import Wakeup
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +121,9 @@ class EventLog(Protocol):
         after either way."""
         ...
 
-    def listening(self) -> AbstractAsyncContextManager[None]:
+    def listening(self, heard: Wakeup | None = None) -> AbstractAsyncContextManager[bool]:
         """While open, commits by other processes wake `wait_for_events` where the backend can
-        signal them; elsewhere waiters rely on the slow poll."""
+        signal them; elsewhere waiters rely on the slow poll. Yields True when the database
+        signals every commit that appends (this process's too, once each) and then also
+        wakes `heard`: a waiter on it alone hears each commit once."""
         ...

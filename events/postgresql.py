@@ -24,7 +24,7 @@ from events.checks import MAX_EVENTS_PER_APPEND
 from events.crypto import Crypto
 from events.engine import asyncpg_dsn
 from events.envelope import Cursor, RecordedEvent
-from events.notify import pg_listening
+from events.notify import Fanout, Wakeup, pg_listening
 from events.pg_statements import (
     PG_INSERT_ROWS,
     PG_INSERT_ROWS_AND_KEYS,
@@ -220,8 +220,10 @@ class PostgresEventStore(EventStore):
 
     # ------------------------------------------------------------------ waiting
     @contextlib.asynccontextmanager
-    async def listening(self) -> AsyncIterator[None]:
+    async def listening(self, heard: Wakeup | None = None) -> AsyncIterator[bool]:
         """While open, commits by other processes wake `wait_for_events` (NOTIFY, heard on a
-        connection kept out of the pool)."""
-        async with pg_listening(asyncpg_dsn(self.engine.url), {NOTIFY_CHANNEL: self.wakeup}):
-            yield
+        connection kept out of the pool); every commit that appends, this process's too, also
+        wakes `heard`."""
+        wakeup = self.wakeup if heard is None else Fanout(self.wakeup, heard)
+        async with pg_listening(asyncpg_dsn(self.engine.url), {NOTIFY_CHANNEL: wakeup}):
+            yield True

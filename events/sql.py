@@ -238,7 +238,7 @@ class EventStore(SqlReads):
         return await self.wakeup.wait(min(timeout, self.slow_poll))
 
     @contextlib.asynccontextmanager
-    async def listening(self) -> AsyncIterator[None]:
+    async def listening(self, heard: Wakeup | None = None) -> AsyncIterator[bool]:
         """While open, commits by other processes wake `wait_for_events` where the database
-        can signal them; elsewhere waiters rely on the slow poll."""
-        yield
+        can signal them; elsewhere waiters rely on the slow poll (`events.port.EventLog`)."""
+        yield False

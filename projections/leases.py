@@ -15,8 +15,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
+    String,
     Table,
     and_,
+    column,
     delete,
     func,
     literal_column,
@@ -212,6 +215,65 @@ async def advance(
             "channel": notify,
         },
     )
+
+
+#: PostgreSQL: a batch its writers projected already, committed in one statement (no
+#: transaction of its own): our live leases of its partitions renewed, and each checkpoint
+#: moved only where it still is where the batch was read from and the lease was renewed
+_ADVANCE_HELD_PG = text(
+    """
+    WITH renewed AS (
+      UPDATE projection_leases
+      SET expires_at = extract(epoch from clock_timestamp())::float8 + :ttl
+      WHERE name = :name AND partition = ANY(CAST(:partitions AS integer[]))
+        AND holder = :holder AND expires_at > extract(epoch from clock_timestamp())::float8
+      RETURNING partition
+    ), moved AS (
+      UPDATE projection_checkpoints AS c
+      SET tx_id = v.tx_id, position = v.position, updated_at = :now
+      FROM unnest(CAST(:partitions AS integer[]), CAST(:from_tx_ids AS bigint[]),
+                  CAST(:from_positions AS bigint[]), CAST(:tx_ids AS bigint[]),
+                  CAST(:positions AS bigint[]))
+           AS v(partition, from_tx_id, from_position, tx_id, position)
+      WHERE c.name = :name AND c.partition = v.partition
+        AND c.tx_id = v.from_tx_id AND c.position = v.from_position
+        AND v.partition IN (SELECT partition FROM renewed)
+      RETURNING c.partition
+    )
+    SELECT partition, pg_notify(:channel, :name) FROM moved
+    """
+).columns(column("partition", Integer), column("pg_notify", String))
+
+
+async def advance_held(
+    conn: AsyncConnection,
+    name: str,
+    holder: str,
+    ttl: float,
+    moves: dict[int, tuple[Cursor, Cursor]],
+    *,
+    notify: str,
+) -> set[int]:
+    """PostgreSQL, outside a transaction: move each partition's checkpoint from the first
+    cursor of `moves` to the second, where our lease is live (and renewed) and the checkpoint
+    is still at the first; NOTIFY `notify` when any moved. Returns the partitions moved."""
+    parts = sorted(moves)
+    rows = await conn.execute(
+        _ADVANCE_HELD_PG,
+        {
+            "now": utcnow(),
+            "ttl": ttl,
+            "name": name,
+            "holder": holder,
+            "partitions": parts,
+            "from_tx_ids": [moves[p][0].tx_id for p in parts],
+            "from_positions": [moves[p][0].position for p in parts],
+            "tx_ids": [moves[p][1].tx_id for p in parts],
+            "positions": [moves[p][1].position for p in parts],
+            "channel": notify,
+        },
+    )
+    return {row.partition for row in rows}
 
 
 async def acquire(

@@ -24,15 +24,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events import Cursor, EventStore, RecordedEvent
+from events.notify import Wakeup
+from events.scope import scope_of
 from projections import failures, leases
 from projections.poison import PoisonHandling, Suspect
 from projections.sharing import PartitionSharing
-from projections.signals import PROJECTIONS_CHANNEL, projection_wakeup
+from projections.signals import APPLIED, PROJECTIONS_CHANNEL, projection_wakeup
 from projections.waiting import wait_for_version
 
 #: after a commit wake-up that found nothing readable yet (on PostgreSQL an older transaction
-#: still running holds the read horizon back), look again this often, for this long, instead
-#: of sleeping until the next wake-up or the slow poll
+#: still running holds the read horizon back), look again after at least this long, then
+#: after a quarter of the time since the wake-up, for this long, instead of sleeping until
+#: the next wake-up or the slow poll
 HORIZON_RECHECK_INTERVAL = 0.005
 HORIZON_RECHECK_WINDOW = 0.5
 #: how long shutting down waits for the batch in progress before cancelling it, seconds
@@ -108,7 +111,16 @@ class ProjectionWorker(PoisonHandling, PartitionSharing):
         #: set by `stop()`: the loop ends between batches (no transaction is cut short)
         self._stopping = False
         self._woken_at = 0.0
+        #: where the database signals each commit that appends, once (PostgreSQL's NOTIFY,
+        #: this process's commits included): the worker waits on that alone, since the
+        #: in-process signal of the same commit would wake it a second time for nothing
+        self._heard = Wakeup()
+        self._hears_all = False
+        #: the last wake-up a round began after and then found events for: no need to look
+        #: again for it
+        self._answered_at = 0.0
         self._is_pg = engine.dialect.name == "postgresql"
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._shards = {p: leases.shards_of(p, partitions) for p in range(partitions)}
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
@@ -124,7 +136,7 @@ class ProjectionWorker(PoisonHandling, PartitionSharing):
         """Project until cancelled; on the way out the leases are released."""
         async with contextlib.AsyncExitStack() as stack:
             if self.listen:
-                await stack.enter_async_context(self.store.listening())
+                self._hears_all = await stack.enter_async_context(self.store.listening(self._heard))
             forward = asyncio.create_task(self._forward_wakeups(), name=f"{self.name}-wakeups")
             stack.callback(forward.cancel)
             for attempt in range(5):  # workers starting together race to create the rows
@@ -165,8 +177,11 @@ class ProjectionWorker(PoisonHandling, PartitionSharing):
                     log.exception("lease maintenance failed", extra={"projection": self.name})
                 next_maintenance = now + interval
             self._dirty.clear()
+            woken = self._woken_at
             progressed = await self._apply_held()
             progressed = await self._try_due() or progressed
+            if progressed:
+                self._answered_at = woken
             if not progressed:
                 await _wait(self._dirty, self._idle_timeout(next_maintenance))
 
@@ -209,8 +224,9 @@ class ProjectionWorker(PoisonHandling, PartitionSharing):
         if self._suspects:
             due = min(s.due for s in self._suspects.values())
             timeout = min(timeout, max(0.0, due - now))
-        if now - self._woken_at < HORIZON_RECHECK_WINDOW:
-            timeout = min(timeout, HORIZON_RECHECK_INTERVAL)
+        since = now - self._woken_at
+        if self._woken_at > self._answered_at and since < HORIZON_RECHECK_WINDOW:
+            timeout = min(timeout, max(HORIZON_RECHECK_INTERVAL, since / 4))
         return timeout
 
     def stop(self) -> None:
@@ -239,7 +255,11 @@ class ProjectionWorker(PoisonHandling, PartitionSharing):
         # the store's wait returns on a commit signal or after its slow poll: either way,
         # look again (a missed NOTIFY, or a writer in another process on SQLite)
         while True:
-            if await self.store.wait_for_events(3600):
+            if self._hears_all:
+                woken = await self._heard.wait(self.store.slow_poll)
+            else:
+                woken = await self.store.wait_for_events(3600)
+            if woken:
                 self._woken_at = time.monotonic()
             self._dirty.set()
 
@@ -252,52 +272,112 @@ class ProjectionWorker(PoisonHandling, PartitionSharing):
         from the batch (nothing of it is committed); one whose checkpoint another worker moved
         is read again next time.
 
-        On PostgreSQL a batch takes the same round trips whatever the number of partitions: begin,
-        read the events, renew the leases and lock the checkpoints, the subscriber's load and
-        write, move the checkpoints and notify, commit. `limit`: fewer events than
-        `batch_size` (narrowing a failure down to one event)."""
+        On PostgreSQL the events are read outside a transaction (the checkpoints are checked
+        again under lock before anything is written); then the batch takes the same round
+        trips whatever the number of partitions: begin, renew the leases and lock the
+        checkpoints, the subscriber's load and write, move the checkpoints and notify, commit.
+        A batch that this process's writers projected already (`projections.signals.Applied`)
+        is one statement instead. `limit`: fewer events than `batch_size` (narrowing a failure
+        down to one event)."""
         started = time.perf_counter()
-        async with self.engine.connect() as conn:
-            cursors: dict[int, Cursor] = {}
-            for partition in partitions:
-                at = self._cursors.get(partition)
-                if at is None:
-                    at = await leases.read_checkpoint(conn, self.name, partition)
-                if at is None:
-                    self._lose(partition, "no checkpoint row")
-                    continue
-                cursors[partition] = at
-            if not cursors:
-                await conn.rollback()
+        if self._is_pg:
+            async with self._autocommit.connect() as conn:
+                cursors, batch = await self._read(conn, partitions, limit)
+                if batch and scope_of(self.engine).get(APPLIED).take(self.name, batch):
+                    return await self._advance_applied(conn, cursors, batch, started)
+            if not batch:
                 return 0
-            batch = await self.store.read_after_each(
-                [(at, self._shards[p]) for p, at in cursors.items()],
-                limit=limit or self.batch_size,
-                conn=conn,
-            )
+            async with self.engine.connect() as conn:
+                return await self._write(conn, cursors, batch, started)
+        async with self.engine.connect() as conn:
+            cursors, batch = await self._read(conn, partitions, limit)
             if not batch:
                 await conn.rollback()
                 return 0
-            touched = sorted({e.shard % self.partitions for e in batch})
-            # writes start here: the lease renewal is the transaction's first write
-            ours = await leases.claim(conn, self.name, touched, self.worker_id, self.lease_ttl)
-            keep = set()
-            for partition in touched:
-                if partition not in ours:
-                    self._lose(partition, "lease lost")
-                elif ours[partition] != cursors[partition]:
-                    self._cursors.pop(partition, None)  # moved by someone else: read again
-                else:
-                    keep.add(partition)
-            if len(keep) < len(touched):
-                batch = [e for e in batch if e.shard % self.partitions in keep]
-                if not batch:
-                    await conn.rollback()
-                    return 1 if len(ours) > len(keep) else 0  # moved: look again now
-            await self.subscriber.handle(conn, batch)
-            moved = {e.shard % self.partitions: e.cursor for e in batch}
-            await leases.advance(conn, self.name, moved, notify=PROJECTIONS_CHANNEL)
-            await conn.commit()
+            return await self._write(conn, cursors, batch, started)
+
+    async def _read(
+        self, conn: AsyncConnection, partitions: Sequence[int], limit: int | None
+    ) -> tuple[dict[int, Cursor], list[RecordedEvent]]:
+        """The partitions' checkpoints as this worker knows them, and the events after them."""
+        cursors: dict[int, Cursor] = {}
+        for partition in partitions:
+            at = self._cursors.get(partition)
+            if at is None:
+                at = await leases.read_checkpoint(conn, self.name, partition)
+                if at is None:
+                    self._lose(partition, "no checkpoint row")
+                    continue
+                self._cursors[partition] = at
+            cursors[partition] = at
+        if not cursors:
+            return cursors, []
+        batch = await self.store.read_after_each(
+            [(at, self._shards[p]) for p, at in cursors.items()],
+            limit=limit or self.batch_size,
+            conn=conn,
+        )
+        return cursors, batch
+
+    async def _write(
+        self,
+        conn: AsyncConnection,
+        cursors: dict[int, Cursor],
+        batch: list[RecordedEvent],
+        started: float,
+    ) -> int:
+        """The batch's transaction on `conn`: leases renewed and checkpoints checked, the
+        subscriber's writes, the checkpoints moved; committed."""
+        touched = sorted({e.shard % self.partitions for e in batch})
+        # writes start here: the lease renewal is the transaction's first write
+        ours = await leases.claim(conn, self.name, touched, self.worker_id, self.lease_ttl)
+        keep = set()
+        for partition in touched:
+            if partition not in ours:
+                self._lose(partition, "lease lost")
+            elif ours[partition] != cursors[partition]:
+                self._cursors.pop(partition, None)  # moved by someone else: read again
+            else:
+                keep.add(partition)
+        if len(keep) < len(touched):
+            batch = [e for e in batch if e.shard % self.partitions in keep]
+            if not batch:
+                await conn.rollback()
+                return 1 if len(ours) > len(keep) else 0  # moved: look again now
+        await self.subscriber.handle(conn, batch)
+        moved = {e.shard % self.partitions: e.cursor for e in batch}
+        await leases.advance(conn, self.name, moved, notify=PROJECTIONS_CHANNEL)
+        await conn.commit()
+        self._done(moved, batch, started)
+        return len(batch)
+
+    async def _advance_applied(
+        self,
+        conn: AsyncConnection,
+        cursors: dict[int, Cursor],
+        batch: list[RecordedEvent],
+        started: float,
+    ) -> int:
+        """A batch its writers projected already: only the checkpoints move, in one statement
+        on `conn` (autocommit); a partition that did not move (lease lost, or checkpoint moved
+        by another worker) is read again, and the next batch finds out which."""
+        moved = {e.shard % self.partitions: e.cursor for e in batch}
+        done = await leases.advance_held(
+            conn,
+            self.name,
+            self.worker_id,
+            self.lease_ttl,
+            {p: (cursors[p], at) for p, at in moved.items()},
+            notify=PROJECTIONS_CHANNEL,
+        )
+        for partition in set(moved) - done:
+            self._cursors.pop(partition, None)
+        moved = {p: at for p, at in moved.items() if p in done}
+        if moved:
+            self._done(moved, [e for e in batch if e.shard % self.partitions in done], started)
+        return len(batch)
+
+    def _done(self, moved: dict[int, Cursor], batch: list[RecordedEvent], started: float) -> None:
         self._cursors.update(moved)
         projection_wakeup(self.engine).notify()
         self.applied += len(batch)
@@ -314,7 +394,6 @@ class ProjectionWorker(PoisonHandling, PartitionSharing):
                 "ms": round((time.perf_counter() - started) * 1000, 1),
             },
         )
-        return len(batch)
 
     def _lose(self, partition: int, why: str) -> None:
         self.held.discard(partition)

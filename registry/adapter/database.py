@@ -136,7 +136,8 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
         data["user_id"] = create_dict.get("id") or uuid.uuid4()
         data = {k: v for k, v in data.items() if v is not None}
         outcome = await self._write(_build(RegisterUser, {**data, "profile": profile}))
-        return await self._reload(outcome.user_id)
+        user: UP | None = self._rt().written_user(self.session, self.user_table, outcome)
+        return user if user is not None else await self._reload(outcome.user_id)
 
     async def update(self, user: UP, update_dict: dict[str, Any]) -> UP:
         """Change a user (only what differs becomes events) and return it as projected.
@@ -144,7 +145,11 @@ class EventSourcedUserDatabase(Generic[UP, ID], BaseUserDatabase[UP, ID]):
         user_id = self._id_of(user)
         data, profile = self._split(update_dict, creating=False, user_id=user_id)
         data = {k: v for k, v in data.items() if v is not None}
-        await self._write(_build(UpdateUser, {**data, "user_id": user_id, "profile": profile}))
+        outcome = await self._write(
+            _build(UpdateUser, {**data, "user_id": user_id, "profile": profile})
+        )
+        if self._rt().written_update(self.session, user, outcome):
+            return user
         return await self._reload(user_id)
 
     async def delete(self, user: UP) -> None:

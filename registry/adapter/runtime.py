@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Select, Table, inspect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -29,6 +29,7 @@ from sqlalchemy.orm import Mapper
 from events.scope import Slot, scope_of
 from projections import ProjectionTimeout, UserProjection
 from projections.waiting import project_stream, projector_holds, wait_for_version
+from registry.adapter import written
 from registry.bootstrap import (
     Container,
     EncryptingHandlers,
@@ -45,6 +46,7 @@ from registry.service.retry import once_more
 from registry.settings import get_settings
 
 Models = tuple[UserModel, OAuthModel | None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -102,9 +104,25 @@ class Runtime:
             and own.name == self.projection.name
         )
 
+    def projected(self, outcome: Outcome) -> bool:
+        """True when the outcome's events were projected into the adapter's tables in the
+        transaction that appended them."""
+        return not outcome.duplicate and (self.inline or (outcome.projected and self.projects_own))
+
+    def written_user(self, session: AsyncSession, model: type[T], outcome: Outcome) -> T | None:
+        """The user a registration wrote, as an instance of `model` in `session`, without
+        reading it back; None: read it back."""
+        if not self.projected(outcome):
+            return None
+        return written.created(session, model, self.projection, outcome)
+
+    def written_update(self, session: AsyncSession, user: object, outcome: Outcome) -> bool:
+        """Bring `user` to what an update wrote, without reading it back; False: read it."""
+        return self.projected(outcome) and written.updated(session, user, self.projection, outcome)
+
     async def wait(self, outcome: Outcome) -> None:
         """Return once the read model shows `outcome.version` (read-your-writes)."""
-        if not outcome.duplicate and (self.inline or (outcome.projected and self.projects_own)):
+        if self.projected(outcome):
             return  # committed together with the events: visible already
         if not await projector_holds(self.engine, self.projection, outcome.user_id):
             # nobody else will project it: bring this user's rows up to the log here

@@ -24,6 +24,7 @@ from events.crypto import shred
 from events.keyring import Keyring
 from events.port import EventLog
 from events.scope import scope_of
+from projections.signals import APPLIED
 from registry.domain.commands import Command
 from registry.domain.decisions import UserState
 from registry.service import idempotency
@@ -31,7 +32,8 @@ from registry.service.uniqueness import reserve
 
 
 class OwnProjection(Protocol):
-    """What the writer-side fast path needs (projections.UserProjection fits)."""
+    """What the writer-side fast path needs (projections.UserProjection fits). One with a
+    `name` has this process's workers of that projection told what it projected."""
 
     async def apply_own(
         self, conn: AsyncConnection, recorded: Sequence[RecordedEvent], after_version: int
@@ -147,6 +149,9 @@ class SqlTransaction:
     def __init__(self, conn: AsyncConnection, store: EventStore) -> None:
         self.conn = conn
         self._store = store
+        #: events projected here, by projection name: told to this process's workers once
+        #: the transaction commits (`projections.signals.Applied`)
+        self.applied: dict[str, list[uuid.UUID]] = {}
 
     async def read_stream(self, user_id: uuid.UUID) -> list[RecordedEvent]:
         return await self._store.read_stream(user_id, conn=self.conn)
@@ -195,10 +200,16 @@ class SqlTransaction:
         if inline is not None:
             if not await inline.apply_own(self.conn, recorded, before):
                 await inline.apply(self.conn, recorded)
+            self._projected(inline.name, recorded)
             return True
-        if own is not None:
-            return await own.apply_own(self.conn, recorded, before)
+        if own is not None and await own.apply_own(self.conn, recorded, before):
+            self._projected(getattr(own, "name", None), recorded)
+            return True
         return False
+
+    def _projected(self, name: str | None, recorded: Sequence[RecordedEvent]) -> None:
+        if isinstance(name, str):
+            self.applied.setdefault(name, []).extend(r.event_id for r in recorded)
 
 
 class SqlUnitOfWork:
@@ -223,7 +234,12 @@ class SqlUnitOfWork:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlTransaction]:
         async with self.engine.begin() as conn:
-            yield SqlTransaction(conn, self._store)
+            tx = SqlTransaction(conn, self._store)
+            yield tx
+        if tx.applied:
+            applied = scope_of(self.engine).get(APPLIED)
+            for name, ids in tx.applied.items():
+                applied.add(name, ids)
 
     async def prior(self, command: Command, keyring: Keyring | None) -> Prior | None:
         async with self.engine.connect() as conn:
