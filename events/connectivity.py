@@ -57,6 +57,16 @@ def sqlstate(exc: BaseException) -> str | None:
     return None
 
 
+def violated_table(exc: BaseException) -> str | None:
+    """The table whose constraint a database error reports as violated (asyncpg's errors carry
+    `table_name`), or None."""
+    for e in error_chain(exc):
+        name = getattr(e, "table_name", None)
+        if isinstance(name, str):
+            return name
+    return None
+
+
 def connection_lost(exc: BaseException) -> bool:
     """True when `exc` (or what it wraps) says the database connection was lost or could not
     be made: SQLAlchemy flagged it (`connection_invalidated`), the server ended the session

@@ -105,13 +105,27 @@ def _pg_array(name: str, item: TypeEngine[Any]) -> BindParameter[Sequence[Any]]:
     return bindparam(name, type_=ARRAY(item))
 
 
-def _pg_unnest_insert(with_keys: bool) -> TextualSelect:
-    """PostgreSQL: rows of any number of streams in ONE statement with a fixed text (so the
-    server and asyncpg prepare it once, whatever the row count), from one array per column;
-    with `with_keys`, the streams' new data key rows go in by the same statement (a
-    data-modifying CTE): a registration stays one round trip with encryption on."""
-    cols = ", ".join(ROW_COLUMNS)
-    keys = ""
+#: PostgreSQL: the `events` rows of any number of streams, one array parameter per column
+#: (`pg_columns`): a fixed text, so the server and asyncpg prepare it once whatever the count
+PG_UNNEST_ROWS = (
+    "SELECT * FROM unnest("
+    "CAST(:stream_id AS UUID[]), CAST(:stream_version AS INTEGER[]), "
+    "CAST(:shard AS SMALLINT[]), CAST(:event_id AS UUID[]), CAST(:event_type AS TEXT[]), "
+    "CAST(:schema_version AS SMALLINT[]), CAST(:data AS JSONB[]), "
+    "CAST(:metadata AS JSONB[]), CAST(:recorded_at AS TIMESTAMPTZ[]), "
+    "CAST(:sealed AS BYTEA[]))"
+)
+#: the same for the streams' new `event_data_keys` rows (`k_<column>` parameters)
+PG_UNNEST_KEYS = (
+    "SELECT * FROM unnest(CAST(:k_stream_id AS UUID[]), CAST(:k_shard AS SMALLINT[]), "
+    "CAST(:k_master_key_id AS TEXT[]), CAST(:k_wrapped_key AS BYTEA[]), "
+    "CAST(:k_created_at AS TIMESTAMPTZ[]))"
+)
+PG_KEY_COLUMNS = "stream_id, shard, master_key_id, wrapped_key, created_at"
+
+
+def pg_row_params(*, with_keys: bool) -> list[BindParameter[Any]]:
+    """The typed array parameters of `PG_UNNEST_ROWS` (and of `PG_UNNEST_KEYS`)."""
     params = [
         _pg_array("stream_id", Uuid()),
         _pg_array("stream_version", Integer()),
@@ -125,13 +139,6 @@ def _pg_unnest_insert(with_keys: bool) -> TextualSelect:
         _pg_array("sealed", LargeBinary()),
     ]
     if with_keys:
-        keys = (
-            "WITH new_keys AS (INSERT INTO event_data_keys "
-            "(stream_id, shard, master_key_id, wrapped_key, created_at) "
-            "SELECT * FROM unnest(CAST(:k_stream_id AS UUID[]), CAST(:k_shard AS SMALLINT[]), "
-            "CAST(:k_master_key_id AS TEXT[]), CAST(:k_wrapped_key AS BYTEA[]), "
-            "CAST(:k_created_at AS TIMESTAMPTZ[]))) "
-        )
         params += [
             _pg_array("k_stream_id", Uuid()),
             _pg_array("k_shard", SmallInteger()),
@@ -139,18 +146,26 @@ def _pg_unnest_insert(with_keys: bool) -> TextualSelect:
             _pg_array("k_wrapped_key", LargeBinary()),
             _pg_array("k_created_at", DateTime(timezone=True)),
         ]
+    return params
+
+
+def _pg_unnest_insert(with_keys: bool) -> TextualSelect:
+    """PostgreSQL: rows of any number of streams in ONE statement with a fixed text, from one
+    array per column; with `with_keys`, the streams' new data key rows go in by the same
+    statement (a data-modifying CTE): a registration stays one round trip with encryption
+    on."""
+    keys = ""
+    if with_keys:
+        keys = (
+            f"WITH new_keys AS (INSERT INTO event_data_keys ({PG_KEY_COLUMNS}) {PG_UNNEST_KEYS}) "
+        )
     sql = (
-        f"{keys}INSERT INTO events ({cols}) SELECT * FROM unnest("
-        "CAST(:stream_id AS UUID[]), CAST(:stream_version AS INTEGER[]), "
-        "CAST(:shard AS SMALLINT[]), CAST(:event_id AS UUID[]), CAST(:event_type AS TEXT[]), "
-        "CAST(:schema_version AS SMALLINT[]), CAST(:data AS JSONB[]), "
-        "CAST(:metadata AS JSONB[]), CAST(:recorded_at AS TIMESTAMPTZ[]), "
-        "CAST(:sealed AS BYTEA[])) "
+        f"{keys}INSERT INTO events ({', '.join(ROW_COLUMNS)}) {PG_UNNEST_ROWS} "
         "RETURNING position, tx_id, stream_version, stream_id"
     )
     return (
         text(sql)
-        .bindparams(*params)
+        .bindparams(*pg_row_params(with_keys=with_keys))
         .columns(events.c.position, events.c.tx_id, events.c.stream_version, events.c.stream_id)
     )
 

@@ -37,12 +37,16 @@ class Conflict(Exception):
 @dataclass(slots=True)
 class Pending:
     """An append on its way in: its rows, and the stream's new data key row once sealing made
-    one (it must not stay cached if the append fails)."""
+    one (it must not stay cached if the append fails); what its recorded events are made of."""
 
     sid: uuid.UUID
     version: int
     rows: list[dict[str, Any]]
     key_row: dict[str, Any] | None = None
+    events: Sequence[Event] = ()
+    ids: Sequence[uuid.UUID] = ()
+    metadata: Metadata | None = None
+    recorded_at: datetime | None = None
 
 
 def engine_wakeup(engine: AsyncEngine) -> Wakeup:
@@ -95,33 +99,18 @@ class EventStore(SqlReads):
         Raises `ConcurrencyError` when the stream is not at `expected_version` and
         `InvalidEventError` for a malformed request; in both cases nothing is written.
         """
-        sid = checks.stream_uuid(stream_id)
-        checked = checks.events_and_payloads(new_events)
-        version = checks.expected_version(expected_version, len(checked))
-        meta = checks.metadata(metadata)
-        when = checks.recorded_at(datetime.now(UTC) if recorded_at is None else recorded_at)
-        meta_json = meta.as_json()
-        ids = [uuid.uuid4() for _ in checked]
-        rows: list[dict[str, Any]] = [
-            {
-                "stream_id": sid,
-                "stream_version": version + i,
-                "shard": shard_of(sid),
-                "event_id": ids[i - 1],
-                "event_type": item.event_type,
-                "schema_version": item.schema_version,
-                "data": data,
-                "metadata": meta_json,
-                "recorded_at": when,
-                "sealed": None,
-            }
-            for i, (item, data) in enumerate(checked, start=1)
-        ]
-        pending = Pending(sid, version, rows)
+        pending = self.prepare(
+            stream_id,
+            new_events,
+            expected_version=expected_version,
+            metadata=metadata,
+            recorded_at=recorded_at,
+        )
+        sid, version = pending.sid, pending.version
         try:
             if conn is not None:
-                pending.key_row = await self._seal(sid, version, rows, conn)
-                returned = await self._insert(conn, sid, version, rows, pending.key_row)
+                await self.seal(pending, conn)
+                returned = await self._insert(conn, sid, version, pending.rows, pending.key_row)
             else:
                 returned = await self._append_alone(pending)
         except Conflict as conflict:
@@ -135,20 +124,70 @@ class EventStore(SqlReads):
             raise
         if conn is None:
             self.committed()
+        return self.recorded(pending, returned)
+
+    def prepare(
+        self,
+        stream_id: uuid.UUID | str,
+        new_events: Sequence[Event],
+        *,
+        expected_version: int,
+        metadata: Metadata | dict[str, Any] | None = None,
+        recorded_at: datetime | None = None,
+    ) -> Pending:
+        """The checked rows of an append (not sealed yet: `seal`); `InvalidEventError` for a
+        malformed request. `append` is `prepare`, `seal` and an INSERT."""
+        sid = checks.stream_uuid(stream_id)
+        checked = checks.events_and_payloads(new_events)
+        version = checks.expected_version(expected_version, len(checked))
+        meta = checks.metadata(metadata)
+        when = checks.recorded_at(datetime.now(UTC) if recorded_at is None else recorded_at)
+        meta_json = meta.as_json()
+        ids = [uuid.uuid4() for _ in checked]
+        shard = shard_of(sid)
+        rows: list[dict[str, Any]] = [
+            {
+                "stream_id": sid,
+                "stream_version": version + i,
+                "shard": shard,
+                "event_id": ids[i - 1],
+                "event_type": item.event_type,
+                "schema_version": item.schema_version,
+                "data": data,
+                "metadata": meta_json,
+                "recorded_at": when,
+                "sealed": None,
+            }
+            for i, (item, data) in enumerate(checked, start=1)
+        ]
+        events = [item for item, _ in checked]
+        return Pending(sid, version, rows, None, events, ids, meta, when)
+
+    async def seal(self, pending: Pending, conn: AsyncConnection | None) -> None:
+        """Encrypt the rows' personal values (`pending.key_row`: the stream's new data key
+        row to insert with them, if it had none). A key not cached is read on `conn`."""
+        pending.key_row = await self._seal(pending.sid, pending.version, pending.rows, conn)
+
+    def recorded(self, pending: Pending, returned: Returned) -> list[RecordedEvent]:
+        """The recorded events of an append whose rows were inserted: `returned` maps each
+        stream version to its position and transaction id."""
+        version, meta, when = pending.version, pending.metadata, pending.recorded_at
+        assert meta is not None
+        assert when is not None
         return [
             RecordedEvent(
                 position=returned[version + i][0],
                 tx_id=returned[version + i][1],
-                stream_id=sid,
+                stream_id=pending.sid,
                 stream_version=version + i,
-                event_id=ids[i - 1],
+                event_id=pending.ids[i - 1],
                 event_type=item.event_type,
                 schema_version=item.schema_version,
                 event=item,
                 metadata=meta,
                 recorded_at=when,
             )
-            for i, (item, _) in enumerate(checked, start=1)
+            for i, item in enumerate(pending.events, start=1)
         ]
 
     async def _append_alone(self, pending: Pending) -> Returned:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Select, func, literal, select, tuple_
+from sqlalchemy import BigInteger, Select, bindparam, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events import checks
@@ -20,6 +20,15 @@ from events.statements import COLUMNS, EVENTS_WITH_KEYS, decode
 from events.tables import events
 
 _as_uuid = checks.stream_uuid
+
+
+#: one stream's events in version order
+WHOLE_STREAM = (
+    select(*COLUMNS)
+    .select_from(EVENTS_WITH_KEYS)
+    .where(events.c.stream_id == bindparam("sid", type_=events.c.stream_id.type))
+    .order_by(events.c.stream_version)
+)
 
 
 class SqlReads:
@@ -57,6 +66,9 @@ class SqlReads:
         """One stream's events in version order: whole, up to `to_version`, or recorded at or
         before `until`; from after `after_version`, at most `limit` of them (a page)."""
         sid = _as_uuid(stream_id, "stream id")
+        if to_version is None and after_version is None and until is None and limit is None:
+            # the whole stream (every command reads it): built once, bound per call
+            return await self._fetch(WHOLE_STREAM, conn, {"sid": sid})
         stmt = select(*COLUMNS).select_from(EVENTS_WITH_KEYS).where(events.c.stream_id == sid)
         if to_version is not None:
             stmt = stmt.where(events.c.stream_version <= to_version)

@@ -38,6 +38,10 @@ from projections.waiting import wait_for_version
 #: the next wake-up or the slow poll
 HORIZON_RECHECK_INTERVAL = 0.005
 HORIZON_RECHECK_WINDOW = 0.5
+#: after a batch that took everything there was, the next one starts this much later at the
+#: earliest: under a steady stream of commits a batch carries all of them meanwhile, instead
+#: of one batch (and its reads) per commit; the first commit after a quiet spell goes at once
+BATCH_GAP = 0.01
 #: how long shutting down waits for the batch in progress before cancelling it, seconds
 STOP_TIMEOUT = 5.0
 #: attempts at one event before its partition is marked failed (None: never, back off forever)
@@ -116,6 +120,9 @@ class ProjectionWorker(PoisonHandling, PartitionSharing):
         #: in-process signal of the same commit would wake it a second time for nothing
         self._heard = Wakeup()
         self._hears_all = False
+        #: no batch before this (`BATCH_GAP`); whether every batch of the round was partial
+        self._calm_until = 0.0
+        self._drained = True
         #: the last wake-up a round began after and then found events for: no need to look
         #: again for it
         self._answered_at = 0.0
@@ -176,12 +183,17 @@ class ProjectionWorker(PoisonHandling, PartitionSharing):
                 except Exception:  # whatever failed, the next round tries again
                     log.exception("lease maintenance failed", extra={"projection": self.name})
                 next_maintenance = now + interval
+            if now < self._calm_until:
+                await _wait(self._stopped, self._calm_until - now)
             self._dirty.clear()
             woken = self._woken_at
+            self._drained = True
             progressed = await self._apply_held()
             progressed = await self._try_due() or progressed
             if progressed:
                 self._answered_at = woken
+                if self._drained:
+                    self._calm_until = time.monotonic() + BATCH_GAP
             if not progressed:
                 await _wait(self._dirty, self._idle_timeout(next_maintenance))
 
@@ -379,6 +391,8 @@ class ProjectionWorker(PoisonHandling, PartitionSharing):
 
     def _done(self, moved: dict[int, Cursor], batch: list[RecordedEvent], started: float) -> None:
         self._cursors.update(moved)
+        if len(batch) >= self.batch_size:
+            self._drained = False
         projection_wakeup(self.engine).notify()
         self.applied += len(batch)
         lag = (datetime.now(UTC) - batch[-1].recorded_at).total_seconds()

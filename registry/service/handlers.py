@@ -29,6 +29,7 @@ from registry.domain.commands import Command, LinkOAuthAccount, RegisterUser
 from registry.domain.decisions import UserState, decide, fold
 from registry.errors import RegistryError, VersionConflictError
 from registry.service import idempotency
+from registry.service.at_once import AtOnce, DuplicateCommand
 from registry.service.passwords import PasswordHasher, prepare
 from registry.service.retry import once_more, retryable_sqlstate
 from registry.service.unit_of_work import (
@@ -38,6 +39,7 @@ from registry.service.unit_of_work import (
     UnitOfWork,
     sqlite_write_lock,
 )
+from registry.service.unit_of_work import projected as tell_projected
 
 __all__ = [
     "BaseCommandHandlers",
@@ -190,6 +192,11 @@ class BaseCommandHandlers:
     async def _attempt(
         self, command: Command, metadata: Metadata, fingerprint: str | None, *, first: bool
     ) -> Outcome:
+        at_once = self.unit_of_work.at_once
+        if at_once is not None:
+            outcome = await self._attempt_at_once(at_once, command, metadata, fingerprint, first)
+            if outcome is not None:
+                return outcome
         lock = self.unit_of_work.write_lock
         if lock is None:
             return await self._attempt_in_tx(command, metadata, fingerprint, first)
@@ -239,17 +246,75 @@ class BaseCommandHandlers:
                 if recorded and (inline is not None or own is not None):
                     projected = await tx.project(recorded, state.version, inline=inline, own=own)
         except BaseException as exc:
-            # rolled back: a data key made for the stream in this transaction was not stored
-            self.store.forget_key(user_id)
-            if isinstance(exc, ConcurrencyError):
-                raise _Retry(str(exc), conflict=True) from exc
-            code = retryable_sqlstate(exc) if isinstance(exc, DBAPIError) else None
-            if code is not None:
-                raise _Retry(f"SQLSTATE {code}", conflict=False) from exc
+            self._failed(exc, user_id)
             raise
         return Outcome(
             user_id=user_id, version=version, events=tuple(recorded), projected=projected
         )
+
+    async def _attempt_at_once(
+        self,
+        at_once: AtOnce,
+        command: Command,
+        metadata: Metadata,
+        fingerprint: str | None,
+        first: bool,
+    ) -> Outcome | None:
+        """The attempt as one statement (`registry.service.at_once`): the stream read outside
+        a transaction, the decision, then every write at once. None when one statement does
+        not cover the command (the caller uses the transaction); raises as `_attempt_in_tx`."""
+        user_id = _user_id(command)
+        inline, own = self.inline_projection, self.own_projection
+        try:
+            if first and isinstance(command, RegisterUser):
+                state = UserState(user_id=user_id)  # a registration expects an empty stream
+            else:
+                state = fold(user_id, await at_once.read_stream(user_id))
+            if command.expected_version is not None and command.expected_version != state.version:
+                raise VersionConflictError(
+                    f"user {user_id} is at version {state.version}, "
+                    f"the command expected {command.expected_version}"
+                )
+            new_events = decide(state, command)
+            if not new_events and command.command_id is None:
+                return Outcome(user_id=user_id, version=state.version, events=())
+            write = await at_once.prepare(
+                state,
+                new_events,
+                metadata,
+                command,
+                fingerprint,
+                projection=inline if inline is not None else own,
+                inline=inline is not None,
+            )
+            if write is None:
+                return None
+            recorded, projected = await at_once.write(write)
+        except DuplicateCommand as exc:
+            self.store.forget_key(user_id)
+            raise _Duplicate(str(command.command_id)) from exc
+        except BaseException as exc:
+            self._failed(exc, user_id)
+            raise
+        if projected and write.projection is not None:
+            tell_projected(at_once.engine, write.projection.name, [r.event_id for r in recorded])
+        return Outcome(
+            user_id=user_id,
+            version=recorded[-1].stream_version,
+            events=tuple(recorded),
+            projected=projected,
+        )
+
+    def _failed(self, exc: BaseException, user_id: uuid.UUID) -> None:
+        """An attempt failed and wrote nothing: a data key made for the stream in it was not
+        stored; raise `_Retry` for what deciding again can resolve (else the caller re-raises
+        `exc`)."""
+        self.store.forget_key(user_id)
+        if isinstance(exc, ConcurrencyError):
+            raise _Retry(str(exc), conflict=True) from exc
+        code = retryable_sqlstate(exc) if isinstance(exc, DBAPIError) else None
+        if code is not None:
+            raise _Retry(f"SQLSTATE {code}", conflict=False) from exc
 
     async def _prior(self, command: Command, keyring: Keyring | None) -> Outcome | None:
         """The first outcome of the command's id if it was processed already, or None.

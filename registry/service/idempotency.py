@@ -121,7 +121,14 @@ async def record(
 ) -> bool:
     """Record the command's id in the caller's transaction; False (nothing written) when the
     id is recorded already (a redelivery, or a reuse: see `prior`)."""
-    row = {
+    return await took(conn, _RECORD, record_row(command, fingerprint, user_id, before, after))
+
+
+def record_row(
+    command: Command, fingerprint: str | None, user_id: uuid.UUID, before: int, after: int
+) -> dict[str, Any]:
+    """The `processed_commands` row that records the command's id."""
+    return {
         "command_id": command.command_id,
         "command": command.name,
         "fingerprint": fingerprint,
@@ -130,7 +137,6 @@ async def record(
         "to_version": after,
         "processed_at": datetime.now(UTC),
     }
-    return await took(conn, _RECORD, row)
 
 
 async def prior(

@@ -23,6 +23,7 @@ from events.memory import InMemoryEventStore, MemoryTransaction
 from registry.domain.commands import Command
 from registry.domain.decisions import UserState
 from registry.service import idempotency
+from registry.service.at_once import AtOnce
 from registry.service.uniqueness import reserve_in
 from registry.service.unit_of_work import InlineProjection, OwnProjection, Prior
 
@@ -159,6 +160,10 @@ class InMemoryUnitOfWork:
     @property
     def store(self) -> InMemoryEventStore:
         return self._store
+
+    @property
+    def at_once(self) -> AtOnce | None:
+        return None
 
     @property
     def write_lock(self) -> asyncio.Lock | None:

@@ -28,6 +28,7 @@ from projections.signals import APPLIED
 from registry.domain.commands import Command
 from registry.domain.decisions import UserState
 from registry.service import idempotency
+from registry.service.at_once import AtOnce
 from registry.service.uniqueness import reserve
 
 
@@ -127,6 +128,11 @@ class UnitOfWork(Protocol):
         """A lock every writer of this process takes around its transaction, or None."""
         ...
 
+    @property
+    def at_once(self) -> AtOnce | None:
+        """Where a command's whole write can go in as one statement (PostgreSQL), or None."""
+        ...
+
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """A transaction that commits when the block exits normally and rolls back (writing
         nothing) when it raises."""
@@ -136,6 +142,12 @@ class UnitOfWork(Protocol):
         """The first outcome of the command's id, or None when it was not processed.
         Raises `IdempotencyKeyReusedError` when the id was used for another command."""
         ...
+
+
+def projected(engine: AsyncEngine, name: str, event_ids: Sequence[uuid.UUID]) -> None:
+    """Tell this process's workers of projection `name` that these events, committed, were
+    projected by their writer (`projections.signals.Applied`)."""
+    scope_of(engine).get(APPLIED).add(name, event_ids)
 
 
 def sqlite_write_lock(engine: AsyncEngine) -> asyncio.Lock | None:
@@ -219,6 +231,7 @@ class SqlUnitOfWork:
         self.engine = engine
         self._store = store
         self._write_lock = sqlite_write_lock(engine)
+        self._at_once = AtOnce(engine, store) if engine.dialect.name == "postgresql" else None
 
     @property
     def store(self) -> EventStore:
@@ -231,15 +244,17 @@ class SqlUnitOfWork:
         # thread) for up to the busy timeout
         return self._write_lock
 
+    @property
+    def at_once(self) -> AtOnce | None:
+        return self._at_once
+
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlTransaction]:
         async with self.engine.begin() as conn:
             tx = SqlTransaction(conn, self._store)
             yield tx
-        if tx.applied:
-            applied = scope_of(self.engine).get(APPLIED)
-            for name, ids in tx.applied.items():
-                applied.add(name, ids)
+        for name, ids in tx.applied.items():
+            projected(self.engine, name, ids)
 
     async def prior(self, command: Command, keyring: Keyring | None) -> Prior | None:
         async with self.engine.connect() as conn:
