@@ -6,17 +6,19 @@ events project to) can go in as a single statement: data-modifying CTEs, each af
 events' INSERT and only if it inserted. A single statement is a transaction of its own, so it
 costs one round trip instead of BEGIN, one per write and COMMIT.
 
-It stays all or nothing. At most one of its inserts may find its key taken (the address the
-events reserve, or the command's id), as in the transaction without failing the statement
-(`ON CONFLICT DO NOTHING`, `events.claims`); the events go in only if it went in, and every
-other write only if the events did. A stale expected version trips the events' unique index
-as in the transaction. The user row is projected only where it is exactly at the version the
-command was decided on (worker mode's writer-side fast path), else left to the projector.
+It stays all or nothing, and a refusal fails no statement (as in the transaction,
+`events.claims`): the address the events reserve goes first (`ON CONFLICT DO NOTHING`), and
+only if the command's id is not recorded yet; the events go in only if it went in, and every
+other write only if the events did. The command's id is then recorded by a plain INSERT: only
+a concurrent delivery of the same id that got past the same check makes it fail, and the
+whole statement with it. A stale expected version trips the events' unique index as in the
+transaction. The user row is projected only where it is exactly at the version the command
+was decided on (worker mode's writer-side fast path), else left to the projector.
 
-`AtOnce.prepare` returns None for what one statement does not cover (a command that both
-reserves an address and records its id, OAuth account reservations, erasure, deletion, a
-no-op command that records its id, an inline projection that would have to fold an existing
-row): the handlers then use the unit of work's transaction, as on SQLite and in memory.
+`AtOnce.prepare` returns None for what one statement does not cover (OAuth account
+reservations, erasure, deletion, a no-op command that records its id, an inline projection
+that would have to fold an existing row): the handlers then use the unit of work's
+transaction, as on SQLite and in memory.
 """
 
 from __future__ import annotations
@@ -158,8 +160,6 @@ class AtOnce:
             return None
         if set(planned.takes) & set(planned.releases):
             return None
-        if planned.takes and command.command_id is not None:
-            return None  # two inserts that may find their key taken: the transaction
         write = Write(
             pending,
             take=planned.takes[0] if planned.takes else None,
@@ -191,19 +191,22 @@ class AtOnce:
             async with self._autocommit.connect() as conn:
                 rows = (await conn.execute(stmt, params)).all()
         except IntegrityError as exc:
-            if violated_table(exc) not in (events.name, data_keys.name):
+            table = violated_table(exc)
+            if table == processed_commands.name:  # recorded meanwhile by another delivery
+                raise DuplicateCommand(str(params.get("command_id"))) from None
+            if table not in (events.name, data_keys.name):
                 raise  # not the stream's: a constraint of the user table, say
             # a stale expected version trips the unique index; a stream given a data key by
             # another writer first, the key's
             actual = await self.store.stream_version(pending.sid)
             raise ConcurrencyError(pending.sid, pending.version, actual) from exc
         if rows[0][0] is None:  # nothing went in
+            if rows[0][5]:
+                raise DuplicateCommand(str(params.get("command_id")))
             if not rows[0][4]:
-                if write.take is not None:
-                    raise EmailAlreadyRegisteredError(
-                        "a user with this email address is already registered"
-                    )
-                raise DuplicateCommand(str(params.get("r0")))
+                raise EmailAlreadyRegisteredError(
+                    "a user with this email address is already registered"
+                )
             actual = await self.store.stream_version(pending.sid)  # not at the expected version
             raise ConcurrencyError(pending.sid, pending.version, actual)
         recorded = self.store.recorded(pending, {r[2]: (r[0], r[1]) for r in rows})
@@ -235,8 +238,10 @@ class AtOnce:
             params["reserved_at"] = pending.recorded_at
         if write.release is not None:
             params["release_email"] = write.release
-        for i, value in enumerate((write.record or {}).values()):
-            params[f"r{i}"] = value
+        if write.record is not None:
+            params["command_id"] = write.record["command_id"]
+            for i, value in enumerate(write.record.values()):
+                params[f"r{i}"] = value
         for i, value in enumerate((write.insert or write.update or {}).values()):
             params[f"p{i}"] = value
         if write.update is not None:
@@ -249,29 +254,23 @@ class AtOnce:
         when = "WHERE EXISTS (SELECT 1 FROM ev)"
         parts: list[str] = []
         reservations = q.format_table(email_reservations)
-        # the one insert that may find its key taken goes first; the rest follow the events
-        gate = "(SELECT 1)"
+        commands = q.format_table(processed_commands)
+        # first what may refuse the command: its id recorded already, the address taken
+        seen = "false"
+        if shape.record is not None:
+            seen = f"EXISTS (SELECT 1 FROM {commands} WHERE command_id = :command_id)"
+            binds.append(bindparam("command_id", type_=processed_commands.c.command_id.type))
+        gate = f"NOT {seen}"
         if shape.take:
             parts.append(
                 f"taken AS (INSERT INTO {reservations} (email, user_id, reserved_at) "
-                "VALUES (:take_email, :user_id, :reserved_at) ON CONFLICT DO NOTHING RETURNING 1)"
+                f"SELECT :take_email, :user_id, :reserved_at WHERE {gate} "
+                "ON CONFLICT DO NOTHING RETURNING 1)"
             )
             binds.append(bindparam("take_email", type_=email_reservations.c.email.type))
             binds.append(bindparam("reserved_at", type_=email_reservations.c.reserved_at.type))
-            gate = "(SELECT 1 FROM taken)"
-        if shape.record is not None:
-            cols = shape.record
-            parts.append(
-                f"recorded AS (INSERT INTO {q.format_table(processed_commands)} "
-                f"({', '.join(q.quote(c) for c in cols)}) "
-                f"VALUES ({', '.join(f':r{i}' for i in range(len(cols)))}) "
-                "ON CONFLICT DO NOTHING RETURNING 1)"
-            )
-            binds += [
-                bindparam(f"r{i}", type_=processed_commands.c[c].type) for i, c in enumerate(cols)
-            ]
-            gate = "(SELECT 1 FROM recorded)"
-        guard = f" WHERE EXISTS {gate}"
+            gate = "EXISTS (SELECT 1 FROM taken)"
+        guard = f" WHERE {gate}"
         if shape.guarded:
             guard += (
                 " AND EXISTS (SELECT 1 FROM events WHERE stream_id = :user_id"
@@ -294,6 +293,15 @@ class AtOnce:
                 f" AND user_id = :user_id AND EXISTS (SELECT 1 FROM ev))"
             )
             binds.append(bindparam("release_email", type_=email_reservations.c.email.type))
+        if shape.record is not None:
+            cols = shape.record
+            parts.append(
+                f"recorded AS (INSERT INTO {commands} ({', '.join(q.quote(c) for c in cols)}) "
+                f"SELECT {', '.join(f':r{i}' for i in range(len(cols)))} {when})"
+            )
+            binds += [
+                bindparam(f"r{i}", type_=processed_commands.c[c].type) for i, c in enumerate(cols)
+            ]
         projected = "0"
         if shape.table is not None:
             table = shape.table
@@ -320,7 +328,7 @@ class AtOnce:
         sql = (
             f"WITH {', '.join(parts)} "
             f"SELECT ev.position, ev.tx_id, ev.stream_version, {projected} AS projected, "
-            f"EXISTS {gate} AS gated FROM (SELECT 1) AS one LEFT JOIN ev ON true"
+            f"{gate} AS gated, {seen} AS seen FROM (SELECT 1) AS one LEFT JOIN ev ON true"
         )
         return (
             text(sql)
@@ -331,5 +339,6 @@ class AtOnce:
                 column("stream_version", Integer()),
                 column("projected", BigInteger()),
                 column("gated", Boolean()),
+                column("seen", Boolean()),
             )
         )
