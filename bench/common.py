@@ -158,15 +158,18 @@ async def side_by_side(
     *,
     callers: int = CALLERS,
     warmup: float = 0.5,
+    seconds: float | None = None,
 ) -> tuple[float, float]:
-    """Median rates of `ours` and `baseline`, run alternately (A B A B ...) in this process."""
+    """Median rates of `ours` and `baseline`, run alternately (A B A B ...) in this process,
+    each for `seconds` per round (default `opts.seconds`)."""
+    run_for = opts.seconds if seconds is None else seconds
     await throughput(ours, callers=callers, seconds=warmup)
     await throughput(baseline, callers=callers, seconds=warmup)
     a: list[float] = []
     b: list[float] = []
     for _ in range(opts.rounds):
-        a.append(await throughput(ours, callers=callers, seconds=opts.seconds))
-        b.append(await throughput(baseline, callers=callers, seconds=opts.seconds))
+        a.append(await throughput(ours, callers=callers, seconds=run_for))
+        b.append(await throughput(baseline, callers=callers, seconds=run_for))
     return statistics.median(a), statistics.median(b)
 
 
