@@ -237,7 +237,7 @@ class ProjectionWorker(PoisonHandling, PartitionSharing):
             due = min(s.due for s in self._suspects.values())
             timeout = min(timeout, max(0.0, due - now))
         since = now - self._woken_at
-        if self._woken_at > self._answered_at and since < HORIZON_RECHECK_WINDOW:
+        if self._is_pg and self._woken_at > self._answered_at and since < HORIZON_RECHECK_WINDOW:
             timeout = min(timeout, max(HORIZON_RECHECK_INTERVAL, since / 4))
         return timeout
 

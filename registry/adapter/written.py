@@ -11,8 +11,9 @@ reads the user back as before.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+from sqlalchemy import Column
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapper, class_mapper, make_transient_to_detached
@@ -26,16 +27,25 @@ T = TypeVar("T")
 
 
 def _attributes(mapper: Mapper[Any], values: dict[str, Any]) -> dict[str, Any] | None:
-    """`values` (by column name) by attribute key; None unless every mapped column has one."""
+    """The inserted row's values by attribute key: `values` (by column name), and for a column
+    they leave out what the INSERT gave it (its scalar default, else NULL). None when that is
+    not known here (a server default, a default computed at insert time)."""
     found: dict[str, Any] = {}
     for prop in mapper.column_attrs:
         columns = prop.columns
-        if len(columns) != 1:
+        if len(columns) != 1 or not isinstance(columns[0], Column):
             return None
-        name = columns[0].key
-        if name not in values:
+        column = columns[0]
+        if column.key in values:
+            found[prop.key] = values[column.key]
+        elif column.server_default is not None:
             return None
-        found[prop.key] = values[name]
+        elif column.default is None:
+            found[prop.key] = None
+        elif column.default.is_scalar:
+            found[prop.key] = cast(Any, column.default).arg
+        else:
+            return None
     return found
 
 
