@@ -37,6 +37,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -44,7 +45,7 @@ from faststream import StreamMessage
 
 from registry.bus.brokers import Broker, broker_kind_of, is_kafka, is_nats, is_rabbit, is_redis
 from registry.bus.channels import Channels
-from registry.bus.nats_commands import NatsCommandLoop
+from registry.bus.nats_commands import ConsumerTiming, NatsCommandLoop
 from registry.bus.replies import Handle, Reply, bus_id, log_reply, process
 from registry.bus.retention import (
     command_queue_arguments,
@@ -104,6 +105,8 @@ class CommandConsumer:
         self.subscriptions = Subscriptions(self.kind, self.channels, self.consumer_name, ack_wait)
         self._nats: NatsCommandLoop | None = None
         self._trimmer: asyncio.Task[None] | None = None
+        #: NATS: called with each replied command's times when set (the benchmark's breakdown)
+        self.observe: Callable[[ConsumerTiming], None] | None = None
         if is_nats(broker):
             self._wire_nats(broker)
         elif is_rabbit(broker):
@@ -272,13 +275,16 @@ class CommandConsumer:
             return broker.publish(reply, channel=target, correlation_id=message.correlation_id)
         raise TypeError(f"no reply address on {self.kind}")
 
-    async def _run_nats(self, message: Msg, identity: str) -> None:
+    async def _run_nats(self, message: Msg, identity: str, fetched: float) -> None:
         """One command from the NATS loop: reply, then acknowledge, also when the reply could
         not be sent (the command has had its effect; a redelivery would run it again)."""
         headers = message.headers or {}
         reply_to = headers.get("reply_to", "")
         name = self.channels.command_name(message.subject)
+        observe = self.observe
+        started = time.time() if observe is not None else 0.0
         reply, poison = await self._decide(message.data, name, reply_to=reply_to, bus_id=identity)
+        handled = time.time() if observe is not None else 0.0
         if poison:
             await message.term()
             _log_poison("terminated", reply)
@@ -295,6 +301,17 @@ class CommandConsumer:
                 reply,
                 lambda: connection.publish(reply_to, body, headers=reply_headers),
             )
+            if observe is not None:
+                observe(
+                    ConsumerTiming(
+                        reply_headers["correlation_id"],
+                        message.metadata.timestamp.timestamp(),
+                        fetched,
+                        started,
+                        handled,
+                        time.time(),
+                    )
+                )
         await message.ack()
 
     # ------------------------------------------------------------------ brokers

@@ -22,6 +22,7 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from registry.bus.replies import bus_id
@@ -58,7 +59,35 @@ async def declare_stream(broker: NatsBroker, config: StreamConfig) -> None:
         await js.update_stream(config)
 
 
-Run = Callable[["Msg", str], Awaitable[None]]
+#: runs one fetched message: the message, its identity on the broker, and when the fetch
+#: returned it (`time.time()`)
+Run = Callable[["Msg", str, float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerTiming:
+    """One command's way through the NATS consumer, wall-clock seconds (`time.time()`, so
+    they compare with another process's on the same machine): when the stream stored it (the
+    server's timestamp), when the fetch returned it, when its handling began and ended (body
+    to typed reply), and when its reply was handed to the connection."""
+
+    correlation_id: str
+    stored: float
+    fetched: float
+    started: float
+    handled: float
+    replied: float
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTiming:
+    """One request's times at the client, wall-clock seconds (`time.time()`): sent, confirmed
+    by the stream (its PubAck), and answered."""
+
+    correlation_id: str
+    sent: float
+    acked: float
+    replied: float
 
 
 def _incarnation(info: StreamInfo) -> str:
@@ -70,11 +99,16 @@ def _incarnation(info: StreamInfo) -> str:
 
 class NatsCommandLoop:
     """A durable pull consumer on the command stream (`stream`: its StreamConfig, work-queue
-    retention) that runs up to `max_workers` commands at once: it fetches as many messages as
-    it has free workers and hands each to `run` with the message's identity on the broker
+    retention) served by `max_workers` workers, each on a pull subscription of its own: a
+    worker asks for one message, hands it to `run` with the message's identity on the broker
     (`bus:nats:<stream>:<created>:<sequence>`), which replies and acknowledges
-    (`registry.bus.consumer.CommandConsumer._run_nats`). A message `run` did not acknowledge
-    is redelivered after `ack_wait`."""
+    (`registry.bus.consumer.CommandConsumer._run_nats`), and asks again once it is done. A
+    message `run` did not acknowledge is redelivered after `ack_wait`.
+
+    One pull request of one message per free worker, rather than one fetch of as many
+    messages as there are free workers: nats-py's fetch of several messages returns only
+    when all of them have come (or its timeout passed), so the first would wait in the client
+    for the last; here each message is run as soon as it arrives."""
 
     def __init__(
         self,
@@ -96,10 +130,10 @@ class NatsCommandLoop:
         self.max_workers = max_workers
         self.ack_wait = ack_wait
         self.max_deliver = max_deliver
-        self._free = asyncio.Semaphore(max_workers)
-        self._running: set[asyncio.Task[None]] = set()
-        self._fetcher: asyncio.Task[None] | None = None
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._workers: set[asyncio.Task[None]] = set()
+        #: the workers waiting for a message, not running one
+        self._idle: set[asyncio.Task[None]] = set()
+        self._subs: list[JetStreamContext.PullSubscription] = []
         self._stopping = asyncio.Event()
         self.incarnation = "0"
 
@@ -109,13 +143,27 @@ class NatsCommandLoop:
         js = self.broker.connection.jetstream()
         info = await declare_command_stream(js, self.stream, self.durable, self._drain)
         self.incarnation = _incarnation(info)
-        self._sub = sub = await js.pull_subscribe(
+        first = await js.pull_subscribe(
             self.subject,
             durable=self.durable,
             stream=self.stream.name,
             config=ConsumerConfig(ack_wait=self.ack_wait, max_deliver=self.max_deliver),
         )
-        self._fetcher = self._fetching(sub, f"{self.durable}-fetch")
+        await self._serve(js, first, stream_name(self.stream), f"{self.durable}-fetch")
+
+    async def _serve(
+        self, js: JetStreamContext, first: JetStreamContext.PullSubscription, stream: str, name: str
+    ) -> None:
+        """Start the workers: `first` and a pull subscription bound to the durable consumer
+        on `stream` for each of the others."""
+        self._stopping = stopping = asyncio.Event()
+        self._subs = [first]
+        for _ in range(self.max_workers - 1):
+            self._subs.append(await js.pull_subscribe_bind(durable=self.durable, stream=stream))
+        self._workers = {
+            asyncio.create_task(self._worker(sub, stopping), name=f"{name}-{i}")
+            for i, sub in enumerate(self._subs)
+        }
 
     async def _drain(self, old: StreamInfo) -> None:
         """Handle what the old stream `old` (its subjects moved aside) still holds, through
@@ -142,8 +190,8 @@ class NatsCommandLoop:
                 ),
             )
         self.incarnation = _incarnation(old)
-        self._sub = sub = await js.pull_subscribe_bind(durable=self.durable, stream=name)
-        self._fetcher = self._fetching(sub, f"{self.durable}-drain")
+        first = await js.pull_subscribe_bind(durable=self.durable, stream=name)
+        await self._serve(js, first, name, f"{self.durable}-drain")
         # a message a dead consumer took comes back after the old consumer's ack wait
         deadline = time.monotonic() + ack_wait + 15.0
         try:
@@ -157,78 +205,68 @@ class NatsCommandLoop:
     async def stop(self, grace: float) -> None:
         """Fetch no more, then give the commands already running up to `grace` seconds (one
         cut short is redelivered after `ack_wait`, and its identity deduplicates it)."""
-        if self._fetcher is not None:
+        if self._workers:
             self._stopping.set()
-            self._fetcher.cancel()
-            # the fetch in flight ends within its timeout even when the cancel is lost
-            await asyncio.wait({self._fetcher}, timeout=FETCH_TIMEOUT + 1.0)
-            self._fetcher = None
-        if self._running:
-            _, late = await asyncio.wait(set(self._running), timeout=grace)
-            for task in late:
-                task.cancel()
-            if late:
-                log.warning("commands cut short at shutdown", extra={"count": len(late)})
-        if self._sub is not None:
+            for worker in self._idle:
+                worker.cancel()
+            _, late = await asyncio.wait(self._workers, timeout=grace)
+            busy = late - self._idle
+            for worker in busy:
+                worker.cancel()
+            if busy:
+                log.warning("commands cut short at shutdown", extra={"count": len(busy)})
+                await asyncio.wait(busy)
+            if late - busy:
+                # a fetch in flight ends within its timeout even when the cancel is lost
+                await asyncio.wait(late - busy, timeout=FETCH_TIMEOUT + 1.0)
+            self._workers = set()
+        for sub in self._subs:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()  # the durable consumer stays on the server
-            self._sub = None
+                await sub.unsubscribe()  # the durable consumer stays on the server
+        self._subs = []
 
-    def _fetching(self, sub: JetStreamContext.PullSubscription, name: str) -> asyncio.Task[None]:
-        self._stopping = asyncio.Event()
-        return asyncio.create_task(self._fetch_loop(sub, self._stopping), name=name)
-
-    async def _fetch_loop(
+    async def _worker(
         self, sub: JetStreamContext.PullSubscription, stopping: asyncio.Event
     ) -> None:
         from nats.errors import ConnectionClosedError  # noqa: PLC0415 broker client, loaded on use
 
+        me = asyncio.current_task()
+        assert me is not None
         # a stop flag as well as the cancellation: on Python 3.11 nats-py's fetch (an
         # asyncio.wait_for) can swallow a cancel that lands as a message arrives, and the
-        # loop would go on fetching for ever
+        # worker would go on fetching for ever
         while not stopping.is_set():
-            await self._free.acquire()
-            # one free worker is held; take the others that are free too, without waiting
-            taken = 1
-            while taken < self.max_workers and not self._free.locked():
-                await self._free.acquire()
-                taken += 1
+            # idle while it waits for a message: `stop` cancels it then, never mid-command
+            self._idle.add(me)
             try:
-                messages = await sub.fetch(taken, timeout=FETCH_TIMEOUT)
+                messages = await sub.fetch(1, timeout=FETCH_TIMEOUT)
             except TimeoutError:  # nats-py's own timeouts are TimeoutErrors too
-                messages = []
-            except asyncio.CancelledError:
-                self._release(taken)
-                raise
+                continue
             except ConnectionClosedError:
-                self._release(taken)
                 return
             except Exception as exc:  # noqa: BLE001 refused, or connection down: fetch again
                 log.warning("command fetch failed", extra={"error": type(exc).__name__})
-                self._release(taken)
                 await asyncio.sleep(RETRY_PAUSE)
                 continue
-            self._release(taken - len(messages))
+            finally:
+                self._idle.discard(me)
+            fetched = time.time()
             for message in messages:
-                task = asyncio.create_task(self._run_one(message))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
+                # run here rather than in a task of its own: its reply and acknowledgement
+                # then leave in the same write as this worker's next pull request
+                await self._run_one(message, fetched)
 
-    def _release(self, n: int) -> None:
-        for _ in range(n):
-            self._free.release()
-
-    async def _run_one(self, message: Msg) -> None:
+    async def _run_one(self, message: Msg, fetched: float) -> None:
         try:
             meta = message.metadata
             await self.run(
-                message, bus_id("nats", meta.stream, self.incarnation, meta.sequence.stream)
+                message,
+                bus_id("nats", meta.stream, self.incarnation, meta.sequence.stream),
+                fetched,
             )
         except Exception:  # whatever the handler raised, the loop goes on
             # left unacknowledged: redelivered after ack_wait
             log.exception("command message not handled", extra={"subject": message.subject})
-        finally:
-            self._free.release()
 
 
 class NatsRequester:
@@ -246,6 +284,8 @@ class NatsRequester:
         self._js = connection.jetstream()
         self._subscribed = asyncio.Lock()
         self._sub: Subscription | None = None
+        #: called with each answered request's times when set (the benchmark's breakdown)
+        self.observe: Callable[[RequestTiming], None] | None = None
 
     @classmethod
     def for_broker(cls, broker: NatsBroker) -> NatsRequester:
@@ -275,6 +315,8 @@ class NatsRequester:
         inbox = f"{self.prefix}.{next(self._ids)}"
         waiter: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._waiting[inbox] = waiter
+        observe = self.observe
+        sent = time.time() if observe is not None else 0.0
         try:
             async with asyncio.timeout(timeout):
                 await self._js.publish(
@@ -288,9 +330,20 @@ class NatsRequester:
                         "reply_to": inbox,
                     },
                 )
-                return await waiter
+                if observe is None:
+                    return await waiter
+                acked = time.time()
+                reply = await waiter
+                observe(RequestTiming(correlation_id, sent, acked, time.time()))
+                return reply
         finally:
             self._waiting.pop(inbox, None)
 
 
-__all__ = ["NatsCommandLoop", "NatsRequester", "declare_stream"]
+__all__ = [
+    "ConsumerTiming",
+    "NatsCommandLoop",
+    "NatsRequester",
+    "RequestTiming",
+    "declare_stream",
+]
