@@ -12,6 +12,7 @@ projects. On any error nothing is written. The transaction is a unit of work
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import uuid
@@ -32,6 +33,7 @@ from registry.service import idempotency
 from registry.service.at_once import AtOnce, DuplicateCommand
 from registry.service.passwords import PasswordHasher, prepare
 from registry.service.retry import once_more, retryable_sqlstate
+from registry.service.states import States
 from registry.service.unit_of_work import (
     InlineProjection,
     OwnProjection,
@@ -114,6 +116,8 @@ class BaseCommandHandlers:
         #: worker mode's fast path: project a command's own events in its transaction when
         #: the read model is exactly at the version it was decided on (else the projector does)
         self.own_projection = own_projection
+        #: the users written last, to decide the next command on without a read
+        self.states = States()
 
     async def handle(self, command: Command, *, imported: bool = False) -> Outcome:
         """Carry out `command`; raises a RegistryError subclass (nothing written) on refusal.
@@ -265,18 +269,31 @@ class BaseCommandHandlers:
         not cover the command (the caller uses the transaction); raises as `_attempt_in_tx`."""
         user_id = _user_id(command)
         inline, own = self.inline_projection, self.own_projection
+        cached = self.states.take(user_id) if first else None
         try:
-            if first and isinstance(command, RegisterUser):
-                state = UserState(user_id=user_id)  # a registration expects an empty stream
-            else:
-                state = fold(user_id, await at_once.read_stream(user_id))
-            if command.expected_version is not None and command.expected_version != state.version:
-                raise VersionConflictError(
-                    f"user {user_id} is at version {state.version}, "
-                    f"the command expected {command.expected_version}"
-                )
-            new_events = decide(state, command)
+            state, new_events = None, []
+            if cached is not None and command.expected_version in (None, cached.version):
+                # as this process left the user: a change is appended guarded on its version;
+                # a refusal or "nothing to do" could be stale, and is decided on the stream
+                with contextlib.suppress(RegistryError):
+                    new_events = decide(cached, command)
+                    state = cached if new_events else None
+            if state is None:
+                if first and isinstance(command, RegisterUser):
+                    state = UserState(user_id=user_id)  # a registration expects no stream
+                else:
+                    state = fold(user_id, await at_once.read_stream(user_id))
+                if (
+                    command.expected_version is not None
+                    and command.expected_version != state.version
+                ):
+                    raise VersionConflictError(
+                        f"user {user_id} is at version {state.version}, "
+                        f"the command expected {command.expected_version}"
+                    )
+                new_events = decide(state, command)
             if not new_events and command.command_id is None:
+                self.states.put(state, (), state.version)
                 return Outcome(user_id=user_id, version=state.version, events=())
             write = await at_once.prepare(
                 state,
@@ -298,6 +315,7 @@ class BaseCommandHandlers:
             raise
         if projected and write.projection is not None:
             tell_projected(at_once.engine, write.projection.name, [r.event_id for r in recorded])
+        self.states.put(state, new_events, recorded[-1].stream_version)
         return Outcome(
             user_id=user_id,
             version=recorded[-1].stream_version,
