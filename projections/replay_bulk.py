@@ -39,23 +39,38 @@ class BulkJob:
     flush_streams: int
 
 
+#: connections reading the log at once on PostgreSQL: one reads while the other's results are
+#: folded, so the folder seldom waits on a round trip
+READERS = 2
+
+
 async def bulk_shards(job: BulkJob, shards: list[int], count: Callable[[int], None]) -> None:
     """Read, fold and write `shards` up to the job's head, counting the events read with
     `count`."""
     # reading runs ahead of folding and writing (bounded queue): the database reads the
     # next shards while this process folds and the previous group is written
-    queue: asyncio.Queue[ShardBatch | None] = asyncio.Queue(4)
-    reader = asyncio.create_task(read_shards(job.engine, shards, job.head, job.batch_size, queue))
+    readers = READERS if job.engine.dialect.name == "postgresql" else 1
+    queue: asyncio.Queue[ShardBatch | None] = asyncio.Queue(2 * readers + 2)
+    reader = asyncio.create_task(
+        read_shards(job.engine, shards, job.head, job.batch_size, queue, readers=readers)
+    )
     writing: asyncio.Task[None] | None = None
     try:
         changes: dict[uuid.UUID, StreamChange] = {}
+        # the shards being read, folded apart until they end (their batches may interleave)
+        folding: dict[int, dict[uuid.UUID, StreamChange]] = {}
         pending: list[int] = []
         while (item := await _next(queue, reader)) is not None:
             shard, chunk, keys = item
             if chunk is not None:
-                job.target.fold_rows(changes, chunk, crypto_of(job.engine), keys)
+                into = folding.get(shard)
+                if into is None:
+                    into = folding[shard] = {}
+                job.target.fold_rows(into, chunk, crypto_of(job.engine), keys)
                 count(len(chunk))
                 continue
+            # streams never span shards: a finished shard's changes join the group as they are
+            changes.update(folding.pop(shard, {}))
             pending.append(shard)
             if len(changes) >= job.flush_streams:
                 # one group is written while the next one folds

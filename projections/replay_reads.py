@@ -97,11 +97,17 @@ async def read_shards(
     head: Cursor,
     batch_size: int,
     queue: asyncio.Queue[ShardBatch | None],
+    *,
+    readers: int = 1,
 ) -> None:
     """Each shard's events up to `head` in batches with the shard's data keys, then
     `(shard, None, {})`; `None` at the end. The keys are read first: a stream's key row
     commits with (or before) its first sealed event, so every event up to `head` finds
-    its key. Each read is a statement of its own: no long-lived snapshot."""
+    its key. Each read is a statement of its own: no long-lived snapshot.
+
+    `readers` connections read at once, each a whole shard at a time (its batches in order,
+    then its end), so the batches of different shards may interleave; the next shard's reads
+    are on their way while the folder works through the previous ones."""
     pos = tuple_(events.c.tx_id, events.c.position)
     columns = PG_REPLAY_COLUMNS if engine.dialect.name == "postgresql" else REPLAY_COLUMNS
     shard = bindparam("shard", type_=events.c.shard.type)
@@ -119,22 +125,32 @@ async def read_shards(
     keys_stmt = select(*KEY_COLUMNS).where(
         data_keys.c.shard == bindparam("shard", type_=data_keys.c.shard.type)
     )
-    async with engine.connect() as conn:
-        fetch = await Fetcher.on(conn)
-        for number in shards:
-            cursor = Cursor.start()
-            keys = {r[0]: (r[1], r[2], r[3]) for r in await fetch(keys_stmt, shard=number)}
-            while True:
-                rows = await fetch(
-                    batch, shard=number, tx_id=cursor.tx_id, position=cursor.position
-                )
-                if rows:
-                    await queue.put((number, rows, keys))
-                    last = rows[-1]  # (position, tx_id, ...): REPLAY_COLUMNS
-                    cursor = Cursor(last[1], last[0])
-                if len(rows) < batch_size:
-                    break
-            await queue.put((number, None, {}))
+    todo = iter(shards)
+
+    async def reader() -> None:
+        async with engine.connect() as conn:
+            fetch = await Fetcher.on(conn)
+            for number in todo:  # shared: each shard goes to the first reader free
+                cursor = Cursor.start()
+                keys = {r[0]: (r[1], r[2], r[3]) for r in await fetch(keys_stmt, shard=number)}
+                while True:
+                    rows = await fetch(
+                        batch, shard=number, tx_id=cursor.tx_id, position=cursor.position
+                    )
+                    if rows:
+                        await queue.put((number, rows, keys))
+                        last = rows[-1]  # (position, tx_id, ...): REPLAY_COLUMNS
+                        cursor = Cursor(last[1], last[0])
+                    if len(rows) < batch_size:
+                        break
+                await queue.put((number, None, {}))
+
+    tasks = [asyncio.create_task(reader()) for _ in range(max(1, min(readers, len(shards))))]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
     await queue.put(None)
 
 
