@@ -185,15 +185,15 @@ class Folder:
         s.update.clear()
         s.oauth_insert.clear()
         s.oauth_update.clear()
-        row = {k: val for k, val in (e.get("profile") or {}).items() if k in self.profile_columns}
-        row.update(
-            id=s.stream_id,
-            email=normalise_email(e["email"]),
-            hashed_password=e["hashed_password"],
-            is_active=e.get("is_active", True),
-            is_superuser=e.get("is_superuser", False),
-            is_verified=e.get("is_verified", False),
-        )
+        profile = e.get("profile")
+        row = {k: val for k, val in profile.items() if k in self.profile_columns} if profile else {}
+        # one column at a time: a registration is folded for every stream of a replay
+        row["id"] = s.stream_id
+        row["email"] = normalise_email(e["email"])
+        row["hashed_password"] = e["hashed_password"]
+        row["is_active"] = e.get("is_active", True)
+        row["is_superuser"] = e.get("is_superuser", False)
+        row["is_verified"] = e.get("is_verified", False)
         s.insert = row
 
     def profile_updated(self, s: StreamChange, e: Mapping[str, Any], v: int) -> None:

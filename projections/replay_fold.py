@@ -134,7 +134,11 @@ def _open(
             f"stream {sid} v{version}: sealed data does not open with its data key"
         ) from None
     out = data if type(data) is dict else dict(data)
-    merge_opened(out, loads(plain))
+    for name, value in loads(plain).items():
+        if type(value) is dict:  # a profile's personal keys: `merge_opened`
+            merge_opened(out, {name: value})
+        else:
+            out[name] = value
     return out
 
 
