@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from events import Cursor
 from events.crypto import crypto_of
 from projections.folding import StreamChange
-from projections.replay_reads import ShardBatch, read_shards
+from projections.replay_reads import ShardBatch, as_datetimes, read_shards
 from projections.tables import projection_checkpoints, utcnow
 from projections.users import UserProjection
 
@@ -149,4 +149,5 @@ async def _flush(job: BulkJob, changes: dict[uuid.UUID, StreamChange], shards: l
             .where(cp.c.name == job.book, cp.c.partition.in_(shards))
             .values(tx_id=job.head.tx_id, position=job.head.position, updated_at=utcnow())
         )
+        as_datetimes(changes.values())
         await job.target.write(conn, changes.values(), copy=True)
