@@ -244,7 +244,7 @@ def as_datetimes(changes: Iterable[StreamChange]) -> None:
                 for name in STAMPED:
                     value = row.get(name)
                     if type(value) is int:
-                        row[name] = epoch + timedelta(microseconds=value)
+                        row[name] = epoch + timedelta(0, 0, value)  # microseconds
 
 
 #: asyncpg's `Connection.fetch`: (sql, *args) -> records
