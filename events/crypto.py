@@ -43,7 +43,7 @@ ERASED = "[erased]"
 #: the format byte that starts every sealed value
 SEAL_FORMAT = b"\x01"
 #: where the ciphertext starts in a sealed value (format byte, nonce)
-_SEALED_AT = 1 + NONCE_BYTES
+SEALED_AT = 1 + NONCE_BYTES
 KEY_CACHE_SIZE = 50_000
 #: personal fields of stored payloads older than the current models (upcast after opening)
 LEGACY_PERSONAL: dict[str, frozenset[str]] = {"UserRegistered": frozenset({"password_hash"})}
@@ -109,6 +109,18 @@ def split_personal(
                 secret[nested] = hidden
                 clear[nested] = {k: (_clear(v) if k in keys else v) for k, v in inner.items()}
     return clear, (secret or None)
+
+
+def merge_opened(data: dict[str, Any], opened: Mapping[str, Any]) -> None:
+    """Put the opened personal values back into the stored payload `data` (in place): a
+    nested dict (the profile's personal keys) goes into the stored one."""
+    for name, value in opened.items():
+        if type(value) is dict:
+            inner = data.get(name)
+            if type(inner) is dict:
+                data[name] = {**inner, **value}
+                continue
+        data[name] = value
 
 
 class Crypto:
@@ -178,17 +190,13 @@ class Crypto:
             raise MasterKeyError(f"stream {stream_id} v{version}: unknown sealed format")
         aad = (stream_bytes or stream_id.bytes) + version.to_bytes(4, "big")
         try:
-            plain = key.decrypt(sealed[1:_SEALED_AT], sealed[_SEALED_AT:], aad)
+            plain = key.decrypt(sealed[1:SEALED_AT], sealed[SEALED_AT:], aad)
         except InvalidTag:
             raise MasterKeyError(
                 f"stream {stream_id} v{version}: sealed data does not open with its data key"
             ) from None
         out = data if in_place and type(data) is dict else dict(data)
-        for name, value in loads(plain).items():
-            if type(value) is dict and type(out.get(name)) is dict:
-                out[name] = {**out[name], **value}
-            else:
-                out[name] = value
+        merge_opened(out, loads(plain))
         return out
 
     # ------------------------------------------------------------------ data keys

@@ -87,6 +87,33 @@ class StreamChange:
 
 Handler = Callable[[StreamChange, Mapping[str, Any], int], None]
 
+#: the events that set one user column, by type: (column, the payload field it takes or None,
+#: the function the field's value goes through or the constant set). The handlers are built
+#: from it, and the replay's fold (`projections.replay_fold`) sets these columns straight
+#: from it.
+Put = tuple[str, str | None, Any]
+PUTS: dict[str, Put] = {
+    # addresses in the canonical form whatever rule stored them (a replay brings rows written
+    # under an older rule to the current one)
+    UserEmailChanged.event_type: ("email", "email", normalise_email),
+    UserPasswordChanged.event_type: ("hashed_password", "hashed_password", None),
+    UserVerified.event_type: ("is_verified", None, True),
+    UserUnverified.event_type: ("is_verified", None, False),
+    UserActivated.event_type: ("is_active", None, True),
+    UserDeactivated.event_type: ("is_active", None, False),
+    UserSuperuserGranted.event_type: ("is_superuser", None, True),
+    UserSuperuserRevoked.event_type: ("is_superuser", None, False),
+}
+
+
+def _put_handler(column: str, field: str | None, value: Any) -> Handler:  # noqa: ANN401
+    """The handler of an event in `PUTS`."""
+    if field is None:
+        return lambda s, e, v: s.put(column, value)
+    if value is None:
+        return lambda s, e, v: s.put(column, e[field])
+    return lambda s, e, v: s.put(column, value(e[field]))
+
 
 class Folder:
     """The handlers, bound to the columns of one user (and OAuth) table.
@@ -99,20 +126,7 @@ class Folder:
         self.oauth_columns = oauth_columns
         self.handlers: dict[str, Handler] = {
             UserRegistered.event_type: self.registered,
-            # addresses in the canonical form whatever rule stored them (a replay brings
-            # rows written under an older rule to the current one)
-            UserEmailChanged.event_type: lambda s, e, v: s.put(
-                "email", normalise_email(e["email"])
-            ),
-            UserPasswordChanged.event_type: lambda s, e, v: s.put(
-                "hashed_password", e["hashed_password"]
-            ),
-            UserVerified.event_type: lambda s, e, v: s.put("is_verified", True),
-            UserUnverified.event_type: lambda s, e, v: s.put("is_verified", False),
-            UserActivated.event_type: lambda s, e, v: s.put("is_active", True),
-            UserDeactivated.event_type: lambda s, e, v: s.put("is_active", False),
-            UserSuperuserGranted.event_type: lambda s, e, v: s.put("is_superuser", True),
-            UserSuperuserRevoked.event_type: lambda s, e, v: s.put("is_superuser", False),
+            **{name: _put_handler(*put) for name, put in PUTS.items()},
             UserProfileUpdated.event_type: self.profile_updated,
             OAuthAccountLinked.event_type: self.oauth_linked,
             OAuthAccountUpdated.event_type: self.oauth_updated,
@@ -171,15 +185,15 @@ class Folder:
         s.update.clear()
         s.oauth_insert.clear()
         s.oauth_update.clear()
-        row = {k: val for k, val in (e.get("profile") or {}).items() if k in self.profile_columns}
-        row.update(
-            id=s.stream_id,
-            email=normalise_email(e["email"]),
-            hashed_password=e["hashed_password"],
-            is_active=e.get("is_active", True),
-            is_superuser=e.get("is_superuser", False),
-            is_verified=e.get("is_verified", False),
-        )
+        profile = e.get("profile")
+        row = {k: val for k, val in profile.items() if k in self.profile_columns} if profile else {}
+        # one column at a time: a registration is folded for every stream of a replay
+        row["id"] = s.stream_id
+        row["email"] = normalise_email(e["email"])
+        row["hashed_password"] = e["hashed_password"]
+        row["is_active"] = e.get("is_active", True)
+        row["is_superuser"] = e.get("is_superuser", False)
+        row["is_verified"] = e.get("is_verified", False)
         s.insert = row
 
     def profile_updated(self, s: StreamChange, e: Mapping[str, Any], v: int) -> None:

@@ -16,8 +16,9 @@ serving and live workers keep running, then swap them in atomically. In two phas
 lease). `abandon()` drops an interrupted replay's tables.
 
 The phases' parts live beside this module: `replay_reads` (what is read of the log),
-`replay_bulk` (the bulk phase), `replay_jobs` (the bulk phase in several processes),
-`replay_book` (the progress rows).
+`replay_fold` (stored rows folded through the projection's handlers), `replay_bulk` (the bulk
+phase), `replay_jobs` (the bulk phase in several processes), `replay_book` (the progress
+rows).
 """
 
 from __future__ import annotations

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import CompoundSelect, Row, Table, bindparam, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from events import EVENT_TYPES, RecordedEvent
-from events.codec import loads
+from events import RecordedEvent
 from events.crypto import Crypto
-from events.keyring import MasterKeyError
-from events.statements import no_master_key
-from events.upcasting import upcast
 from projections.folding import Folder, StreamChange
+from projections.replay_fold import CURRENT_VERSIONS as CURRENT_VERSIONS
+from projections.replay_fold import fold_rows
 from projections.replay_reads import KeyRow
 from projections.tables import BaseOAuthAccountTableUUID, BaseUserTableUUID, projection_tombstones
 from projections.writing import (
@@ -31,7 +28,6 @@ from projections.writing import (
 #: what a projection writes into: a mapped class built on the mixin, or its table
 UserModel = type[BaseUserTableUUID] | Table
 OAuthModel = type[BaseOAuthAccountTableUUID] | Table
-CURRENT_VERSIONS = {name: cls.schema_version for name, cls in EVENT_TYPES.items()}
 
 
 def table_of(model: UserModel | OAuthModel) -> Table:
@@ -141,48 +137,7 @@ class UserProjection:
         payload's JSON text (`events.codec.loads` decodes it here, once); `keys` maps
         the streams that have a data key row to its `(master_key_id, wrapped_key, erased_at)`.
         Returns the count."""
-        apply = self.folder.apply
-        current = CURRENT_VERSIONS
-        stored = keys or {}
-        opened: dict[uuid.UUID, tuple[AESGCM, bytes]] = {}  # this call's data keys, unwrapped
-        n = 0
-        for (
-            position,
-            _,
-            sid,
-            version,
-            event_type,
-            schema_version,
-            data,
-            recorded_at,
-            sealed,
-        ) in rows:
-            change = changes.get(sid)
-            if change is None:
-                change = changes[sid] = StreamChange(sid)
-            data = loads(data)
-            row = stored.get(sid)
-            erased = row is not None and row[2] is not None
-            if sealed is not None and not erased:
-                if crypto is None:
-                    raise no_master_key(position)
-                found = opened.get(sid)
-                if found is None:
-                    if row is None:
-                        raise MasterKeyError(f"the event at position {position} has no data key")
-                    # a key row not erased holds its key's id and the wrapped key
-                    key = crypto.key_from_row(
-                        sid, cast(str, row[0]), cast(bytes, row[1]), remember=False
-                    )
-                    found = opened[sid] = (key, sid.bytes)
-                data = crypto.open(
-                    found[0], sid, version, data, sealed, stream_bytes=found[1], in_place=True
-                )
-            if schema_version != current[event_type]:
-                data = upcast(event_type, schema_version, data)
-            apply(change, version, event_type, data, recorded_at, erased)
-            n += 1
-        return n
+        return fold_rows(self.folder, changes, rows, crypto, keys)
 
     async def load(
         self, conn: AsyncConnection, stream_ids: Iterable[uuid.UUID]
