@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Table, TextualSelect, bindparam, column, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import BigInteger, Boolean, Integer
 
 from events import Event, Metadata, RecordedEvent, UserErased
@@ -125,13 +126,20 @@ class AtOnce:
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._statements: dict[_Shape, TextualSelect] = {}
 
-    async def read_stream(self, user_id: uuid.UUID) -> list[RecordedEvent]:
+    def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection outside any transaction, for one command's read and write: held for
+        the whole command, as a session holds its connection for a request (a pool whose
+        connections come back between a command's statements keeps opening new ones when
+        more callers than its size take turns)."""
+        return self._autocommit.connect()
+
+    async def read_stream(self, conn: AsyncConnection, user_id: uuid.UUID) -> list[RecordedEvent]:
         """The user's events, read outside a transaction (the write checks the version)."""
-        async with self._autocommit.connect() as conn:
-            return await self.store.read_stream(user_id, conn=conn)
+        return await self.store.read_stream(user_id, conn=conn)
 
     async def prepare(
         self,
+        conn: AsyncConnection,
         state: UserState,
         new_events: Sequence[Event],
         metadata: Metadata,
@@ -178,18 +186,17 @@ class AtOnce:
             elif inline:
                 return None  # inline mode must project: the transaction folds the row
             write.projection = projection if (write.insert or write.update) else None
-        await self.store.seal(pending, None)
+        await self.store.seal(pending, conn)
         return write
 
-    async def write(self, write: Write) -> tuple[list[RecordedEvent], bool]:
+    async def write(self, conn: AsyncConnection, write: Write) -> tuple[list[RecordedEvent], bool]:
         """Send the write; its recorded events, and whether the user row was projected.
         Raises `ConcurrencyError` (the stream moved), `EmailAlreadyRegisteredError` or
         `DuplicateCommand`; nothing is written then."""
         pending = write.pending
         stmt, params = self._statement(write)
         try:
-            async with self._autocommit.connect() as conn:
-                rows = (await conn.execute(stmt, params)).all()
+            rows = (await conn.execute(stmt, params)).all()
         except IntegrityError as exc:
             table = violated_table(exc)
             if table == processed_commands.name:  # recorded meanwhile by another delivery
@@ -198,7 +205,7 @@ class AtOnce:
                 raise  # not the stream's: a constraint of the user table, say
             # a stale expected version trips the unique index; a stream given a data key by
             # another writer first, the key's
-            actual = await self.store.stream_version(pending.sid)
+            actual = await self.store.stream_version(pending.sid, conn=conn)
             raise ConcurrencyError(pending.sid, pending.version, actual) from exc
         if rows[0][0] is None:  # nothing went in
             if rows[0][5]:
@@ -207,7 +214,7 @@ class AtOnce:
                 raise EmailAlreadyRegisteredError(
                     "a user with this email address is already registered"
                 )
-            actual = await self.store.stream_version(pending.sid)  # not at the expected version
+            actual = await self.store.stream_version(pending.sid, conn=conn)  # not there
             raise ConcurrencyError(pending.sid, pending.version, actual)
         recorded = self.store.recorded(pending, {r[2]: (r[0], r[1]) for r in rows})
         return recorded, bool(rows[0][3])

@@ -21,9 +21,9 @@ from functools import partial
 
 from sqlalchemy import Table
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from events import ConcurrencyError, EventStore, Metadata, RecordedEvent, UserErased
+from events import ConcurrencyError, Event, EventStore, Metadata, RecordedEvent, UserErased
 from events.keyring import Keyring
 from events.port import EventLog
 from registry.domain.commands import Command, LinkOAuthAccount, RegisterUser
@@ -264,49 +264,34 @@ class BaseCommandHandlers:
         fingerprint: str | None,
         first: bool,
     ) -> Outcome | None:
-        """The attempt as one statement (`registry.service.at_once`): the stream read outside
-        a transaction, the decision, then every write at once. None when one statement does
-        not cover the command (the caller uses the transaction); raises as `_attempt_in_tx`."""
+        """The attempt as one statement (`registry.service.at_once`): the decision on the
+        user as these handlers left them or as their stream reads outside a transaction, then
+        every write at once. None when one statement does not cover the command (the caller
+        uses the transaction); raises as `_attempt_in_tx`."""
         user_id = _user_id(command)
-        inline, own = self.inline_projection, self.own_projection
         cached = self.states.take(user_id) if first else None
+        inline, own = self.inline_projection, self.own_projection
         try:
-            state, new_events = None, []
-            if cached is not None and command.expected_version in (None, cached.version):
-                # as this process left the user: a change is appended guarded on its version;
-                # a refusal or "nothing to do" could be stale, and is decided on the stream
-                with contextlib.suppress(RegistryError):
-                    new_events = decide(cached, command)
-                    state = cached if new_events else None
-            if state is None:
-                if first and isinstance(command, RegisterUser):
-                    state = UserState(user_id=user_id)  # a registration expects no stream
-                else:
-                    state = fold(user_id, await at_once.read_stream(user_id))
-                if (
-                    command.expected_version is not None
-                    and command.expected_version != state.version
-                ):
-                    raise VersionConflictError(
-                        f"user {user_id} is at version {state.version}, "
-                        f"the command expected {command.expected_version}"
-                    )
-                new_events = decide(state, command)
-            if not new_events and command.command_id is None:
-                self.states.put(state, (), state.version)
-                return Outcome(user_id=user_id, version=state.version, events=())
-            write = await at_once.prepare(
-                state,
-                new_events,
-                metadata,
-                command,
-                fingerprint,
-                projection=inline if inline is not None else own,
-                inline=inline is not None,
-            )
-            if write is None:
-                return None
-            recorded, projected = await at_once.write(write)
+            async with at_once.connect() as conn:
+                state, new_events = await self._decide_at_once(
+                    conn, at_once, command, cached, first=first
+                )
+                if not new_events and command.command_id is None:
+                    self.states.put(state, (), state.version)
+                    return Outcome(user_id=user_id, version=state.version, events=())
+                write = await at_once.prepare(
+                    conn,
+                    state,
+                    new_events,
+                    metadata,
+                    command,
+                    fingerprint,
+                    projection=inline if inline is not None else own,
+                    inline=inline is not None,
+                )
+                if write is None:
+                    return None
+                recorded, projected = await at_once.write(conn, write)
         except DuplicateCommand as exc:
             self.store.forget_key(user_id)
             raise _Duplicate(str(command.command_id)) from exc
@@ -322,6 +307,35 @@ class BaseCommandHandlers:
             events=tuple(recorded),
             projected=projected,
         )
+
+    async def _decide_at_once(
+        self,
+        conn: AsyncConnection,
+        at_once: AtOnce,
+        command: Command,
+        cached: UserState | None,
+        *,
+        first: bool,
+    ) -> tuple[UserState, list[Event]]:
+        """The state to decide on and the events deciding gives. On the user as these
+        handlers left them (`cached`), a change is appended guarded on its version; a refusal
+        or "nothing to do" there could be stale, and is decided on the stream instead."""
+        user_id = _user_id(command)
+        if cached is not None and command.expected_version in (None, cached.version):
+            with contextlib.suppress(RegistryError):
+                new_events = decide(cached, command)
+                if new_events:
+                    return cached, new_events
+        if first and isinstance(command, RegisterUser):
+            state = UserState(user_id=user_id)  # a registration expects no stream
+        else:
+            state = fold(user_id, await at_once.read_stream(conn, user_id))
+        if command.expected_version is not None and command.expected_version != state.version:
+            raise VersionConflictError(
+                f"user {user_id} is at version {state.version}, "
+                f"the command expected {command.expected_version}"
+            )
+        return state, decide(state, command)
 
     def _failed(self, exc: BaseException, user_id: uuid.UUID) -> None:
         """An attempt failed and wrote nothing: a data key made for the stream in it was not
