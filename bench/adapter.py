@@ -22,6 +22,10 @@ What is measured:
   same database; the write projects in its append transaction and no projector runs. Reads do
   not depend on the mode: they are measured once per shape, in default mode. The peer is
   measured beside each of our rows, on the same engine.
+- The app's engine has SQLAlchemy's default pool (5 connections, 10 more on demand, each of
+  those closed when returned while 5 wait idle): with 8 callers both sides open connections
+  again and again, as often as their callers leave connections idle. Two more rows (no OAuth,
+  default mode) run both sides on an engine with `pool_size=8`, a connection per caller.
 - Users read and updated are those the create rows made (each side through its own adapter),
   topped up through the same adapter so both sides have as many, at least `SEED`; each caller
   picks at random among its own eighth of them, so no two callers update one user at once.
@@ -81,6 +85,8 @@ HASHED_PASSWORD = "$argon2id$v=19$m=65536,t=3,p=4$" + "h" * 60
 #: the row letter of each operation
 LETTERS = {"create": "a", "get": "b", "get_by_email": "c", "get+update": "d"}
 ROUND_TRIP_KINDS = ("statements", "begin", "commit", "rollback")
+#: the rows on an engine with a connection per caller (`pool_size=CALLERS`)
+POOLED = f"pool_size={CALLERS}"
 
 Op = Callable[[int], Awaitable[None]]
 MakeDb = Callable[[AsyncSession], BaseUserDatabase[Any, uuid.UUID]]
@@ -279,10 +285,13 @@ class Figure:
         ours_total = sum(ours_trips.values())
         peer_total = sum(peer_trips.values())
         note = f"round trips: ours {ours_total:.1f} / peer {peer_total:.1f}"
-        if mode == "default" and op in ("create", "get+update"):
+        worker = mode in ("default", POOLED)
+        if worker and op in ("create", "get+update"):
             note += f" (+{projector:.1f} by the projector)"
         if op in ("get", "get_by_email"):
             name = f"{FIGURE}{LETTERS[op]} {op} ({shape.label}, either mode)"
+        elif mode == POOLED:
+            name = f"{FIGURE}{LETTERS[op]} {op} ({shape.label}, default mode, {POOLED})"
         else:
             name = f"{FIGURE}{LETTERS[op]} {op} ({shape.label}, {mode} mode)"
         self.rows[(shape.tag, op, mode)] = ratio_row(
@@ -298,7 +307,7 @@ class Figure:
                     "peer": peer_total,
                     "ours_by_kind": ours_trips,
                     "peer_by_kind": peer_trips,
-                    "projector": projector if mode == "default" else 0.0,
+                    "projector": projector if worker else 0.0,
                 },
                 "callers": CALLERS,
                 "seconds_per_round": _seconds(opts),
@@ -332,6 +341,8 @@ class Figure:
                         for op in ("get", "get_by_email", "get+update"):
                             await self.measure(shape, op, "default", ours, peer, counter)
                 await self.inline(shape, url, ours, peer)
+                if shape.tag == "plain":
+                    await self.pooled(shape, url, ours, peer)
             finally:
                 counter.close()
                 await engine.dispose()
@@ -352,13 +363,31 @@ class Figure:
             counter.close()
             await engine.dispose()
 
+    async def pooled(self, shape: Shape, url: str, ours: Side, peer: Side) -> None:
+        """Default mode again, on an engine whose pool holds a connection per caller: with the
+        default pool (5) and 8 callers, connections beyond the pool are closed when returned
+        and opened again, and how often depends on how long each side holds one."""
+        engine = create_async_engine(url, pool_size=CALLERS)
+        counter = RoundTrips(engine)
+        try:
+            with _projection_mode("worker"):
+                async with run_projector(engine, shape.user, shape.oauth):
+                    ours_p, peer_p = ours.on(engine), peer.on(engine)
+                    for op in ("create", "get+update"):
+                        await self.measure(shape, op, POOLED, ours_p, peer_p, counter)
+        finally:
+            counter.close()
+            await engine.dispose()
+
     def ordered(self, shapes: list[Shape]) -> list[Row]:
         order = [
             ("create", "default"),
+            ("create", POOLED),
             ("create", "inline"),
             ("get", "default"),
             ("get_by_email", "default"),
             ("get+update", "default"),
+            ("get+update", POOLED),
             ("get+update", "inline"),
         ]
         return [
