@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Any
 
+import asyncpg
 from sqlalchemy import (
     ColumnElement,
     DateTime,
@@ -135,13 +136,11 @@ async def read_shards(
 
     async def reader() -> None:
         async with engine.connect() as conn:
+            fetch = await Fetcher.on(conn, dedicated=True)
             try:
-                fetch = await Fetcher.on(conn, dedicated=True)
                 await read(fetch)
             finally:
-                if on_asyncpg(conn):
-                    # changed for the replay's reads (`Fetcher.on`): never back to the pool
-                    await conn.invalidate()
+                await fetch.restore()
 
     async def read(fetch: Fetcher) -> None:
         for number in todo:  # shared: each shard goes to the first reader free
@@ -176,20 +175,28 @@ class Fetcher:
     outside any transaction: its records go to the folder as they come, without a row object
     of SQLAlchemy's around each (and without a BEGIN and a ROLLBACK around each read)."""
 
-    def __init__(self, conn: AsyncConnection, raw_fetch: RawFetch | None) -> None:
+    def __init__(
+        self,
+        conn: AsyncConnection,
+        raw_fetch: RawFetch | None,
+        driver: asyncpg.Connection | None = None,
+    ) -> None:
         self.conn = conn
         self.raw_fetch = raw_fetch
+        #: the asyncpg connection changed for a replay's reads (`dedicated`), to restore
+        self.changed = driver
         #: by statement: its compiled form, its SQL and its parameters' names in order
         self.compiled: dict[Select[Any], tuple[Compiled, str, tuple[str, ...]]] = {}
 
     @classmethod
     async def on(cls, conn: AsyncConnection, *, dedicated: bool = False) -> Fetcher:
         """A fetcher on `conn`. `dedicated` (PostgreSQL): the connection is the replay's own,
-        changed for its reads, and must never go back to the pool (the caller invalidates
-        it): timestamps decode as integers (microseconds from `PG_EPOCH`), and the planner
-        reads a shard along its index (in the order asked for, where a bitmap scan sorted
-        every shard's rows again: a quarter of the reads' time on the server)."""
+        changed for its reads until `restore()` (the caller's `finally`): timestamps decode
+        as integers (microseconds from `PG_EPOCH`), and the planner reads a shard along its
+        index (in the order asked for, where a bitmap scan sorted every shard's rows again:
+        a quarter of the reads' time on the server)."""
         raw_fetch = None
+        changed: asyncpg.Connection | None = None
         if on_asyncpg(conn):
             driver: Any = (await conn.get_raw_connection()).driver_connection
             if dedicated:
@@ -201,8 +208,24 @@ class Fetcher:
                     format="tuple",
                 )
                 await driver.execute("SET enable_bitmapscan = off")
+                changed = driver
             raw_fetch = driver.fetch
-        return cls(conn, raw_fetch)
+        return cls(conn, raw_fetch, changed)
+
+    async def restore(self) -> None:
+        """Undo what `on(dedicated=True)` changed on the connection, so that it goes back to
+        the pool as it came (asyncpg's `reset_type_codec` also drops the statements prepared
+        with the integer timestamps); if that fails, the connection is invalidated instead,
+        never pooled."""
+        driver, self.changed = self.changed, None
+        if driver is None:
+            return
+        try:
+            await driver.reset_type_codec("timestamptz", schema="pg_catalog")
+            await driver.execute("RESET enable_bitmapscan")
+        except BaseException:
+            await self.conn.invalidate()
+            raise
 
     async def __call__(self, stmt: Select[Any], **params: object) -> Sequence[Sequence[Any]]:
         if self.raw_fetch is None:

@@ -127,10 +127,9 @@ class AtOnce:
         self._statements: dict[_Shape, TextualSelect] = {}
 
     def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        """A connection outside any transaction, for one command's read and write: held for
-        the whole command, as a session holds its connection for a request (a pool whose
-        connections come back between a command's statements keeps opening new ones when
-        more callers than its size take turns)."""
+        """A connection outside any transaction for one command: its read, the sealing (a
+        data key not cached is read on it) and its write, as a session holds its connection
+        for a request."""
         return self._autocommit.connect()
 
     async def read_stream(self, conn: AsyncConnection, user_id: uuid.UUID) -> list[RecordedEvent]:
