@@ -6,7 +6,10 @@ key when the events erase them (crypto-shredding, `events.crypto.shred`), record
 command_id with the command's fingerprint (`registry.service.idempotency`) and, in inline mode,
 projects. On any error nothing is written. The transaction is a unit of work
 (`registry.service.unit_of_work`): the database's by default, or the in-memory one
-(`registry.service.memory`) for `BaseCommandHandlers` without a database.
+(`registry.service.memory`) for `BaseCommandHandlers` without a database. On PostgreSQL the
+same writes go in as ONE statement where it covers the command (`registry.service.at_once`),
+decided on the user as these handlers last left them when they remember it
+(`registry.service.states`), else on the stream read outside a transaction.
 """
 
 from __future__ import annotations
